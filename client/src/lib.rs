@@ -1,0 +1,189 @@
+//! Rust client for Quiver, speaking Arrow Flight SQL, and the `quiver sql` command-line client.
+//!
+//! [`QuiverClient`] runs statements through the plain Flight SQL path
+//! (`GetFlightInfo(CommandStatementQuery)` then `DoGet` of each endpoint) on the raw Flight
+//! client, so a server error reaches the caller as the `tonic::Status` the server sent, code
+//! included.
+
+pub mod cli;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::{
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt,
+};
+use arrow_flight::{Action, FlightDescriptor, FlightInfo};
+use futures::TryStreamExt;
+use prost::Message as _;
+use tonic::transport::{Channel, Endpoint};
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid server URL '{0}': {1}")]
+    Url(String, String),
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    /// The server answered with an error.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Server(tonic::Status),
+    #[error("bad response from the server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The gRPC status the server sent, if this is a server error.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            Self::Server(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Server(s)
+    }
+}
+
+impl From<FlightError> for ClientError {
+    fn from(e: FlightError) -> Self {
+        match e {
+            FlightError::Tonic(status) => Self::Server(*status),
+            other => Self::Protocol(other.to_string()),
+        }
+    }
+}
+
+impl From<ArrowError> for ClientError {
+    fn from(e: ArrowError) -> Self {
+        Self::Protocol(e.to_string())
+    }
+}
+
+/// A complete result.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// A connection to a Quiver coordinator.
+#[derive(Debug, Clone)]
+pub struct QuiverClient {
+    flight: FlightServiceClient<Channel>,
+}
+
+/// `grpc://host:port` (or `host:port`) to the `http://` endpoint tonic dials.
+pub fn endpoint_uri(url: &str) -> Result<String, ClientError> {
+    let rest = url
+        .strip_prefix("grpc://")
+        .or_else(|| url.strip_prefix("grpc+tcp://"))
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    if rest.contains("://") {
+        return Err(ClientError::Url(
+            url.to_string(),
+            "use grpc://HOST:PORT (TLS is not supported yet)".into(),
+        ));
+    }
+    if rest.is_empty() {
+        return Err(ClientError::Url(url.to_string(), "missing host".into()));
+    }
+    Ok(format!("http://{}", rest.trim_end_matches('/')))
+}
+
+impl QuiverClient {
+    /// Connects to `url` (`grpc://HOST:PORT`).
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        let uri = endpoint_uri(url)?;
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| ClientError::Url(url.to_string(), e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect(url.to_string(), e.to_string()))?;
+        let flight = FlightServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+        Ok(Self { flight })
+    }
+
+    /// Runs `sql` and fetches the whole result.
+    pub async fn query(&mut self, sql: &str) -> Result<QueryResult, ClientError> {
+        let command = CommandStatementQuery {
+            query: sql.to_string(),
+            transaction_id: None,
+        };
+        let info = self.flight_info(command.as_any().encode_to_vec()).await?;
+        self.fetch(info).await
+    }
+
+    /// Runs `sql` through the prepared-statement path, as JDBC and ADBC's DB-API do.
+    pub async fn prepare_and_query(&mut self, sql: &str) -> Result<QueryResult, ClientError> {
+        let request = ActionCreatePreparedStatementRequest {
+            query: sql.to_string(),
+            transaction_id: None,
+        };
+        let action = Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
+        let mut results = self.flight.do_action(action).await?.into_inner();
+        let result = results.message().await?.ok_or_else(|| {
+            ClientError::Protocol("CreatePreparedStatement returned nothing".into())
+        })?;
+        let any = arrow_flight::sql::Any::decode(&*result.body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let prepared: ActionCreatePreparedStatementResult = any.unpack()?.ok_or_else(|| {
+            ClientError::Protocol("unexpected CreatePreparedStatement result".into())
+        })?;
+        let command = CommandPreparedStatementQuery {
+            prepared_statement_handle: prepared.prepared_statement_handle,
+        };
+        let info = self.flight_info(command.as_any().encode_to_vec()).await?;
+        self.fetch(info).await
+    }
+
+    async fn flight_info(&mut self, cmd: Vec<u8>) -> Result<FlightInfo, ClientError> {
+        let descriptor = FlightDescriptor::new_cmd(cmd);
+        Ok(self.flight.get_flight_info(descriptor).await?.into_inner())
+    }
+
+    async fn fetch(&mut self, info: FlightInfo) -> Result<QueryResult, ClientError> {
+        let schema = std::sync::Arc::new(info.clone().try_decode_schema()?);
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let ticket = endpoint
+                .ticket
+                .ok_or_else(|| ClientError::Protocol("endpoint without a ticket".into()))?;
+            let stream = self.flight.do_get(ticket).await?.into_inner();
+            let mut decoded =
+                FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from));
+            while let Some(batch) = decoded.try_next().await? {
+                batches.push(batch);
+            }
+        }
+        Ok(QueryResult { schema, batches })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(endpoint_uri("grpc://h:1").unwrap(), "http://h:1");
+        assert_eq!(endpoint_uri("h:1").unwrap(), "http://h:1");
+        assert!(endpoint_uri("grpc+tls://h:1").is_err());
+        assert!(endpoint_uri("grpc://").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! The seam to datafusion-distributed: the only module that names its types.
+//!
+//! Quiver's coordinator plans with a DataFusion session that carries the distributed planner and a
+//! worker resolver reading the live executor set; Quiver's executors serve the crate's `Worker`
+//! gRPC service with a session builder that applies Quiver's settings. Stage splitting, network
+//! shuffle/coalesce/broadcast and the worker protocol are the crate's; what goes through this
+//! module is Quiver's own interface ([`coordinator_state`], [`worker_router`], [`render_plan`],
+//! [`render_analyzed_plan`]), so a new version or a replacement touches this file only.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use datafusion_distributed::{
+    DistributedExt, DistributedMetricsFormat, NetworkBoundaryExt, SessionStateBuilderExt, Worker,
+    WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+};
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use url::Url;
+
+use crate::membership::ExecutorRegistry;
+use crate::settings;
+
+/// Resolves workers from the live executor set, re-read on every query.
+struct LiveExecutors(Arc<ExecutorRegistry>);
+
+impl WorkerResolver for LiveExecutors {
+    fn get_urls(&self) -> Result<Vec<Url>, DataFusionError> {
+        Ok(self.0.live_worker_urls())
+    }
+}
+
+/// The coordinator's planning session: DataFusion with the distributed planner, workers resolved
+/// from `registry`. Leaf scans get one task per `scan_bytes_per_partition` bytes of input per
+/// partition, capped by the number of live executors; smaller inputs stay on fewer tasks.
+pub fn coordinator_state(
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+    registry: Arc<ExecutorRegistry>,
+    scan_bytes_per_partition: usize,
+) -> Result<SessionState> {
+    Ok(SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_distributed_worker_resolver(LiveExecutors(registry))
+        .with_distributed_planner()
+        .with_distributed_file_scan_config_bytes_per_partition(scan_bytes_per_partition.max(1))?
+        .build())
+}
+
+/// What an executor learns from each task session it builds.
+pub trait TaskObserver: Send + Sync + 'static {
+    /// Called once per task, with the settings of the session the task runs in.
+    fn task_started(&self, settings: &SessionConfig);
+}
+
+/// Builds every task session of an executor: the crate's defaults plus Quiver's settings.
+struct ExecutorSessions {
+    target_partitions: usize,
+    observer: Arc<dyn TaskObserver>,
+}
+
+#[async_trait]
+impl WorkerSessionBuilder for ExecutorSessions {
+    async fn build_session_state(&self, mut ctx: WorkerQueryContext) -> Result<SessionState> {
+        // The builder's config already carries the crate's per-task extensions: amend it in place.
+        let config = ctx.builder.config().get_or_insert_with(SessionConfig::new);
+        settings::apply(config.options_mut())?;
+        if self.target_partitions > 0 {
+            config.options_mut().execution.target_partitions = self.target_partitions;
+        }
+        let state = ctx.builder.build();
+        self.observer.task_started(state.config());
+        Ok(state)
+    }
+}
+
+/// Adds the worker service (what the coordinator and other executors call to run plan fragments)
+/// to an executor's gRPC server.
+pub fn worker_router(
+    server: &mut Server,
+    runtime: Arc<RuntimeEnv>,
+    target_partitions: usize,
+    observer: Arc<dyn TaskObserver>,
+) -> Router {
+    let worker = Worker::from_session_builder(ExecutorSessions {
+        target_partitions,
+        observer,
+    })
+    .with_runtime_env(runtime)
+    .with_version(env!("CARGO_PKG_VERSION"));
+    server.add_service(worker.into_worker_server())
+}
+
+/// The distributed plan as text: stages, their tasks and partitions.
+pub fn render_plan(plan: &dyn ExecutionPlan) -> String {
+    datafusion_distributed::display_plan_ascii(plan, false)
+}
+
+/// The plan after execution, with per-task metrics.
+pub async fn render_analyzed_plan(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
+    datafusion_distributed::explain_analyze(plan, DistributedMetricsFormat::PerTask).await
+}
+
+/// Number of stages in a physical plan, the coordinator's head stage included (1 when nothing
+/// is distributed).
+pub fn stage_count(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let mut stages = HashSet::new();
+    // `apply` only fails if the closure does.
+    let _ = plan.apply(|node| {
+        if let Some(boundary) = node.as_network_boundary() {
+            stages.insert(boundary.input_stage().num());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    stages.len() + 1
+}
+
+/// Records the settings of the latest task session, for the status RPC.
+#[derive(Debug, Default)]
+pub struct LatestSettings(Mutex<Vec<(String, String)>>);
+
+impl LatestSettings {
+    pub fn record(&self, config: &SessionConfig) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = settings::effective(config.options());
+    }
+
+    pub fn get(&self) -> Vec<(String, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

@@ -1,0 +1,360 @@
+//! The coordinator's query engine: what the Flight SQL front door talks to.
+//!
+//! [`QueryEngine::prepare`] turns SQL into a [`Statement`] without side effects (DDL included),
+//! so it can back `CreatePreparedStatement` and `GetFlightInfo`; [`QueryEngine::execute`] runs a
+//! statement and returns its result as a stream whose schema is exactly the one `prepare`
+//! announced (plain Arrow types, see [`crate::arrow_compat`]). Results stream as the head stage
+//! produces them and dropping the stream cancels the query on every executor.
+//!
+//! Statements: queries, `EXPLAIN [ANALYZE]` (showing the distributed plan), and the catalog DDL
+//! `CREATE EXTERNAL TABLE` / `DROP TABLE`, which are persisted in the catalog. Other DDL, DML and
+//! `SET` answer `Unimplemented` until Quiver can run them across the cluster.
+
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::TableReference;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
+use datafusion::prelude::SessionContext;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use crate::arrow_compat::{cast_batch, plain_schema};
+use crate::catalog::{Catalog, TableDef};
+use crate::distributed;
+use crate::error::{QuiverError, Result};
+use crate::membership::ExecutorRegistry;
+use crate::object_stores;
+use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
+
+/// What a statement does, which decides how clients run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    /// Returns rows.
+    Query,
+    /// Changes the catalog; returns no rows and an empty schema.
+    Ddl,
+    /// `EXPLAIN` / `EXPLAIN ANALYZE`: returns the plan as rows.
+    Explain { analyze: bool },
+}
+
+/// A planned statement.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub sql: String,
+    pub kind: StatementKind,
+    /// The schema clients receive.
+    pub schema: SchemaRef,
+    plan: LogicalPlan,
+}
+
+/// A result: its schema and its batches, each batch already in that schema.
+pub struct QueryStream {
+    pub schema: SchemaRef,
+    pub batches: BoxStream<'static, Result<RecordBatch>>,
+}
+
+impl std::fmt::Debug for QueryStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryStream")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+pub struct QueryEngine {
+    ctx: SessionContext,
+    catalog: Arc<Catalog>,
+    registry: Arc<ExecutorRegistry>,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine").finish_non_exhaustive()
+    }
+}
+
+impl QueryEngine {
+    pub fn new(
+        ctx: SessionContext,
+        catalog: Arc<Catalog>,
+        registry: Arc<ExecutorRegistry>,
+    ) -> Self {
+        Self {
+            ctx,
+            catalog,
+            registry,
+        }
+    }
+
+    /// The session that holds the catalog, for metadata calls.
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub fn registry(&self) -> &Arc<ExecutorRegistry> {
+        &self.registry
+    }
+
+    /// Plans `sql` without running it or changing anything.
+    pub async fn prepare(&self, sql: &str) -> Result<Statement> {
+        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        let kind = classify(&plan)?;
+        let schema = match kind {
+            StatementKind::Ddl => Arc::new(Schema::empty()),
+            StatementKind::Explain { .. } => explain_schema(),
+            StatementKind::Query => plain_schema(plan.schema().as_arrow()),
+        };
+        Ok(Statement {
+            sql: sql.to_string(),
+            kind,
+            schema,
+            plan,
+        })
+    }
+
+    /// Plans and runs `sql`.
+    pub async fn execute(&self, sql: &str) -> Result<QueryStream> {
+        let statement = self.prepare(sql).await?;
+        self.execute_statement(statement).await
+    }
+
+    /// Runs a statement that returns no rows (DDL) and returns the affected row count.
+    pub async fn execute_update(&self, sql: &str) -> Result<i64> {
+        let statement = self.prepare(sql).await?;
+        if statement.kind != StatementKind::Ddl {
+            return Err(QuiverError::InvalidArgument(
+                "this statement returns rows: run it as a query, not as an update".into(),
+            ));
+        }
+        self.run_ddl(&statement).await?;
+        Ok(0)
+    }
+
+    pub async fn execute_statement(&self, statement: Statement) -> Result<QueryStream> {
+        match statement.kind {
+            StatementKind::Ddl => {
+                self.run_ddl(&statement).await?;
+                Ok(QueryStream {
+                    schema: statement.schema,
+                    batches: stream::empty().boxed(),
+                })
+            }
+            StatementKind::Query => {
+                self.require_executors(&statement.plan)?;
+                let physical = self
+                    .ctx
+                    .state()
+                    .create_physical_plan(&statement.plan)
+                    .await?;
+                let stream = execute_stream(physical, self.ctx.task_ctx())?;
+                Ok(conform(stream, statement.schema))
+            }
+            StatementKind::Explain { analyze } => {
+                let inner = match &statement.plan {
+                    LogicalPlan::Explain(e) => Arc::clone(&e.plan),
+                    LogicalPlan::Analyze(a) => Arc::clone(&a.input),
+                    _ => return Err(QuiverError::Internal("explain without a plan".into())),
+                };
+                let batch = self.explain(&inner, analyze).await?;
+                Ok(QueryStream {
+                    schema: statement.schema,
+                    batches: stream::once(async { Ok(batch) }).boxed(),
+                })
+            }
+        }
+    }
+
+    async fn explain(&self, plan: &LogicalPlan, analyze: bool) -> Result<RecordBatch> {
+        if analyze {
+            self.require_executors(plan)?;
+        }
+        let physical: Arc<dyn ExecutionPlan> = self.ctx.state().create_physical_plan(plan).await?;
+        let stages = distributed::stage_count(&physical);
+        let rendered = if analyze {
+            // Run to completion, discarding rows, then show the per-task metrics.
+            collect(Arc::clone(&physical), self.ctx.task_ctx()).await?;
+            distributed::render_analyzed_plan(physical).await?
+        } else {
+            distributed::render_plan(physical.as_ref())
+        };
+        let executors = self
+            .registry
+            .live_worker_urls()
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (kinds, texts): (Vec<&str>, Vec<String>) = [
+            (
+                if analyze {
+                    "analyzed_plan"
+                } else {
+                    "distributed_plan"
+                },
+                rendered,
+            ),
+            ("stages", stages.to_string()),
+            // Tasks of every stage but the head one are spread over these at execution time.
+            ("executors", executors),
+        ]
+        .into_iter()
+        .unzip();
+        Ok(RecordBatch::try_new(
+            explain_schema(),
+            vec![
+                Arc::new(StringArray::from(kinds)),
+                Arc::new(StringArray::from(texts)),
+            ],
+        )?)
+    }
+
+    /// Queries that read tables need at least one live executor.
+    fn require_executors(&self, plan: &LogicalPlan) -> Result<()> {
+        let reads_tables = plan
+            .exists(|node| {
+                Ok(matches!(node, LogicalPlan::TableScan(scan)
+                    if scan.table_name.schema() != Some("information_schema")))
+            })
+            .unwrap_or(true);
+        if reads_tables && self.registry.live_worker_urls().is_empty() {
+            return Err(QuiverError::Unavailable(
+                "no live executors in the cluster: start one with `quiver executor --coordinator <this coordinator's URL>`".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn run_ddl(&self, statement: &Statement) -> Result<()> {
+        match &statement.plan {
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
+                let name = table_name(&cmd.name)?;
+                let location = match cmd.locations.as_slice() {
+                    [one] => one.clone(),
+                    _ => {
+                        return Err(QuiverError::Unsupported(
+                            "CREATE EXTERNAL TABLE with several locations is not supported".into(),
+                        ));
+                    }
+                };
+                let root = object_stores::store_root(&location)?;
+                if root.is_none() && !location.starts_with("file://") && !location.starts_with('/')
+                {
+                    return Err(QuiverError::InvalidArgument(format!(
+                        "LOCATION '{location}' must be an absolute path or a URL: every executor resolves it"
+                    )));
+                }
+                let mut guard = self.catalog.lock().await;
+                if guard.is_flag_table(&name) {
+                    return Err(QuiverError::InvalidArgument(format!(
+                        "table '{name}' is defined by a --table flag and cannot be replaced with SQL"
+                    )));
+                }
+                if let Some(root) = &root {
+                    let options = guard.store_options(root);
+                    object_stores::ensure_registered(
+                        self.ctx.runtime_env().as_ref(),
+                        root,
+                        &options,
+                    )?;
+                }
+                let existed = self.ctx.table_exist(cmd.name.clone())?;
+                self.ctx
+                    .execute_logical_plan(statement.plan.clone())
+                    .await?;
+                if existed && !cmd.or_replace {
+                    // IF NOT EXISTS on an existing table: nothing changed.
+                    return Ok(());
+                }
+                let def = TableDef {
+                    name: name.clone(),
+                    url: location,
+                    format: None,
+                    options: Default::default(),
+                    ddl: Some(statement.sql.clone()),
+                };
+                if let Err(e) = guard.add(def) {
+                    // Keep memory and disk in agreement: the table does not exist.
+                    let _ = self.ctx.deregister_table(cmd.name.clone());
+                    return Err(e);
+                }
+                tracing::info!(table = %name, "table created");
+                Ok(())
+            }
+            LogicalPlan::Ddl(DdlStatement::DropTable(cmd)) => {
+                let name = table_name(&cmd.name)?;
+                let mut guard = self.catalog.lock().await;
+                if guard.is_flag_table(&name) {
+                    return Err(QuiverError::InvalidArgument(format!(
+                        "table '{name}' is defined by a --table flag; remove the flag to drop it"
+                    )));
+                }
+                self.ctx
+                    .execute_logical_plan(statement.plan.clone())
+                    .await?;
+                guard.remove(&name)?;
+                tracing::info!(table = %name, "table dropped");
+                Ok(())
+            }
+            other => Err(QuiverError::Internal(format!(
+                "not a catalog statement: {}",
+                other.display()
+            ))),
+        }
+    }
+}
+
+/// Re-labels every batch with the announced schema (casting views to plain types).
+fn conform(stream: SendableRecordBatchStream, schema: SchemaRef) -> QueryStream {
+    let target = Arc::clone(&schema);
+    let batches = stream
+        .map(move |batch| Ok(cast_batch(&batch?, &target)?))
+        .boxed();
+    QueryStream { schema, batches }
+}
+
+fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
+    let unsupported = |what: &str| {
+        Err(QuiverError::Unsupported(format!(
+            "{what} is not supported yet; Quiver runs queries, EXPLAIN, CREATE EXTERNAL TABLE and DROP TABLE"
+        )))
+    };
+    match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) if cmd.temporary => {
+            unsupported("CREATE TEMPORARY EXTERNAL TABLE")
+        }
+        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(_))
+        | LogicalPlan::Ddl(DdlStatement::DropTable(_)) => Ok(StatementKind::Ddl),
+        LogicalPlan::Ddl(other) => unsupported(other.name()),
+        LogicalPlan::Dml(_) => unsupported("INSERT / UPDATE / DELETE"),
+        LogicalPlan::Copy(_) => unsupported("COPY"),
+        LogicalPlan::Statement(_) => {
+            unsupported("SET / PREPARE / EXECUTE / transaction statements")
+        }
+        LogicalPlan::Explain(_) => Ok(StatementKind::Explain { analyze: false }),
+        LogicalPlan::Analyze(_) => Ok(StatementKind::Explain { analyze: true }),
+        _ => Ok(StatementKind::Query),
+    }
+}
+
+fn explain_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("plan_type", DataType::Utf8, false),
+        Field::new("plan", DataType::Utf8, false),
+    ]))
+}
+
+/// The table part of a reference inside Quiver's one catalog and schema.
+fn table_name(reference: &TableReference) -> Result<String> {
+    let in_quiver = reference.catalog().is_none_or(|c| c == CATALOG_NAME)
+        && reference.schema().is_none_or(|s| s == SCHEMA_NAME);
+    if !in_quiver {
+        return Err(QuiverError::InvalidArgument(format!(
+            "tables live in {CATALOG_NAME}.{SCHEMA_NAME}; '{reference}' is outside it"
+        )));
+    }
+    Ok(reference.table().to_string())
+}

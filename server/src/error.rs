@@ -1,0 +1,207 @@
+//! Quiver's one error type and its one mapping to gRPC status codes.
+//!
+//! Every fallible path of the server ends in [`QuiverError`]; [`QuiverError::to_status`] is the
+//! only place that decides which gRPC code a client sees. The mapping of DataFusion errors is an
+//! exhaustive `match` with no catch-all arm, so a new DataFusion variant breaks the build instead
+//! of silently becoming `Internal`. Bad input (SQL, unknown tables, malformed handles) maps to
+//! `InvalidArgument`/`NotFound`, never `Internal`.
+
+use arrow::error::ArrowError;
+use arrow_flight::error::FlightError;
+use datafusion::error::DataFusionError;
+use tonic::{Code, Status};
+
+pub type Result<T, E = QuiverError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuiverError {
+    /// The client sent something we cannot act on (malformed handle, bad option value, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The client named something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The statement is valid SQL but Quiver does not run it (yet).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The cluster cannot serve the request now (no live executor, executor unreachable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Planning or executing a query failed.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+    #[error(transparent)]
+    Flight(#[from] FlightError),
+    /// Reading or writing local state (catalog file, data directory).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Catalog file content that does not parse or validate.
+    #[error("catalog file {path}: {message}")]
+    Catalog { path: String, message: String },
+    /// A bug or broken invariant in Quiver itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl QuiverError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The gRPC status a client sees for this error.
+    pub fn to_status(&self) -> Status {
+        let code = match self {
+            Self::InvalidArgument(_) | Self::Catalog { .. } => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::Unsupported(_) => Code::Unimplemented,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::DataFusion(e) => return datafusion_status(e),
+            Self::Arrow(e) => arrow_code(e),
+            Self::Flight(e) => match e {
+                FlightError::Tonic(status) => return Status::new(status.code(), status.message()),
+                FlightError::Arrow(e) => arrow_code(e),
+                FlightError::DecodeError(_) | FlightError::ProtocolError(_) => {
+                    Code::InvalidArgument
+                }
+                FlightError::NotYetImplemented(_) => Code::Unimplemented,
+                FlightError::ExternalError(_) => Code::Internal,
+            },
+            Self::Io { .. } | Self::Internal(_) => Code::Internal,
+        };
+        Status::new(code, self.to_string())
+    }
+}
+
+impl From<QuiverError> for Status {
+    fn from(e: QuiverError) -> Self {
+        e.to_status()
+    }
+}
+
+/// Maps a DataFusion error to a status, keeping DataFusion's message.
+pub fn datafusion_status(e: &DataFusionError) -> Status {
+    // A status that crossed a process boundary (an executor's error) keeps its code.
+    if let Some(status) = find_status(e) {
+        return Status::new(status.code(), status.message().to_string());
+    }
+    Status::new(datafusion_code(e), e.to_string())
+}
+
+fn find_status(e: &DataFusionError) -> Option<&Status> {
+    match e {
+        DataFusionError::External(inner) => inner.downcast_ref::<Status>(),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            find_status(inner)
+        }
+        DataFusionError::Shared(inner) => find_status(inner),
+        _ => None,
+    }
+}
+
+fn datafusion_code(e: &DataFusionError) -> Code {
+    match e {
+        DataFusionError::SQL(..) | DataFusionError::SchemaError(..) => Code::InvalidArgument,
+        DataFusionError::Plan(msg) => {
+            // DataFusion reports unknown tables as a planning error; clients want NotFound.
+            if msg.contains("not found") {
+                Code::NotFound
+            } else {
+                Code::InvalidArgument
+            }
+        }
+        DataFusionError::Configuration(_) | DataFusionError::Substrait(_) => Code::InvalidArgument,
+        // `exec_err!` is what functions raise for bad argument values at run time.
+        DataFusionError::Execution(_) => Code::InvalidArgument,
+        DataFusionError::NotImplemented(_) => Code::Unimplemented,
+        DataFusionError::ResourcesExhausted(_) => Code::ResourceExhausted,
+        DataFusionError::ArrowError(e, _) => arrow_code(e),
+        DataFusionError::ObjectStore(e) => match e.as_ref() {
+            object_store::Error::NotFound { .. } => Code::NotFound,
+            object_store::Error::PermissionDenied { .. } => Code::PermissionDenied,
+            object_store::Error::Unauthenticated { .. } => Code::Unauthenticated,
+            _ => Code::Unavailable,
+        },
+        DataFusionError::IoError(e) => match e.kind() {
+            std::io::ErrorKind::NotFound => Code::NotFound,
+            std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+            _ => Code::Internal,
+        },
+        DataFusionError::ParquetError(_)
+        | DataFusionError::ExecutionJoin(_)
+        | DataFusionError::Internal(_)
+        | DataFusionError::Ffi(_)
+        | DataFusionError::External(_) => Code::Internal,
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            datafusion_code(inner)
+        }
+        DataFusionError::Shared(inner) => datafusion_code(inner),
+        DataFusionError::Collection(errors) => errors
+            .first()
+            .map(datafusion_code)
+            .unwrap_or(Code::Internal),
+    }
+}
+
+fn arrow_code(e: &ArrowError) -> Code {
+    match e {
+        ArrowError::CastError(_)
+        | ArrowError::ParseError(_)
+        | ArrowError::InvalidArgumentError(_)
+        | ArrowError::DivideByZero
+        | ArrowError::ArithmeticOverflow(_)
+        | ArrowError::ComputeError(_)
+        | ArrowError::SchemaError(_) => Code::InvalidArgument,
+        ArrowError::NotYetImplemented(_) => Code::Unimplemented,
+        ArrowError::MemoryError(_) => Code::ResourceExhausted,
+        ArrowError::ExternalError(_)
+        | ArrowError::IoError(..)
+        | ArrowError::IpcError(_)
+        | ArrowError::CsvError(_)
+        | ArrowError::JsonError(_)
+        | ArrowError::AvroError(_)
+        | ArrowError::ParquetError(_)
+        | ArrowError::CDataInterface(_)
+        | ArrowError::DictionaryKeyOverflowError
+        | ArrowError::RunEndIndexOverflowError
+        | ArrowError::OffsetOverflowError(_) => Code::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_sql_is_invalid_argument() {
+        let e = QuiverError::from(DataFusionError::Plan("Invalid function 'foo'".into()));
+        assert_eq!(e.to_status().code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn unknown_table_is_not_found() {
+        let e = DataFusionError::Context(
+            "while planning".into(),
+            Box::new(DataFusionError::Plan(
+                "table 'quiver.public.nope' not found".into(),
+            )),
+        );
+        let status = datafusion_status(&e);
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains("nope"));
+    }
+
+    #[test]
+    fn executor_status_keeps_its_code() {
+        let e = DataFusionError::External(Box::new(Status::unavailable("executor gone")));
+        assert_eq!(datafusion_status(&e).code(), Code::Unavailable);
+    }
+}

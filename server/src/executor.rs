@@ -1,0 +1,269 @@
+//! The executor process: a datafusion-distributed worker plus Quiver's membership client.
+//!
+//! An executor serves, on one port, the worker service (plan fragments from the coordinator and
+//! shuffle reads from other executors) and `quiver.cluster.v1.ExecutorService` (its status). In
+//! the background it registers with the coordinator, heartbeats at the interval the coordinator
+//! asks for, registers again whenever the coordinator does not know it (coordinator restart or
+//! expiry), and builds the object stores the coordinator's tables need. It keeps retrying while
+//! the coordinator is unreachable, so start order does not matter.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::SessionConfig;
+use quiver_proto::cluster::cluster_service_client::ClusterServiceClient;
+use quiver_proto::cluster::executor_service_server::{ExecutorService, ExecutorServiceServer};
+use quiver_proto::cluster::{
+    ExecutorStatus, GetExecutorStatusRequest, HeartbeatRequest, ObjectStoreConfig,
+    RegisterExecutorRequest,
+};
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status};
+use url::Url;
+
+use crate::distributed::{self, LatestSettings, TaskObserver};
+use crate::error::{QuiverError, Result};
+use crate::membership::normalize_worker_url;
+use crate::net;
+use crate::object_stores;
+use crate::task::AbortOnDrop;
+
+/// How long to wait before retrying an unreachable coordinator.
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Deadline of each membership call.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The coordinator, e.g. `grpc://10.0.0.1:50051`.
+    pub coordinator: String,
+    pub listen: SocketAddr,
+    /// The URL others use to reach this executor; defaults to `http://<bound address>`.
+    pub advertise: Option<String>,
+    pub address_file: Option<PathBuf>,
+    /// DataFusion partitions per task on this node (0 = one per core).
+    pub target_partitions: usize,
+}
+
+/// What the executor knows about itself, shared by the status service and the task sessions.
+#[derive(Debug)]
+struct ExecutorState {
+    executor_id: String,
+    worker_url: Url,
+    tasks_started: AtomicU64,
+    latest_settings: LatestSettings,
+}
+
+impl TaskObserver for ExecutorState {
+    fn task_started(&self, settings: &SessionConfig) {
+        self.tasks_started.fetch_add(1, Ordering::Relaxed);
+        self.latest_settings.record(settings);
+    }
+}
+
+struct StatusService(Arc<ExecutorState>);
+
+#[tonic::async_trait]
+impl ExecutorService for StatusService {
+    async fn get_executor_status(
+        &self,
+        _request: Request<GetExecutorStatusRequest>,
+    ) -> std::result::Result<Response<ExecutorStatus>, Status> {
+        let state = &self.0;
+        Ok(Response::new(ExecutorStatus {
+            executor_id: state.executor_id.clone(),
+            worker_url: state.worker_url.to_string(),
+            tasks_started: state.tasks_started.load(Ordering::Relaxed),
+            session_settings: state.latest_settings.get().into_iter().collect(),
+        }))
+    }
+}
+
+/// A running executor; dropping it stops it.
+#[derive(Debug)]
+pub struct RunningExecutor {
+    pub addr: SocketAddr,
+    pub worker_url: Url,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    _membership: AbortOnDrop,
+}
+
+impl RunningExecutor {
+    /// Runs until the server stops.
+    pub async fn wait(mut self) -> Result<()> {
+        let server = &mut self.server;
+        match server.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(QuiverError::Internal(format!("executor server: {e}"))),
+            Err(e) => Err(QuiverError::Internal(format!("executor server task: {e}"))),
+        }
+    }
+
+    /// Stops serving and leaves the cluster (by no longer heartbeating).
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+    }
+}
+
+impl Drop for RunningExecutor {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts an executor: binds, serves, and joins the coordinator's cluster in the background.
+pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
+    let coordinator = normalize_worker_url(&config.coordinator)
+        .map_err(|e| QuiverError::InvalidArgument(format!("--coordinator {e}")))?;
+    let (incoming, addr) = net::bind(config.listen).await?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let worker_url = normalize_worker_url(&advertise)
+        .map_err(|e| QuiverError::InvalidArgument(format!("--advertise {e}")))?;
+    if addr.ip().is_unspecified() && config.advertise.is_none() {
+        return Err(QuiverError::InvalidArgument(format!(
+            "listening on {addr}: pass --advertise with an address other nodes can reach"
+        )));
+    }
+
+    let state = Arc::new(ExecutorState {
+        executor_id: uuid::Uuid::new_v4().to_string(),
+        worker_url: worker_url.clone(),
+        tasks_started: AtomicU64::new(0),
+        latest_settings: LatestSettings::default(),
+    });
+    let runtime = Arc::new(RuntimeEnv::default());
+
+    let mut server = Server::builder().tcp_nodelay(true);
+    let router = distributed::worker_router(
+        &mut server,
+        Arc::clone(&runtime),
+        config.target_partitions,
+        Arc::clone(&state) as Arc<dyn TaskObserver>,
+    )
+    .add_service(ExecutorServiceServer::new(StatusService(Arc::clone(
+        &state,
+    ))));
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = shutdown_rx.await;
+    }));
+    if let Some(path) = &config.address_file {
+        net::write_address_file(path, addr)?;
+    }
+    tracing::info!(%addr, %worker_url, executor_id = %state.executor_id, %coordinator, "executor serving");
+
+    let channel = Endpoint::from_shared(coordinator.to_string())
+        .map_err(|e| QuiverError::InvalidArgument(format!("--coordinator: {e}")))?
+        .connect_timeout(RPC_TIMEOUT)
+        .timeout(RPC_TIMEOUT)
+        .connect_lazy();
+    let membership = AbortOnDrop::spawn(membership_loop(
+        ClusterServiceClient::new(channel),
+        Arc::clone(&state),
+        runtime,
+    ));
+
+    Ok(RunningExecutor {
+        addr,
+        worker_url,
+        shutdown: Some(shutdown_tx),
+        server,
+        _membership: membership,
+    })
+}
+
+/// Registers, then heartbeats forever; re-registers when the coordinator forgets us.
+async fn membership_loop(
+    mut client: ClusterServiceClient<Channel>,
+    state: Arc<ExecutorState>,
+    runtime: Arc<RuntimeEnv>,
+) {
+    let mut registered = false;
+    let mut interval = RETRY_INTERVAL;
+    let mut reported_failure = false;
+    loop {
+        let outcome = if registered {
+            client
+                .heartbeat(HeartbeatRequest {
+                    executor_id: state.executor_id.clone(),
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    if !r.known {
+                        tracing::info!(
+                            "coordinator does not know this executor: registering again"
+                        );
+                        registered = false;
+                    }
+                    r.object_stores
+                })
+        } else {
+            client
+                .register_executor(RegisterExecutorRequest {
+                    executor_id: state.executor_id.clone(),
+                    worker_url: state.worker_url.to_string(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    registered = true;
+                    interval = Duration::from_millis(r.heartbeat_interval_ms.max(50));
+                    tracing::info!(
+                        heartbeat_ms = r.heartbeat_interval_ms,
+                        "registered with the coordinator"
+                    );
+                    r.object_stores
+                })
+        };
+        match outcome {
+            Ok(stores) => {
+                reported_failure = false;
+                register_stores(&runtime, &stores);
+                if !registered {
+                    continue;
+                }
+                tokio::time::sleep(interval).await;
+            }
+            Err(status) => {
+                if !reported_failure {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "coordinator unreachable; retrying");
+                    reported_failure = true;
+                }
+                registered = false;
+                tokio::time::sleep(RETRY_INTERVAL).await;
+            }
+        }
+    }
+}
+
+fn register_stores(runtime: &RuntimeEnv, stores: &[ObjectStoreConfig]) {
+    for store in stores {
+        let result = Url::parse(&store.url)
+            .map_err(|e| QuiverError::InvalidArgument(e.to_string()))
+            .and_then(|root| {
+                let options = store.options.clone().into_iter().collect();
+                object_stores::ensure_registered(runtime, &root, &options)
+            });
+        match result {
+            Ok(true) => tracing::info!(url = %store.url, "object store registered"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(url = %store.url, error = %e, "cannot build object store"),
+        }
+    }
+}

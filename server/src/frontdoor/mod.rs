@@ -1,0 +1,414 @@
+//! The Flight SQL front door: what ADBC, JDBC, pyarrow and the Flight SQL CLI talk to.
+//!
+//! A thin protocol layer over [`QueryEngine`]: it decodes Flight SQL commands, asks the engine to
+//! plan or run statements, and encodes results. Contract, from what real clients need
+//! (`shared/design/flight-sql-clients.md`):
+//! * `CreatePreparedStatement` and `GetFlightInfo` only plan, never execute: DDL runs exactly once,
+//!   at `DoGet` (or in `DoPut` update calls);
+//! * the schema in `FlightInfo` / `dataset_schema` is exactly the schema `DoGet` streams, empty
+//!   results still carry it, and no view or dictionary types reach the wire;
+//! * one endpoint per statement, with no location (clients reuse their connection);
+//! * results stream as produced, pulled by the client through gRPC flow control; dropping the
+//!   `DoGet` stream cancels the query on every executor;
+//! * errors keep DataFusion's message with a meaningful code (see [`crate::error`]).
+
+mod handles;
+mod sql_info;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::sql::metadata::SqlInfoData;
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
+use bytes::Bytes;
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::TableType;
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use prost::Message;
+use prost::bytes::Bytes as ProstBytes;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::arrow_compat::plain_schema;
+use crate::engine::{QueryEngine, QueryStream, StatementKind};
+use crate::error::{QuiverError, Result};
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+
+/// Largest message a client may send (ingest and parameter batches).
+const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// The Flight SQL service.
+pub struct FrontDoor {
+    engine: Arc<QueryEngine>,
+    sql_info: SqlInfoData,
+}
+
+impl std::fmt::Debug for FrontDoor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontDoor").finish_non_exhaustive()
+    }
+}
+
+impl FrontDoor {
+    pub fn new(engine: Arc<QueryEngine>) -> Result<Self> {
+        Ok(Self {
+            engine,
+            sql_info: sql_info::sql_info()?,
+        })
+    }
+
+    /// The tonic service to mount on the coordinator's server.
+    pub fn into_service(self) -> FlightServiceServer<Self> {
+        FlightServiceServer::new(self)
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    async fn statement_info(
+        &self,
+        sql: &str,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let statement = self.engine.prepare(sql).await?;
+        let ticket = TicketStatementQuery {
+            statement_handle: handles::encode_ticket(sql),
+        };
+        flight_info(&statement.schema, ticket.as_any(), descriptor)
+    }
+
+    async fn run(&self, sql: &str) -> Result<Response<DoGetStream>, Status> {
+        let result = self.engine.execute(sql).await?;
+        Ok(Response::new(encode(result)))
+    }
+
+    async fn tables(&self, query: CommandGetTables) -> Result<RecordBatch> {
+        let include_schema = query.include_schema;
+        let mut query = query;
+        // JDBC/ODBC say TABLE, DataFusion says BASE TABLE: accept both names for base tables.
+        if query.table_types.iter().any(|t| t == "BASE TABLE") {
+            query.table_types.push("TABLE".into());
+        }
+        let mut builder = query.into_builder();
+        let ctx = self.engine.session();
+        for catalog_name in ctx.catalog_names() {
+            let Some(catalog) = ctx.catalog(&catalog_name) else {
+                continue;
+            };
+            for schema_name in catalog.schema_names() {
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                for table_name in schema.table_names() {
+                    let Some(table) = schema.table(&table_name).await? else {
+                        continue;
+                    };
+                    let table_schema = if include_schema {
+                        plain_schema(&table.schema())
+                    } else {
+                        Arc::new(Schema::empty())
+                    };
+                    builder.append(
+                        &catalog_name,
+                        &schema_name,
+                        &table_name,
+                        table_type_name(table.as_ref()),
+                        &table_schema,
+                    )?;
+                }
+            }
+        }
+        Ok(builder.build()?)
+    }
+}
+
+fn table_type_name(table: &dyn TableProvider) -> &'static str {
+    match table.table_type() {
+        TableType::Base => "TABLE",
+        TableType::View => "VIEW",
+        TableType::Temporary => "LOCAL TEMPORARY",
+    }
+}
+
+fn schema_bytes(schema: &Schema) -> Result<ProstBytes> {
+    let options = IpcWriteOptions::default();
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &options).try_into()?;
+    Ok(bytes)
+}
+
+fn flight_info(
+    schema: &Schema,
+    ticket: Any,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket.encode_to_vec()));
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| QuiverError::Internal(format!("encoding schema: {e}")))?
+        .with_endpoint(endpoint)
+        .with_descriptor(descriptor)
+        .with_ordered(true);
+    Ok(Response::new(info))
+}
+
+/// Streams a result as Flight data: schema first (also for empty results), then the batches.
+fn encode(result: QueryStream) -> DoGetStream {
+    let QueryStream { schema, batches } = result;
+    let batches = batches.map_err(|e| FlightError::Tonic(Box::new(e.to_status())));
+    FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(Status::from)
+        .boxed()
+}
+
+fn encode_batch(batch: RecordBatch) -> Response<DoGetStream> {
+    Response::new(encode(QueryStream {
+        schema: batch.schema(),
+        batches: stream::once(async { Ok(batch) }).boxed(),
+    }))
+}
+
+fn metadata_info<T: ProstMessageExt>(
+    command: &T,
+    schema: SchemaRef,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    flight_info(&schema, command.as_any(), request.into_inner())
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for FrontDoor {
+    type FlightService = FrontDoor;
+
+    async fn do_handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        // No authentication is configured: every client is accepted.
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: Bytes::new(),
+        };
+        Ok(Response::new(stream::once(async { Ok(response) }).boxed()))
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.statement_info(&query.query, request.into_inner())
+            .await
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let sql = handles::decode_prepared(&cmd.prepared_statement_handle)?;
+        self.statement_info(&sql, request.into_inner()).await
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        metadata_info(&query, schema, request)
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        metadata_info(&query, schema, request)
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        metadata_info(&query, schema, request)
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        metadata_info(&query, schema, request)
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        metadata_info(&query, schema, request)
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let sql = handles::decode_ticket(&ticket.statement_handle)?;
+        self.run(&sql).await
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let sql = handles::decode_prepared(&query.prepared_statement_handle)?;
+        self.run(&sql).await
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for name in self.engine.session().catalog_names() {
+            builder.append(name);
+        }
+        Ok(encode_batch(builder.build().map_err(QuiverError::from)?))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let ctx = self.engine.session();
+        for catalog_name in ctx.catalog_names() {
+            let Some(catalog) = ctx.catalog(&catalog_name) else {
+                continue;
+            };
+            for schema_name in catalog.schema_names() {
+                builder.append(&catalog_name, schema_name);
+            }
+        }
+        Ok(encode_batch(builder.build().map_err(QuiverError::from)?))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        Ok(encode_batch(self.tables(query).await?))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        builder.append("VIEW");
+        Ok(encode_batch(builder.build().map_err(QuiverError::from)?))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let batch = query
+            .into_builder(&self.sql_info)
+            .build()
+            .map_err(QuiverError::from)?;
+        Ok(encode_batch(batch))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        Ok(self.engine.execute_update(&command.query).await?)
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        command: CommandPreparedStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let sql = handles::decode_prepared(&command.prepared_statement_handle)?;
+        Ok(self.engine.execute_update(&sql).await?)
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        _query: CommandPreparedStatementQuery,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        Err(Status::unimplemented(
+            "binding parameters to prepared statements is not supported yet",
+        ))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let statement = self.engine.prepare(&query.query).await?;
+        // An empty dataset schema tells JDBC to run the statement as an update.
+        let dataset_schema = match statement.kind {
+            StatementKind::Ddl => ProstBytes::new(),
+            StatementKind::Query | StatementKind::Explain { .. } => {
+                schema_bytes(&statement.schema)?
+            }
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handles::encode_prepared(&query.query),
+            dataset_schema,
+            parameter_schema: ProstBytes::new(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        // Handles carry their statement: nothing to free, and closing twice is fine.
+        Ok(())
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

@@ -1,0 +1,221 @@
+//! The `quiver` binary: `serve`, `coordinator`, `executor` and `sql`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use quiver_server::catalog::TableDef;
+use quiver_server::coordinator::{self, CoordinatorConfig};
+use quiver_server::error::QuiverError;
+use quiver_server::executor::{self, ExecutorConfig};
+use quiver_server::net::parse_listen;
+use quiver_server::serve::{self, ServeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "quiver",
+    version,
+    about = "Distributed SQL over Parquet, spoken as Arrow Flight SQL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a coordinator and executors in one process (on the TPC-H demo unless tables are given).
+    Serve(ServeArgs),
+    /// Run a coordinator: the Flight SQL endpoint clients connect to.
+    Coordinator(CoordinatorArgs),
+    /// Run an executor that joins a coordinator's cluster.
+    Executor(ExecutorArgs),
+    /// Run SQL against a Quiver server (a REPL without -c/-f).
+    Sql(quiver_client::cli::SqlArgs),
+}
+
+#[derive(Args)]
+struct CatalogArgs {
+    /// A table: NAME=URL or NAME:FORMAT=URL (FORMAT: parquet, csv, json; default from the
+    /// extension, directories are Parquet). URL is a local path or s3://bucket/path.
+    #[arg(long = "table", value_name = "NAME=URL")]
+    tables: Vec<String>,
+    /// TOML catalog file with tables and object-store settings; SQL DDL is persisted here.
+    #[arg(long, value_name = "FILE")]
+    catalog: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Address to serve Flight SQL (and executor membership) on.
+    #[arg(long, default_value = "127.0.0.1:50051", value_parser = parse_listen)]
+    listen: SocketAddr,
+    /// Write the bound HOST:PORT here once the server accepts connections.
+    #[arg(long, value_name = "PATH")]
+    address_file: Option<PathBuf>,
+    /// Milliseconds without a heartbeat after which an executor leaves the live set.
+    #[arg(long, default_value_t = 10_000)]
+    executor_timeout_ms: u64,
+    /// Milliseconds between executor heartbeats.
+    #[arg(long, default_value_t = 1_000)]
+    heartbeat_interval_ms: u64,
+    /// DataFusion partitions per node (0 = one per core; distributed plans use at least 2).
+    #[arg(long, default_value_t = 0)]
+    target_partitions: usize,
+    /// Bytes of file input per scan partition; smaller spreads scans over more executors.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    scan_bytes_per_partition: usize,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+    /// Number of in-process executors.
+    #[arg(long, default_value_t = 2)]
+    executors: usize,
+    /// Where the demo dataset and the catalog file live.
+    #[arg(long, default_value = "quiver-data")]
+    data_dir: PathBuf,
+    /// TPC-H scale factor of the demo dataset.
+    #[arg(long, default_value_t = 0.1)]
+    tpch_sf: f64,
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+}
+
+#[derive(Args)]
+struct ExecutorArgs {
+    /// The coordinator to join, e.g. grpc://127.0.0.1:50051.
+    #[arg(long)]
+    coordinator: String,
+    /// Address to serve the worker service on.
+    #[arg(long, default_value = "127.0.0.1:50052", value_parser = parse_listen)]
+    listen: SocketAddr,
+    /// URL other nodes reach this executor at (default: http://<bound address>).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Write the bound HOST:PORT here once the server accepts connections.
+    #[arg(long, value_name = "PATH")]
+    address_file: Option<PathBuf>,
+    /// DataFusion partitions per task (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    target_partitions: usize,
+}
+
+fn coordinator_config(
+    cluster: ClusterArgs,
+    catalog: CatalogArgs,
+) -> Result<CoordinatorConfig, QuiverError> {
+    let tables = catalog
+        .tables
+        .iter()
+        .map(|t| TableDef::parse_flag(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CoordinatorConfig {
+        listen: cluster.listen,
+        tables,
+        catalog: catalog.catalog,
+        address_file: cluster.address_file,
+        executor_timeout: Duration::from_millis(cluster.executor_timeout_ms),
+        heartbeat_interval: Duration::from_millis(cluster.heartbeat_interval_ms),
+        target_partitions: cluster.target_partitions,
+        scan_bytes_per_partition: cluster.scan_bytes_per_partition,
+    })
+}
+
+/// Binding beyond loopback is an explicit choice.
+fn warn_if_exposed(addr: SocketAddr) {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond loopback: Quiver has no authentication yet, restrict access with a firewall");
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), QuiverError> {
+    match cli.command {
+        Command::Serve(args) => {
+            warn_if_exposed(args.cluster.listen);
+            let executors = args.executors;
+            let config = ServeConfig {
+                coordinator: coordinator_config(args.cluster, args.catalog)?,
+                executors,
+                data_dir: args.data_dir,
+                tpch_scale_factor: args.tpch_sf,
+            };
+            let cluster = serve::start(config).await?;
+            let url = cluster.coordinator.url();
+            println!("Quiver is serving Flight SQL on {url} with {executors} executors.");
+            println!("Try: quiver sql --url {url} -c 'SELECT count(*) FROM lineitem'");
+            tokio::select! {
+                r = cluster.coordinator.wait() => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Coordinator(args) => {
+            warn_if_exposed(args.cluster.listen);
+            let running =
+                coordinator::start(coordinator_config(args.cluster, args.catalog)?).await?;
+            tokio::select! {
+                r = running.wait() => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Executor(args) => {
+            warn_if_exposed(args.listen);
+            let running = executor::start(ExecutorConfig {
+                coordinator: args.coordinator,
+                listen: args.listen,
+                advertise: args.advertise,
+                address_file: args.address_file,
+                target_partitions: args.target_partitions,
+            })
+            .await?;
+            tokio::select! {
+                r = running.wait() => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Sql(_) => unreachable!("handled before the server runtime starts"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Sql(args) = cli.command {
+        return quiver_client::cli::main(args);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quiver: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quiver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

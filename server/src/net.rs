@@ -1,0 +1,39 @@
+//! Listening sockets and address files.
+//!
+//! `--listen 127.0.0.1:0` binds an ephemeral port; `--address-file` receives the bound
+//! `host:port` (written atomically, so a reader polling for it never sees half a line) once the
+//! server accepts connections. Tests and scripts read the file instead of guessing ports.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::catalog::write_atomically;
+use crate::error::{QuiverError, Result};
+
+/// Binds `addr`; returns the incoming-connection stream and the bound address.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListenerStream, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| QuiverError::io(format!("binding {addr}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| QuiverError::io("reading the bound address", e))?;
+    Ok((TcpListenerStream::new(listener), bound))
+}
+
+pub fn write_address_file(path: &Path, addr: SocketAddr) -> Result<()> {
+    write_atomically(path, format!("{addr}\n").as_bytes())
+        .map_err(|e| QuiverError::io(format!("writing address file {}", path.display()), e))
+}
+
+/// Parses a `--listen` value; a bare port means loopback.
+pub fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("'{s}' is not HOST:PORT (e.g. 127.0.0.1:50051)"))
+}

@@ -1,0 +1,95 @@
+//! `quiver serve`: a whole cluster in one process, for a first look and for development.
+//!
+//! A coordinator and N executors, each executor a real worker on its own loopback port that
+//! registers over gRPC exactly as a separate `quiver executor` process does. With no `--table`
+//! or `--catalog` it serves TPC-H generated on first start under `--data-dir` (and reused later);
+//! tables created with SQL are kept in `<data-dir>/catalog.toml`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::catalog::TableDef;
+use crate::coordinator::{self, CoordinatorConfig, RunningCoordinator};
+use crate::error::{QuiverError, Result};
+use crate::executor::{self, ExecutorConfig, RunningExecutor};
+use crate::net;
+use crate::tpch;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub coordinator: CoordinatorConfig,
+    pub executors: usize,
+    pub data_dir: PathBuf,
+    pub tpch_scale_factor: f64,
+}
+
+/// A running in-process cluster; dropping it stops everything.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub coordinator: RunningCoordinator,
+    pub executors: Vec<RunningExecutor>,
+}
+
+/// How long to wait for in-process executors to join.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
+    if config.executors == 0 {
+        return Err(QuiverError::InvalidArgument(
+            "--executors must be at least 1".into(),
+        ));
+    }
+    let mut coordinator_config = config.coordinator.clone();
+    if coordinator_config.tables.is_empty() && coordinator_config.catalog.is_none() {
+        let data_dir = config.data_dir.clone();
+        let sf = config.tpch_scale_factor;
+        tracing::info!(scale_factor = sf, data_dir = %data_dir.display(), "preparing the TPC-H demo dataset");
+        let started = Instant::now();
+        let dir = tokio::task::spawn_blocking(move || tpch::ensure_dataset(&data_dir, sf))
+            .await
+            .map_err(|e| QuiverError::Internal(format!("dataset generation: {e}")))??;
+        tracing::info!(dir = %dir.display(), elapsed_ms = started.elapsed().as_millis() as u64, "TPC-H dataset ready");
+        for table in tpch::TABLES {
+            coordinator_config
+                .tables
+                .push(TableDef::parse_flag(&format!(
+                    "{table}={}",
+                    dir.join(table).display()
+                ))?);
+        }
+        coordinator_config.catalog = Some(config.data_dir.join("catalog.toml"));
+    }
+    // The address file means "ready": written once the executors have joined.
+    let address_file = coordinator_config.address_file.take();
+    let coordinator = coordinator::start(coordinator_config).await?;
+
+    let mut executors = Vec::with_capacity(config.executors);
+    for _ in 0..config.executors {
+        executors.push(
+            executor::start(ExecutorConfig {
+                coordinator: coordinator.url(),
+                listen: ([127, 0, 0, 1], 0).into(),
+                advertise: None,
+                address_file: None,
+                target_partitions: config.coordinator.target_partitions,
+            })
+            .await?,
+        );
+    }
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    while coordinator.registry().live_worker_urls().len() < config.executors {
+        if Instant::now() > deadline {
+            return Err(QuiverError::Unavailable(
+                "in-process executors did not join the coordinator in time".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(path) = &address_file {
+        net::write_address_file(path, coordinator.addr)?;
+    }
+    Ok(LocalCluster {
+        coordinator,
+        executors,
+    })
+}

@@ -1,0 +1,95 @@
+//! The DataFusion settings every Quiver node runs with.
+//!
+//! The coordinator plans with these and every executor builds its task sessions with them;
+//! datafusion-distributed only ships its own `distributed.*` options to workers, so both sides
+//! call [`apply`]. Each setting fixes a real failure of distributed execution (see
+//! `shared/design/anchors.md`):
+//!
+//! * dynamic filters produced in one stage and consumed in another are never filled (a scan
+//!   waits forever), so dynamic filter pushdown is off;
+//! * physical uncorrelated scalar subqueries share in-process state that cannot cross stages;
+//! * Utf8View/BinaryView columns are not readable by JDBC ≤ 18.3 and make Flight frames large, so
+//!   Parquet strings are read as plain Utf8 and SQL string types map to Utf8.
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::error::Result;
+use datafusion::prelude::SessionConfig;
+
+/// The catalog and schema every table lives in.
+pub const CATALOG_NAME: &str = "quiver";
+pub const SCHEMA_NAME: &str = "public";
+
+/// `(key, value)` pairs applied on coordinator and executors alike.
+pub const DISTRIBUTED_SETTINGS: &[(&str, &str)] = &[
+    (
+        "datafusion.optimizer.enable_dynamic_filter_pushdown",
+        "false",
+    ),
+    (
+        "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery",
+        "false",
+    ),
+    (
+        "datafusion.execution.parquet.schema_force_view_types",
+        "false",
+    ),
+    (
+        "datafusion.sql_parser.map_string_types_to_utf8view",
+        "false",
+    ),
+    ("datafusion.catalog.information_schema", "true"),
+];
+
+/// Applies [`DISTRIBUTED_SETTINGS`] to a set of options.
+pub fn apply(options: &mut ConfigOptions) -> Result<()> {
+    for (key, value) in DISTRIBUTED_SETTINGS {
+        options.set(key, value)?;
+    }
+    Ok(())
+}
+
+/// A session config for a Quiver node: Quiver's settings, Quiver's catalog names, and
+/// `target_partitions` partitions per node (0 = one per core).
+pub fn session_config(target_partitions: usize) -> Result<SessionConfig> {
+    let mut config = SessionConfig::new()
+        .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
+        .with_create_default_catalog_and_schema(true);
+    if target_partitions > 0 {
+        config = config.with_target_partitions(target_partitions);
+    }
+    apply(config.options_mut())?;
+    Ok(config)
+}
+
+/// Reads back the value of every distributed setting, as the status RPC reports it.
+pub fn effective(options: &ConfigOptions) -> Vec<(String, String)> {
+    let entries = options.entries();
+    DISTRIBUTED_SETTINGS
+        .iter()
+        .filter_map(|(key, _)| {
+            entries
+                .iter()
+                .find(|e| e.key == *key)
+                .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_applied_and_readable() {
+        let config = session_config(3).unwrap();
+        assert_eq!(config.target_partitions(), 3);
+        let effective = effective(config.options());
+        assert_eq!(effective.len(), DISTRIBUTED_SETTINGS.len());
+        for (key, value) in DISTRIBUTED_SETTINGS {
+            assert!(
+                effective.contains(&(key.to_string(), value.to_string())),
+                "{key}"
+            );
+        }
+    }
+}
