@@ -1,8 +1,9 @@
 //! The catalog: which tables exist, where their files are, and how that survives restarts.
 //!
 //! Tables come from three places: `--table NAME[:FORMAT]=URL` flags (fixed for the life of the
-//! process), the TOML catalog file given with `--catalog`, and SQL `CREATE EXTERNAL TABLE` /
-//! `DROP TABLE`, which the coordinator persists into the catalog file. Every table is registered
+//! process), the TOML catalog file given with `--catalog`, and SQL (`CREATE EXTERNAL TABLE`,
+//! `CREATE VIEW`, `DROP TABLE`, `DROP VIEW`), which the coordinator persists into the catalog
+//! file. Every table is registered
 //! in DataFusion through a `CREATE EXTERNAL TABLE` statement, so flag, file and SQL tables behave
 //! the same; tables created with SQL are stored as the statement the user ran, so nothing
 //! (explicit columns, options, partition columns) is lost on restart.
@@ -98,7 +99,8 @@ impl fmt::Display for TableFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableDef {
     pub name: String,
-    /// A local path or `s3://` URL of a file or a directory of files.
+    /// A local path or `s3://` URL of a file or a directory of files; empty for views.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// Defaults to the format implied by the URL's extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,7 +305,10 @@ impl Catalog {
         for table in &self.flag_tables {
             register(ctx, table, &file.object_stores).await?;
         }
-        for table in &file.tables {
+        // Tables before views, which may read them.
+        let (tables, views): (Vec<&TableDef>, Vec<&TableDef>) =
+            file.tables.iter().partition(|t| !t.url.is_empty());
+        for table in tables.into_iter().chain(views) {
             if let Err(e) = register(ctx, table, &file.object_stores).await {
                 tracing::error!(table = %table.name, error = %e, "skipping table from the catalog file");
             }

@@ -7,7 +7,8 @@
 //! produces them and dropping the stream cancels the query on every executor.
 //!
 //! Statements: queries, `EXPLAIN [ANALYZE]` (showing the distributed plan), and the catalog DDL
-//! `CREATE EXTERNAL TABLE` / `DROP TABLE`, which are persisted in the catalog. Other DDL, DML and
+//! `CREATE EXTERNAL TABLE`, `CREATE VIEW`, `DROP TABLE`, `DROP VIEW`, which are persisted in the
+//! catalog. Other DDL, DML and
 //! `SET` answer `Unimplemented` until Quiver can run them across the cluster.
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
 use datafusion::prelude::SessionContext;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -114,12 +115,6 @@ impl QueryEngine {
             schema,
             plan,
         })
-    }
-
-    /// Plans and runs `sql`.
-    pub async fn execute(&self, sql: &str) -> Result<QueryStream> {
-        let statement = self.prepare(sql).await?;
-        self.execute_statement(statement).await
     }
 
     /// Runs a statement that returns no rows (DDL) and returns the affected row count.
@@ -284,19 +279,45 @@ impl QueryEngine {
                 tracing::info!(table = %name, "table created");
                 Ok(())
             }
-            LogicalPlan::Ddl(DdlStatement::DropTable(cmd)) => {
+            LogicalPlan::Ddl(DdlStatement::CreateView(cmd)) => {
                 let name = table_name(&cmd.name)?;
                 let mut guard = self.catalog.lock().await;
                 if guard.is_flag_table(&name) {
                     return Err(QuiverError::InvalidArgument(format!(
-                        "table '{name}' is defined by a --table flag; remove the flag to drop it"
+                        "'{name}' is a table defined by a --table flag"
                     )));
                 }
                 self.ctx
                     .execute_logical_plan(statement.plan.clone())
                     .await?;
-                guard.remove(&name)?;
-                tracing::info!(table = %name, "table dropped");
+                let def = TableDef {
+                    name: name.clone(),
+                    url: String::new(),
+                    format: None,
+                    options: Default::default(),
+                    ddl: Some(statement.sql.clone()),
+                };
+                if let Err(e) = guard.add(def) {
+                    let _ = self.ctx.deregister_table(cmd.name.clone());
+                    return Err(e);
+                }
+                tracing::info!(view = %name, "view created");
+                Ok(())
+            }
+            LogicalPlan::Ddl(DdlStatement::DropTable(DropTable { name, .. }))
+            | LogicalPlan::Ddl(DdlStatement::DropView(DropView { name, .. })) => {
+                let name_str = table_name(name)?;
+                let mut guard = self.catalog.lock().await;
+                if guard.is_flag_table(&name_str) {
+                    return Err(QuiverError::InvalidArgument(format!(
+                        "table '{name_str}' is defined by a --table flag; remove the flag to drop it"
+                    )));
+                }
+                self.ctx
+                    .execute_logical_plan(statement.plan.clone())
+                    .await?;
+                guard.remove(&name_str)?;
+                tracing::info!(table = %name_str, "dropped");
                 Ok(())
             }
             other => Err(QuiverError::Internal(format!(
@@ -319,15 +340,22 @@ fn conform(stream: SendableRecordBatchStream, schema: SchemaRef) -> QueryStream 
 fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
     let unsupported = |what: &str| {
         Err(QuiverError::Unsupported(format!(
-            "{what} is not supported yet; Quiver runs queries, EXPLAIN, CREATE EXTERNAL TABLE and DROP TABLE"
+            "{what} is not supported yet; Quiver runs queries, EXPLAIN, CREATE EXTERNAL TABLE, CREATE VIEW and DROP TABLE/VIEW"
         )))
     };
     match plan {
         LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) if cmd.temporary => {
             unsupported("CREATE TEMPORARY EXTERNAL TABLE")
         }
-        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(_))
-        | LogicalPlan::Ddl(DdlStatement::DropTable(_)) => Ok(StatementKind::Ddl),
+        LogicalPlan::Ddl(DdlStatement::CreateView(cmd)) if cmd.temporary => {
+            unsupported("CREATE TEMPORARY VIEW")
+        }
+        LogicalPlan::Ddl(
+            DdlStatement::CreateExternalTable(_)
+            | DdlStatement::DropTable(_)
+            | DdlStatement::CreateView(_)
+            | DdlStatement::DropView(_),
+        ) => Ok(StatementKind::Ddl),
         LogicalPlan::Ddl(other) => unsupported(other.name()),
         LogicalPlan::Dml(_) => unsupported("INSERT / UPDATE / DELETE"),
         LogicalPlan::Copy(_) => unsupported("COPY"),

@@ -3,8 +3,9 @@
 //! A thin protocol layer over [`QueryEngine`]: it decodes Flight SQL commands, asks the engine to
 //! plan or run statements, and encodes results. Contract, from what real clients need
 //! (`shared/design/flight-sql-clients.md`):
-//! * `CreatePreparedStatement` and `GetFlightInfo` only plan, never execute: DDL runs exactly once,
-//!   at `DoGet` (or in `DoPut` update calls);
+//! * `CreatePreparedStatement` only plans. DDL runs exactly once: at `GetFlightInfo` (ADBC and
+//!   most clients never `DoGet` a result without columns; `DoGet` of a DDL ticket streams the
+//!   empty result without running it again) or in a `DoPut` update call (JDBC);
 //! * the schema in `FlightInfo` / `dataset_schema` is exactly the schema `DoGet` streams, empty
 //!   results still carry it, and no view or dictionary types reach the wire;
 //! * one endpoint per statement, with no location (clients reuse their connection);
@@ -87,14 +88,29 @@ impl FrontDoor {
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
         let statement = self.engine.prepare(sql).await?;
+        if statement.kind == StatementKind::Ddl {
+            // ADBC (and most clients) never fetch a result without columns: DDL runs here, once.
+            self.engine.execute_statement(statement.clone()).await?;
+        }
         let ticket = TicketStatementQuery {
             statement_handle: handles::encode_ticket(sql),
         };
         flight_info(&statement.schema, ticket.as_any(), descriptor)
     }
 
+    /// DoGet: streams a query's result. DDL already ran at `GetFlightInfo`; its ticket streams
+    /// the empty result without running it again.
     async fn run(&self, sql: &str) -> Result<Response<DoGetStream>, Status> {
-        let result = self.engine.execute(sql).await?;
+        let statement = self.engine.prepare(sql).await?;
+        let result = match statement.kind {
+            StatementKind::Ddl => QueryStream {
+                schema: statement.schema,
+                batches: stream::empty().boxed(),
+            },
+            StatementKind::Query | StatementKind::Explain { .. } => {
+                self.engine.execute_statement(statement).await?
+            }
+        };
         Ok(Response::new(encode(result)))
     }
 

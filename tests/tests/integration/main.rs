@@ -1,1 +1,40 @@
+//! Quiver's integration tests, gathered into one binary (each extra binary re-links DataFusion).
+//!
+//! Every test starts real `quiver` processes on loopback and talks to them through real Flight
+//! SQL clients; results are compared with single-node DataFusion on the same files.
 
+mod catalog;
+mod frontdoor;
+mod membership;
+mod python;
+mod tpch;
+
+use arrow::array::RecordBatch;
+use quiver_client::QuiverClient;
+use quiver_tests::within;
+use std::time::Duration;
+
+/// Longest any single statement may take in these tests.
+pub(crate) const QUERY_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs each statement through the plain Flight SQL path (or the prepared-statement path when
+/// `prepared`); returns the result of the statement that produces columns.
+pub(crate) async fn run_statements(
+    client: &mut QuiverClient,
+    statements: &[String],
+    prepared: bool,
+) -> Result<Vec<RecordBatch>, String> {
+    let mut result = None;
+    for sql in statements {
+        let outcome = if prepared {
+            within(QUERY_LIMIT, sql, client.prepare_and_query(sql)).await
+        } else {
+            within(QUERY_LIMIT, sql, client.query(sql)).await
+        };
+        let outcome = outcome.map_err(|e| format!("{sql}: {e}"))?;
+        if !outcome.schema.fields().is_empty() {
+            result = Some(outcome.batches);
+        }
+    }
+    result.ok_or_else(|| "no statement returned columns".to_string())
+}

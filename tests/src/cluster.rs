@@ -1,0 +1,219 @@
+//! A cluster of real processes: one `quiver coordinator` and N `quiver executor`s on loopback.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use quiver_client::QuiverClient;
+use quiver_proto::cluster::cluster_service_client::ClusterServiceClient;
+use quiver_proto::cluster::executor_service_client::ExecutorServiceClient;
+use quiver_proto::cluster::{
+    ExecutorInfo, ExecutorStatus, GetExecutorStatusRequest, ListExecutorsRequest,
+};
+use tempfile::TempDir;
+
+use crate::process::QuiverProcess;
+use crate::within;
+
+const START_LIMIT: Duration = Duration::from_secs(60);
+const RPC_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub executors: usize,
+    /// `NAME=PATH` tables for the coordinator.
+    pub tables: Vec<(String, PathBuf)>,
+    pub catalog: Option<PathBuf>,
+    pub target_partitions: usize,
+    pub executor_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// Small, so that the tiny test datasets are still spread over every executor.
+    pub scan_bytes_per_partition: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            executors: 2,
+            tables: Vec::new(),
+            catalog: None,
+            target_partitions: 0,
+            executor_timeout_ms: 3_000,
+            heartbeat_interval_ms: 200,
+            scan_bytes_per_partition: 64 * 1024,
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// The eight TPC-H tables of the dataset in `dir`.
+    pub fn tpch(dir: &Path) -> Self {
+        Self {
+            tables: quiver_server::tpch::TABLES
+                .iter()
+                .map(|t| (t.to_string(), dir.join(t)))
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub options: ClusterOptions,
+    pub coordinator: QuiverProcess,
+    pub coordinator_addr: String,
+    pub executors: Vec<QuiverProcess>,
+    pub executor_addrs: Vec<String>,
+}
+
+impl TestCluster {
+    /// Starts the coordinator, then the executors, and waits until all executors are live.
+    pub async fn start(options: ClusterOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("quiver-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let args = coordinator_args(&options, "127.0.0.1:0");
+        let mut coordinator = QuiverProcess::spawn(dir.path(), "coordinator", &args);
+        let coordinator_addr = coordinator.wait_for_address(START_LIMIT);
+        let mut cluster = Self {
+            dir,
+            options,
+            coordinator,
+            coordinator_addr,
+            executors: Vec::new(),
+            executor_addrs: Vec::new(),
+        };
+        for _ in 0..cluster.options.executors {
+            cluster.add_executor();
+        }
+        cluster.wait_for_live(cluster.options.executors).await;
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        format!("grpc://{}", self.coordinator_addr)
+    }
+
+    pub async fn client(&self) -> QuiverClient {
+        within(RPC_LIMIT, "connect", QuiverClient::connect(&self.url()))
+            .await
+            .expect("connect to the coordinator")
+    }
+
+    /// Starts one more executor; returns its index.
+    pub fn add_executor(&mut self) -> usize {
+        let index = self.executors.len();
+        let args = vec![
+            "executor".to_string(),
+            "--coordinator".to_string(),
+            self.url(),
+            "--listen".to_string(),
+            "127.0.0.1:0".to_string(),
+        ];
+        let mut process =
+            QuiverProcess::spawn(self.dir.path(), &format!("executor-{index}"), &args);
+        let addr = process.wait_for_address(START_LIMIT);
+        self.executors.push(process);
+        self.executor_addrs.push(addr);
+        index
+    }
+
+    /// SIGKILLs executor `index`.
+    pub fn kill_executor(&mut self, index: usize) {
+        self.executors[index].kill();
+    }
+
+    /// SIGKILLs the coordinator and starts it again on the same address and catalog.
+    pub fn restart_coordinator(&mut self) {
+        self.coordinator.kill();
+        let args = coordinator_args(&self.options, &self.coordinator_addr);
+        self.coordinator = QuiverProcess::spawn(self.dir.path(), "coordinator-restarted", &args);
+        let addr = self.coordinator.wait_for_address(START_LIMIT);
+        assert_eq!(addr, self.coordinator_addr);
+    }
+
+    /// The live set as the coordinator reports it.
+    pub async fn live_executors(&self) -> Vec<ExecutorInfo> {
+        let mut client = within(
+            RPC_LIMIT,
+            "connect to cluster service",
+            ClusterServiceClient::connect(format!("http://{}", self.coordinator_addr)),
+        )
+        .await
+        .expect("connect to the cluster service");
+        within(
+            RPC_LIMIT,
+            "list executors",
+            client.list_executors(ListExecutorsRequest {}),
+        )
+        .await
+        .expect("list executors")
+        .into_inner()
+        .executors
+    }
+
+    /// Waits until exactly `n` executors are live; returns how long that took.
+    pub async fn wait_for_live(&self, n: usize) -> Duration {
+        let started = Instant::now();
+        loop {
+            let live = self.live_executors().await.len();
+            if live == n {
+                return started.elapsed();
+            }
+            if started.elapsed() > START_LIMIT {
+                panic!(
+                    "{live} live executors instead of {n} after {START_LIMIT:?}\ncoordinator log:\n{}",
+                    self.coordinator.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Executor `index`'s own status report.
+    pub async fn executor_status(&self, index: usize) -> ExecutorStatus {
+        let url = format!("http://{}", self.executor_addrs[index]);
+        let mut client = within(
+            RPC_LIMIT,
+            "connect to executor",
+            ExecutorServiceClient::connect(url),
+        )
+        .await
+        .expect("connect to the executor");
+        within(
+            RPC_LIMIT,
+            "executor status",
+            client.get_executor_status(GetExecutorStatusRequest {}),
+        )
+        .await
+        .expect("executor status")
+        .into_inner()
+    }
+}
+
+fn coordinator_args(options: &ClusterOptions, listen: &str) -> Vec<String> {
+    let mut args = vec![
+        "coordinator".to_string(),
+        "--listen".to_string(),
+        listen.to_string(),
+        "--executor-timeout-ms".to_string(),
+        options.executor_timeout_ms.to_string(),
+        "--heartbeat-interval-ms".to_string(),
+        options.heartbeat_interval_ms.to_string(),
+        "--target-partitions".to_string(),
+        options.target_partitions.to_string(),
+        "--scan-bytes-per-partition".to_string(),
+        options.scan_bytes_per_partition.to_string(),
+    ];
+    for (name, path) in &options.tables {
+        args.push("--table".to_string());
+        args.push(format!("{name}={}", path.display()));
+    }
+    if let Some(catalog) = &options.catalog {
+        args.push("--catalog".to_string());
+        args.push(catalog.display().to_string());
+    }
+    args
+}

@@ -1,0 +1,112 @@
+//! Real `quiver` processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `quiver` binary under test: `QUIVER_BIN`, or `quiver` next to the test's target dir.
+pub fn quiver_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("QUIVER_BIN") {
+        return PathBuf::from(bin);
+    }
+    // target/<profile>/deps/integration-<hash> -> target/<profile>/quiver
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join(format!("quiver{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p quiver-server --bin quiver` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `quiver` process, SIGKILLed when dropped.
+#[derive(Debug)]
+pub struct QuiverProcess {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub address_file: PathBuf,
+}
+
+impl QuiverProcess {
+    /// Starts `quiver <args> --address-file <dir>/<name>.addr`, logging to `<dir>/<name>.log`.
+    pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let address_file = dir.join(format!("{name}.addr"));
+        let _ = std::fs::remove_file(&address_file);
+        let log_file = std::fs::File::create(&log).expect("create log");
+        let child = Command::new(quiver_bin())
+            .args(args)
+            .arg("--address-file")
+            .arg(&address_file)
+            .env("RUST_LOG", "info,h2=warn,tower=warn,hyper=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn quiver");
+        Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+            address_file,
+        }
+    }
+
+    /// Waits for the address file; panics with the process log if it does not appear.
+    pub fn wait_for_address(&mut self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&self.address_file) {
+                let addr = text.trim().to_string();
+                if !addr.is_empty() {
+                    return addr;
+                }
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "{} exited with {status} before serving:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not write its address within {limit:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for QuiverProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

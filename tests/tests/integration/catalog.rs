@@ -1,0 +1,122 @@
+//! The catalog with real processes: tables and views created with SQL survive a coordinator
+//! restart (SIGKILL), dropped ones stay dropped, and executors rejoin the restarted coordinator
+//! by themselves.
+
+use quiver_tests::oracle::tpch_dataset;
+use quiver_tests::{ClusterOptions, TestCluster, within};
+
+use crate::QUERY_LIMIT;
+
+async fn count(cluster: &TestCluster, sql: &str) -> Result<i64, tonic::Status> {
+    let mut client = cluster.client().await;
+    let result = within(QUERY_LIMIT, sql, client.query(sql))
+        .await
+        .map_err(|e| {
+            e.status()
+                .cloned()
+                .unwrap_or_else(|| tonic::Status::unknown(e.to_string()))
+        })?;
+    let column = result.batches[0].column(0);
+    Ok(arrow::array::cast::as_primitive_array::<arrow::datatypes::Int64Type>(column).value(0))
+}
+
+async fn execute(cluster: &TestCluster, sql: &str) -> Result<(), tonic::Status> {
+    let mut client = cluster.client().await;
+    within(QUERY_LIMIT, sql, client.query(sql))
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            e.status()
+                .cloned()
+                .unwrap_or_else(|| tonic::Status::unknown(e.to_string()))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_tables_survive_a_coordinator_restart() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let catalog = state.path().join("catalog.toml");
+    let options = ClusterOptions {
+        catalog: Some(catalog.clone()),
+        ..ClusterOptions::default()
+    };
+    let mut cluster = TestCluster::start(options).await;
+    let nation = tpch_dataset().join("nation");
+    let region = tpch_dataset().join("region");
+
+    execute(
+        &cluster,
+        &format!(
+            "CREATE EXTERNAL TABLE nation_ext STORED AS PARQUET LOCATION '{}/'",
+            nation.display()
+        ),
+    )
+    .await
+    .expect("create table");
+    execute(
+        &cluster,
+        "CREATE VIEW asia AS SELECT n_name FROM nation_ext WHERE n_regionkey = 2",
+    )
+    .await
+    .expect("create view");
+    execute(
+        &cluster,
+        &format!(
+            "CREATE EXTERNAL TABLE doomed STORED AS PARQUET LOCATION '{}/'",
+            region.display()
+        ),
+    )
+    .await
+    .expect("create second table");
+    assert_eq!(
+        count(&cluster, "SELECT count(*) FROM doomed")
+            .await
+            .unwrap(),
+        5
+    );
+    execute(&cluster, "DROP TABLE doomed")
+        .await
+        .expect("drop table");
+    assert_eq!(
+        count(&cluster, "SELECT count(*) FROM nation_ext")
+            .await
+            .unwrap(),
+        25
+    );
+    assert_eq!(
+        count(&cluster, "SELECT count(*) FROM asia").await.unwrap(),
+        5
+    );
+
+    // Relative locations are refused: every executor must resolve the path the same way.
+    let err = execute(
+        &cluster,
+        "CREATE EXTERNAL TABLE rel STORED AS PARQUET LOCATION 'x/y/'",
+    )
+    .await
+    .expect_err("relative location");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let text = std::fs::read_to_string(&catalog).expect("catalog file");
+    assert!(
+        text.contains("nation_ext") && text.contains("asia") && !text.contains("doomed"),
+        "{text}"
+    );
+
+    cluster.restart_coordinator();
+    // Executors notice the restart and register again by themselves.
+    cluster.wait_for_live(2).await;
+    assert_eq!(
+        count(&cluster, "SELECT count(*) FROM nation_ext")
+            .await
+            .unwrap(),
+        25
+    );
+    assert_eq!(
+        count(&cluster, "SELECT count(*) FROM asia").await.unwrap(),
+        5
+    );
+    let err = count(&cluster, "SELECT count(*) FROM doomed")
+        .await
+        .expect_err("dropped table");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+}

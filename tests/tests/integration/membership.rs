@@ -1,0 +1,87 @@
+//! Cluster membership with real processes: an executor killed between queries leaves the live
+//! set within the timeout and the next query succeeds on the others; an executor that joins later
+//! gets work from the next query on; with no executor, queries over tables are `Unavailable`.
+
+use std::time::{Duration, Instant};
+
+use quiver_tests::compare::compare;
+use quiver_tests::oracle::{self, tpch_dataset};
+use quiver_tests::{ClusterOptions, TestCluster, tpch_query, within};
+
+use crate::{QUERY_LIMIT, run_statements};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_executor_leaves_and_the_next_query_succeeds() {
+    let options = ClusterOptions {
+        executor_timeout_ms: 2_000,
+        heartbeat_interval_ms: 200,
+        ..ClusterOptions::tpch(&tpch_dataset())
+    };
+    let timeout = Duration::from_millis(options.executor_timeout_ms);
+    let mut cluster = TestCluster::start(options).await;
+    let ctx = oracle::tpch_context(&tpch_dataset()).await;
+    let q5 = tpch_query(5);
+    let expected = oracle::run(&ctx, &q5).await;
+
+    let mut client = cluster.client().await;
+    let first = run_statements(&mut client, &q5, false)
+        .await
+        .expect("q5 with two executors");
+    compare(&expected, &first, true).expect("q5 with two executors");
+
+    cluster.kill_executor(0);
+    let left_after = Instant::now();
+    cluster.wait_for_live(1).await;
+    let elapsed = left_after.elapsed();
+    assert!(
+        elapsed <= timeout + Duration::from_secs(2),
+        "the killed executor stayed in the live set for {elapsed:?} (timeout {timeout:?})"
+    );
+
+    let second = run_statements(&mut client, &q5, false)
+        .await
+        .expect("q5 after losing an executor");
+    compare(&expected, &second, true).expect("q5 after losing an executor");
+
+    // A newcomer is used from the next query on.
+    let newcomer = cluster.add_executor();
+    cluster.wait_for_live(2).await;
+    assert_eq!(cluster.executor_status(newcomer).await.tasks_started, 0);
+    let third = run_statements(&mut client, &q5, true)
+        .await
+        .expect("q5 after a new executor joined");
+    compare(&expected, &third, true).expect("q5 after a new executor joined");
+    assert!(
+        cluster.executor_status(newcomer).await.tasks_started > 0,
+        "the new executor got no task"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_executors_table_queries_are_unavailable() {
+    let options = ClusterOptions {
+        executors: 0,
+        ..ClusterOptions::tpch(&tpch_dataset())
+    };
+    let cluster = TestCluster::start(options).await;
+    let mut client = cluster.client().await;
+    let err = within(
+        QUERY_LIMIT,
+        "query",
+        client.query("SELECT count(*) FROM nation"),
+    )
+    .await
+    .expect_err("no executor to run on");
+    let status = err.status().expect("a server error");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("no live executors"),
+        "{}",
+        status.message()
+    );
+    // Constant queries need no executor.
+    let one = within(QUERY_LIMIT, "select 1", client.query("SELECT 1 AS one"))
+        .await
+        .expect("select 1");
+    assert_eq!(one.num_rows(), 1);
+}

@@ -1,0 +1,114 @@
+//! All 22 TPC-H queries on a coordinator and two executor processes, checked against single-node
+//! DataFusion; with the default partitioning and with one target partition (datafusion-distributed
+//! 4.0.0 returns wrong q11/q15 results there unless Quiver guards against it).
+
+use std::collections::HashMap;
+
+use quiver_server::settings::DISTRIBUTED_SETTINGS;
+use quiver_tests::compare::{compare, is_ordered};
+use quiver_tests::oracle::{self, tpch_dataset};
+use quiver_tests::{ClusterOptions, TestCluster, tpch_query, within};
+
+use crate::{QUERY_LIMIT, run_statements};
+
+/// Runs q1..q22 (odd ones through prepared statements) and returns every mismatch.
+async fn mismatches(cluster: &TestCluster) -> Vec<String> {
+    let data = tpch_dataset();
+    let ctx = oracle::tpch_context(&data).await;
+    let mut client = cluster.client().await;
+    let mut failures = Vec::new();
+    for q in 1..=22 {
+        let statements = tpch_query(q);
+        let expected = within(QUERY_LIMIT, "oracle", oracle::run(&ctx, &statements)).await;
+        let ordered = statements.iter().any(|s| is_ordered(s));
+        match run_statements(&mut client, &statements, q % 2 == 1).await {
+            Ok(actual) => {
+                if let Err(diff) = compare(&expected, &actual, ordered) {
+                    failures.push(format!("q{q}: {diff}"));
+                }
+            }
+            Err(e) => failures.push(format!("q{q}: {e}")),
+        }
+    }
+    failures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_queries_match_single_node_datafusion() {
+    let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    let failures = mismatches(&cluster).await;
+    assert!(
+        failures.is_empty(),
+        "{} of 22 queries differ:\n{}\ncoordinator log:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        cluster.coordinator.log_text()
+    );
+
+    // A join query runs tasks on both executors.
+    let before = [
+        cluster.executor_status(0).await,
+        cluster.executor_status(1).await,
+    ];
+    let mut client = cluster.client().await;
+    run_statements(&mut client, &tpch_query(3), false)
+        .await
+        .expect("q3");
+    for (i, before) in before.iter().enumerate() {
+        let after = cluster.executor_status(i).await;
+        assert!(
+            after.tasks_started > before.tasks_started,
+            "executor {i} ran no task of a join query ({} -> {})",
+            before.tasks_started,
+            after.tasks_started
+        );
+        // The coordinator's distributed settings hold on the executor's task sessions.
+        let settings: HashMap<_, _> = after.session_settings.into_iter().collect();
+        for (key, value) in DISTRIBUTED_SETTINGS {
+            assert_eq!(
+                settings.get(*key).map(String::as_str),
+                Some(*value),
+                "executor {i}: {key}"
+            );
+        }
+    }
+
+    // EXPLAIN shows the stages of the distributed plan.
+    let explain = format!("EXPLAIN {}", tpch_query(3)[0]);
+    let result = within(QUERY_LIMIT, "explain", client.query(&explain))
+        .await
+        .expect("explain");
+    let batch = &result.batches[0];
+    let kinds = arrow::array::cast::as_string_array(batch.column(0));
+    let texts = arrow::array::cast::as_string_array(batch.column(1));
+    let row = |kind: &str| {
+        (0..batch.num_rows())
+            .find(|&i| kinds.value(i) == kind)
+            .map(|i| texts.value(i).to_string())
+            .unwrap_or_else(|| panic!("EXPLAIN has no {kind} row"))
+    };
+    let stages: usize = row("stages").parse().expect("stage count");
+    assert!(
+        stages > 1,
+        "EXPLAIN shows {stages} stage(s):\n{}",
+        row("distributed_plan")
+    );
+    assert!(row("distributed_plan").contains("Stage 1"));
+    assert_eq!(row("executors").split(", ").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_queries_match_with_one_target_partition() {
+    let options = ClusterOptions {
+        target_partitions: 1,
+        ..ClusterOptions::tpch(&tpch_dataset())
+    };
+    let cluster = TestCluster::start(options).await;
+    let failures = mismatches(&cluster).await;
+    assert!(
+        failures.is_empty(),
+        "{} of 22 queries differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
