@@ -116,7 +116,9 @@ fn print_result(result: &QueryResult, max_rows: usize, seconds: f64) {
             left -= take;
         }
         if batches.is_empty() {
-            batches.push(arrow::array::RecordBatch::new_empty(result.schema.clone()));
+            batches.push(arrow::array::RecordBatch::new_empty(std::sync::Arc::clone(
+                &result.schema,
+            )));
         }
         match pretty_format_batches(&batches) {
             Ok(table) => println!("{table}"),

@@ -9,12 +9,13 @@
 //! Quiver never needs `protoc`. The test `generated_code_is_up_to_date` regenerates it and fails on
 //! any difference; run it with `QUIVER_REGENERATE_PROTO=1` to rewrite the checked-in files.
 
-#![allow(unreachable_pub, missing_docs, clippy::all)]
-
+// Generated code: not ours to lint.
+#[allow(unreachable_pub, missing_docs, clippy::all, clippy::clone_on_ref_ptr)]
 pub mod cluster {
     include!("gen/quiver.cluster.v1.rs");
 }
 
+#[allow(unreachable_pub, missing_docs, clippy::all, clippy::clone_on_ref_ptr)]
 pub mod frontdoor {
     include!("gen/quiver.frontdoor.v1.rs");
 }
