@@ -8,6 +8,7 @@
 //! [`render_analyzed_plan`]), so a new version or a replacement touches this file only.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -18,7 +19,8 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::{
-    DistributedExt, DistributedMetricsFormat, NetworkBoundaryExt, SessionStateBuilderExt, Worker,
+    DistributedExt, DistributedMetricsFormat, NetworkBoundaryExt, RouteTasksEvent,
+    RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage, Worker,
     WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use tonic::transport::Server;
@@ -50,10 +52,93 @@ pub fn coordinator_state(
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime)
-        .with_distributed_worker_resolver(LiveExecutors(registry))
+        .with_distributed_worker_resolver(LiveExecutors(Arc::clone(&registry)))
         .with_distributed_planner()
+        .with_distributed_route_tasks_handler(TaskRouter {
+            registry,
+            next: AtomicUsize::new(0),
+        })
         .with_distributed_file_scan_config_bytes_per_partition(scan_bytes_per_partition.max(1))?
         .build())
+}
+
+/// Places each stage's tasks on live executors, right before the stage starts.
+///
+/// A single task goes where its one input task runs (no network hop), as the crate's default does;
+/// otherwise tasks go round-robin over the live executors from a rotating offset, so consecutive
+/// stages and queries spread over the whole cluster. Placements are recorded in the query's
+/// [`TaskPlacements`] when it carries one (`EXPLAIN ANALYZE`).
+struct TaskRouter {
+    registry: Arc<ExecutorRegistry>,
+    next: AtomicUsize,
+}
+
+impl RouteTasksHandler for TaskRouter {
+    fn handle(&self, ev: RouteTasksEvent) -> Option<Result<RouteTasksEventResponse>> {
+        let urls = match colocated_url(ev.plan).filter(|_| ev.task_count == 1) {
+            Some(url) => vec![url],
+            None => {
+                let live = self.registry.live_worker_urls();
+                if live.is_empty() {
+                    let status =
+                        tonic::Status::unavailable("no live executors to run the query on");
+                    return Some(Err(DataFusionError::External(Box::new(status))));
+                }
+                let start = self.next.fetch_add(ev.task_count.max(1), Ordering::Relaxed);
+                (0..ev.task_count)
+                    .map(|i| live[(start + i) % live.len()].clone())
+                    .collect()
+            }
+        };
+        if let Some(log) = ev
+            .task_ctx
+            .session_config()
+            .get_extension::<TaskPlacements>()
+        {
+            log.record(ev.plan.as_ref(), &urls);
+        }
+        Some(Ok(RouteTasksEventResponse::new(urls)))
+    }
+}
+
+/// The executor running the single task of a stage's only remote input, if there is one.
+fn colocated_url(plan: &Arc<dyn ExecutionPlan>) -> Option<Url> {
+    let mut url = None;
+    let _ = plan.apply(|node| {
+        let Some(boundary) = node.as_network_boundary() else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        if let Stage::Remote(remote) = boundary.input_stage()
+            && remote.workers.len() == 1
+        {
+            url = Some(remote.workers[0].clone());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Jump)
+    });
+    url
+}
+
+/// Where the tasks of a query's stages were placed, in the order stages started.
+#[derive(Debug, Default)]
+pub struct TaskPlacements(Mutex<Vec<String>>);
+
+impl TaskPlacements {
+    fn record(&self, stage_head: &dyn ExecutionPlan, urls: &[Url]) {
+        let tasks = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| format!("t{i} -> {}", url.as_str().trim_end_matches('/')))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let line = format!("stage with head {}: {tasks}", stage_head.name());
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+
+    /// One line per stage.
+    pub fn render(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
 }
 
 /// What an executor learns from each task session it builds.

@@ -25,7 +25,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::arrow_compat::{cast_batch, plain_schema};
 use crate::catalog::{Catalog, TableDef};
-use crate::distributed;
+use crate::distributed::{self, TaskPlacements};
 use crate::error::{QuiverError, Result};
 use crate::membership::ExecutorRegistry;
 use crate::object_stores;
@@ -167,11 +167,14 @@ impl QueryEngine {
         if analyze {
             self.require_executors(plan)?;
         }
-        let physical: Arc<dyn ExecutionPlan> = self.ctx.state().create_physical_plan(plan).await?;
+        let mut state = self.ctx.state();
+        let placements = Arc::new(TaskPlacements::default());
+        state.config_mut().set_extension(Arc::clone(&placements));
+        let physical: Arc<dyn ExecutionPlan> = state.create_physical_plan(plan).await?;
         let stages = distributed::stage_count(&physical);
         let rendered = if analyze {
             // Run to completion, discarding rows, then show the per-task metrics.
-            collect(Arc::clone(&physical), self.ctx.task_ctx()).await?;
+            collect(Arc::clone(&physical), state.task_ctx()).await?;
             distributed::render_analyzed_plan(physical).await?
         } else {
             distributed::render_plan(physical.as_ref())
@@ -197,6 +200,7 @@ impl QueryEngine {
             ("executors", executors),
         ]
         .into_iter()
+        .chain(analyze.then(|| ("task_placement", placements.render())))
         .unzip();
         Ok(RecordBatch::try_new(
             explain_schema(),

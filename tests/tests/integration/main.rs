@@ -7,6 +7,7 @@ mod catalog;
 mod frontdoor;
 mod membership;
 mod python;
+mod serve;
 mod tpch;
 
 use arrow::array::RecordBatch;

@@ -95,6 +95,25 @@ async fn tpch_queries_match_single_node_datafusion() {
     );
     assert!(row("distributed_plan").contains("Stage 1"));
     assert_eq!(row("executors").split(", ").count(), 2);
+
+    // EXPLAIN ANALYZE runs it and shows which executor ran each task.
+    let analyze = format!("EXPLAIN ANALYZE {}", tpch_query(3)[0]);
+    let result = within(QUERY_LIMIT, "explain analyze", client.query(&analyze))
+        .await
+        .expect("explain analyze");
+    let batch = &result.batches[0];
+    let kinds = arrow::array::cast::as_string_array(batch.column(0));
+    let texts = arrow::array::cast::as_string_array(batch.column(1));
+    let placement = (0..batch.num_rows())
+        .find(|&i| kinds.value(i) == "task_placement")
+        .map(|i| texts.value(i).to_string())
+        .expect("EXPLAIN ANALYZE has a task_placement row");
+    for addr in &cluster.executor_addrs {
+        assert!(
+            placement.contains(addr.as_str()),
+            "no task on {addr}:\n{placement}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
