@@ -1,5 +1,6 @@
 //! The `quiver` binary: `serve`, `coordinator`, `executor` and `sql`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -200,6 +201,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

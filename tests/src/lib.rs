@@ -48,3 +48,16 @@ pub fn tpch_query(n: usize) -> Vec<String> {
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     quiver_client::cli::split_statements(&text)
 }
+
+/// The Python with the test clients: `QUIVER_PYTHON`, or the venv `scripts/test` creates.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("QUIVER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} not found: run `scripts/test`, which creates the Python venv with the test clients",
+        python.display()
+    );
+    python
+}

@@ -6,6 +6,7 @@
 mod catalog;
 mod frontdoor;
 mod membership;
+mod object_store;
 mod python;
 mod serve;
 mod tpch;

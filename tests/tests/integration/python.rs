@@ -2,7 +2,6 @@
 //! processes: `adbc_get_objects`, and all 22 TPC-H queries through the DB-API, checked against
 //! single-node DataFusion results that this test writes as Arrow IPC files for the Python side.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,21 +9,8 @@ use arrow::ipc::writer::FileWriter;
 use quiver_server::arrow_compat::{cast_batch, plain_schema};
 use quiver_tests::oracle::{self, tpch_dataset};
 use quiver_tests::{
-    ClusterOptions, TestCluster, tpch_queries_dir, tpch_query, within, workspace_root,
+    ClusterOptions, TestCluster, python, tpch_queries_dir, tpch_query, within, workspace_root,
 };
-
-/// `QUIVER_PYTHON`, or the venv `scripts/test` creates.
-fn python() -> PathBuf {
-    let python = std::env::var_os("QUIVER_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "{} not found: run `scripts/test`, which creates the Python venv with the ADBC driver",
-        python.display()
-    );
-    python
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adbc_driver_runs_tpch_and_lists_objects() {
