@@ -12,7 +12,6 @@ use std::time::Duration;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionContext;
 use quiver_proto::cluster::cluster_service_server::ClusterServiceServer;
-use tokio::sync::oneshot;
 use tonic::transport::Server;
 
 use crate::catalog::{Catalog, TableDef};
@@ -21,7 +20,7 @@ use crate::engine::QueryEngine;
 use crate::error::{QuiverError, Result};
 use crate::frontdoor::FrontDoor;
 use crate::membership::{ClusterServiceImpl, ExecutorRegistry};
-use crate::net;
+use crate::net::{self, ServerHandle};
 use crate::settings;
 use crate::task::AbortOnDrop;
 
@@ -60,8 +59,7 @@ impl CoordinatorConfig {
 pub struct RunningCoordinator {
     pub addr: SocketAddr,
     registry: Arc<ExecutorRegistry>,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    server: ServerHandle,
     _reaper: AbortOnDrop,
 }
 
@@ -75,29 +73,9 @@ impl RunningCoordinator {
         format!("grpc://{}", self.addr)
     }
 
-    pub async fn wait(mut self) -> Result<()> {
-        match (&mut self.server).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(QuiverError::Internal(format!("coordinator server: {e}"))),
-            Err(e) => Err(QuiverError::Internal(format!(
-                "coordinator server task: {e}"
-            ))),
-        }
-    }
-
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.server).await;
-    }
-}
-
-impl Drop for RunningCoordinator {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    /// Runs until the server stops.
+    pub async fn wait(self) -> Result<()> {
+        self.server.wait().await
     }
 }
 
@@ -151,14 +129,11 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         ClusterServiceImpl::new(Arc::clone(&registry), catalog, config.heartbeat_interval);
 
     let (incoming, addr) = net::bind(config.listen).await?;
-    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = Server::builder()
         .tcp_nodelay(true)
         .add_service(front_door.into_service())
         .add_service(ClusterServiceServer::new(cluster));
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-        let _ = shutdown_rx.await;
-    }));
+    let server = ServerHandle::spawn("coordinator", router, incoming);
     if let Some(path) = &config.address_file {
         net::write_address_file(path, addr)?;
     }
@@ -166,7 +141,6 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
     Ok(RunningCoordinator {
         addr,
         registry,
-        shutdown: Some(shutdown_tx),
         server,
         _reaper: reaper,
     })

@@ -228,107 +228,83 @@ impl QueryEngine {
     }
 
     async fn run_ddl(&self, statement: &Statement) -> Result<()> {
-        match &statement.plan {
-            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
-                let name = table_name(&cmd.name)?;
-                let location = match cmd.locations.as_slice() {
-                    [one] => one.clone(),
-                    _ => {
-                        return Err(QuiverError::Unsupported(
-                            "CREATE EXTERNAL TABLE with several locations is not supported".into(),
-                        ));
-                    }
-                };
-                let root = object_stores::store_root(&location)?;
-                if root.is_none() && !location.starts_with("file://") && !location.starts_with('/')
-                {
-                    return Err(QuiverError::InvalidArgument(format!(
-                        "LOCATION '{location}' must be an absolute path or a URL: every executor resolves it"
-                    )));
-                }
-                let mut guard = self.catalog.lock().await;
-                if guard.is_flag_table(&name) {
-                    return Err(QuiverError::InvalidArgument(format!(
-                        "table '{name}' is defined by a --table flag and cannot be replaced with SQL"
-                    )));
-                }
-                if let Some(root) = &root {
-                    let options = guard.store_options(root);
-                    object_stores::ensure_registered(
-                        self.ctx.runtime_env().as_ref(),
-                        root,
-                        &options,
-                    )?;
-                }
-                let existed = self.ctx.table_exist(cmd.name.clone())?;
-                self.ctx
-                    .execute_logical_plan(statement.plan.clone())
-                    .await?;
-                if existed && !cmd.or_replace {
-                    // IF NOT EXISTS on an existing table: nothing changed.
-                    return Ok(());
-                }
-                let def = TableDef {
-                    name: name.clone(),
-                    url: location,
-                    format: None,
-                    options: Default::default(),
-                    ddl: Some(statement.sql.clone()),
-                };
-                if let Err(e) = guard.add(def) {
-                    // Keep memory and disk in agreement: the table does not exist.
-                    let _ = self.ctx.deregister_table(cmd.name.clone());
-                    return Err(e);
-                }
-                tracing::info!(table = %name, "table created");
-                Ok(())
+        let LogicalPlan::Ddl(ddl) = &statement.plan else {
+            return Err(QuiverError::Internal("not a catalog statement".into()));
+        };
+        // What the statement names, and for creations the location recorded in the catalog.
+        let (reference, created_at) = match ddl {
+            DdlStatement::CreateExternalTable(cmd) => {
+                (&cmd.name, Some(self.external_location(&cmd.locations)?))
             }
-            LogicalPlan::Ddl(DdlStatement::CreateView(cmd)) => {
-                let name = table_name(&cmd.name)?;
-                let mut guard = self.catalog.lock().await;
-                if guard.is_flag_table(&name) {
-                    return Err(QuiverError::InvalidArgument(format!(
-                        "'{name}' is a table defined by a --table flag"
-                    )));
-                }
-                self.ctx
-                    .execute_logical_plan(statement.plan.clone())
-                    .await?;
-                let def = TableDef {
-                    name: name.clone(),
-                    url: String::new(),
-                    format: None,
-                    options: Default::default(),
-                    ddl: Some(statement.sql.clone()),
-                };
-                if let Err(e) = guard.add(def) {
-                    let _ = self.ctx.deregister_table(cmd.name.clone());
-                    return Err(e);
-                }
-                tracing::info!(view = %name, "view created");
-                Ok(())
+            DdlStatement::CreateView(cmd) => (&cmd.name, Some(String::new())),
+            DdlStatement::DropTable(DropTable { name, .. })
+            | DdlStatement::DropView(DropView { name, .. }) => (name, None),
+            other => {
+                return Err(QuiverError::Internal(format!(
+                    "not a catalog statement: {}",
+                    other.name()
+                )));
             }
-            LogicalPlan::Ddl(DdlStatement::DropTable(DropTable { name, .. }))
-            | LogicalPlan::Ddl(DdlStatement::DropView(DropView { name, .. })) => {
-                let name_str = table_name(name)?;
-                let mut guard = self.catalog.lock().await;
-                if guard.is_flag_table(&name_str) {
-                    return Err(QuiverError::InvalidArgument(format!(
-                        "table '{name_str}' is defined by a --table flag; remove the flag to drop it"
-                    )));
-                }
-                self.ctx
-                    .execute_logical_plan(statement.plan.clone())
-                    .await?;
-                guard.remove(&name_str)?;
-                tracing::info!(table = %name_str, "dropped");
-                Ok(())
-            }
-            other => Err(QuiverError::Internal(format!(
-                "not a catalog statement: {}",
-                other.display()
-            ))),
+        };
+        let name = table_name(reference)?;
+        let mut guard = self.catalog.lock().await;
+        if guard.is_flag_table(&name) {
+            return Err(QuiverError::InvalidArgument(format!(
+                "table '{name}' is defined by a --table flag: change the flag instead of using SQL"
+            )));
         }
+        let Some(url) = created_at else {
+            self.ctx
+                .execute_logical_plan(statement.plan.clone())
+                .await?;
+            guard.remove(&name)?;
+            tracing::info!(table = %name, "dropped");
+            return Ok(());
+        };
+        if let Some(root) = object_stores::store_root(&url)? {
+            let options = guard.store_options(&root);
+            object_stores::ensure_registered(self.ctx.runtime_env().as_ref(), &root, &options)?;
+        }
+        let existed = self.ctx.table_exist(reference.clone())?;
+        self.ctx
+            .execute_logical_plan(statement.plan.clone())
+            .await?;
+        let replaced = matches!(ddl, DdlStatement::CreateExternalTable(c) if c.or_replace)
+            || matches!(ddl, DdlStatement::CreateView(c) if c.or_replace);
+        if existed && !replaced {
+            // IF NOT EXISTS on an existing table: nothing changed.
+            return Ok(());
+        }
+        let def = TableDef {
+            name: name.clone(),
+            url,
+            format: None,
+            options: Default::default(),
+            ddl: Some(statement.sql.clone()),
+        };
+        if let Err(e) = guard.add(def) {
+            // Keep memory and disk in agreement: what is not persisted does not exist.
+            let _ = self.ctx.deregister_table(reference.clone());
+            return Err(e);
+        }
+        tracing::info!(table = %name, "created");
+        Ok(())
+    }
+
+    /// The one location of `CREATE EXTERNAL TABLE`, which every executor must resolve alike.
+    fn external_location(&self, locations: &[String]) -> Result<String> {
+        let [location] = locations else {
+            return Err(QuiverError::Unsupported(
+                "CREATE EXTERNAL TABLE with several locations is not supported".into(),
+            ));
+        };
+        let remote = object_stores::store_root(location)?.is_some();
+        if !remote && !location.starts_with("file://") && !location.starts_with('/') {
+            return Err(QuiverError::InvalidArgument(format!(
+                "LOCATION '{location}' must be an absolute path or a URL: every executor resolves it"
+            )));
+        }
+        Ok(location.clone())
     }
 }
 

@@ -21,7 +21,6 @@ use quiver_proto::cluster::{
     ExecutorStatus, GetExecutorStatusRequest, HeartbeatRequest, ObjectStoreConfig,
     RegisterExecutorRequest,
 };
-use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 use url::Url;
@@ -29,7 +28,7 @@ use url::Url;
 use crate::distributed::{self, LatestSettings, TaskObserver};
 use crate::error::{QuiverError, Result};
 use crate::membership::normalize_worker_url;
-use crate::net;
+use crate::net::{self, ServerHandle};
 use crate::object_stores;
 use crate::task::AbortOnDrop;
 
@@ -89,36 +88,14 @@ impl ExecutorService for StatusService {
 pub struct RunningExecutor {
     pub addr: SocketAddr,
     pub worker_url: Url,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    server: ServerHandle,
     _membership: AbortOnDrop,
 }
 
 impl RunningExecutor {
     /// Runs until the server stops.
-    pub async fn wait(mut self) -> Result<()> {
-        let server = &mut self.server;
-        match server.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(QuiverError::Internal(format!("executor server: {e}"))),
-            Err(e) => Err(QuiverError::Internal(format!("executor server task: {e}"))),
-        }
-    }
-
-    /// Stops serving and leaves the cluster (by no longer heartbeating).
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.server).await;
-    }
-}
-
-impl Drop for RunningExecutor {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    pub async fn wait(self) -> Result<()> {
+        self.server.wait().await
     }
 }
 
@@ -157,10 +134,7 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
     .add_service(ExecutorServiceServer::new(StatusService(Arc::clone(
         &state,
     ))));
-    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-        let _ = shutdown_rx.await;
-    }));
+    let server = ServerHandle::spawn("executor", router, incoming);
     if let Some(path) = &config.address_file {
         net::write_address_file(path, addr)?;
     }
@@ -180,7 +154,6 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
     Ok(RunningExecutor {
         addr,
         worker_url,
-        shutdown: Some(shutdown_tx),
         server,
         _membership: membership,
     })

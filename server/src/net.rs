@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
 
 use crate::catalog::write_atomically;
 use crate::error::{QuiverError, Result};
@@ -36,4 +39,46 @@ pub fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
     }
     s.parse()
         .map_err(|_| format!("'{s}' is not HOST:PORT (e.g. 127.0.0.1:50051)"))
+}
+
+/// A gRPC server running on its own task. Dropping the handle shuts the server down gracefully.
+#[derive(Debug)]
+pub struct ServerHandle {
+    name: &'static str,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+impl ServerHandle {
+    pub fn spawn(name: &'static str, router: Router, incoming: TcpListenerStream) -> Self {
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stop.await;
+        }));
+        Self {
+            name,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    /// Runs until the server stops on its own (an error).
+    pub async fn wait(mut self) -> Result<()> {
+        match (&mut self.task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(QuiverError::Internal(format!("{} server: {e}", self.name))),
+            Err(e) => Err(QuiverError::Internal(format!(
+                "{} server task: {e}",
+                self.name
+            ))),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
 }

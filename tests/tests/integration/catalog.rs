@@ -2,34 +2,32 @@
 //! restart (SIGKILL), dropped ones stay dropped, and executors rejoin the restarted coordinator
 //! by themselves.
 
+use quiver_client::QueryResult;
 use quiver_tests::oracle::tpch_dataset;
 use quiver_tests::{ClusterOptions, TestCluster, within};
 
 use crate::QUERY_LIMIT;
 
-async fn count(cluster: &TestCluster, sql: &str) -> Result<i64, tonic::Status> {
-    let mut client = cluster.client().await;
-    let result = within(QUERY_LIMIT, sql, client.query(sql))
-        .await
-        .map_err(|e| {
-            e.status()
-                .cloned()
-                .unwrap_or_else(|| tonic::Status::unknown(e.to_string()))
-        })?;
-    let column = result.batches[0].column(0);
-    Ok(arrow::array::cast::as_primitive_array::<arrow::datatypes::Int64Type>(column).value(0))
-}
-
-async fn execute(cluster: &TestCluster, sql: &str) -> Result<(), tonic::Status> {
+/// Runs `sql`; a server error comes back as its status.
+async fn query(cluster: &TestCluster, sql: &str) -> Result<QueryResult, tonic::Status> {
     let mut client = cluster.client().await;
     within(QUERY_LIMIT, sql, client.query(sql))
         .await
-        .map(|_| ())
         .map_err(|e| {
             e.status()
                 .cloned()
                 .unwrap_or_else(|| tonic::Status::unknown(e.to_string()))
         })
+}
+
+async fn execute(cluster: &TestCluster, sql: &str) -> Result<(), tonic::Status> {
+    query(cluster, sql).await.map(|_| ())
+}
+
+async fn count(cluster: &TestCluster, sql: &str) -> Result<i64, tonic::Status> {
+    let result = query(cluster, sql).await?;
+    let column = result.batches[0].column(0);
+    Ok(arrow::array::cast::as_primitive_array::<arrow::datatypes::Int64Type>(column).value(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

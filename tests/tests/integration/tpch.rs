@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use quiver_client::QuiverClient;
 use quiver_server::settings::DISTRIBUTED_SETTINGS;
 use quiver_tests::compare::{compare, is_ordered};
 use quiver_tests::oracle::{self, tpch_dataset};
@@ -31,6 +32,22 @@ async fn mismatches(cluster: &TestCluster) -> Vec<String> {
         }
     }
     failures
+}
+
+/// The `plan_type -> plan` rows of an EXPLAIN.
+async fn explain_rows(client: &mut QuiverClient, sql: &str) -> HashMap<String, String> {
+    let result = within(QUERY_LIMIT, sql, client.query(sql))
+        .await
+        .expect("explain");
+    let mut rows = HashMap::new();
+    for batch in &result.batches {
+        let kinds = arrow::array::cast::as_string_array(batch.column(0));
+        let texts = arrow::array::cast::as_string_array(batch.column(1));
+        for i in 0..batch.num_rows() {
+            rows.insert(kinds.value(i).to_string(), texts.value(i).to_string());
+        }
+    }
+    rows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,40 +91,20 @@ async fn tpch_queries_match_single_node_datafusion() {
     }
 
     // EXPLAIN shows the stages of the distributed plan.
-    let explain = format!("EXPLAIN {}", tpch_query(3)[0]);
-    let result = within(QUERY_LIMIT, "explain", client.query(&explain))
-        .await
-        .expect("explain");
-    let batch = &result.batches[0];
-    let kinds = arrow::array::cast::as_string_array(batch.column(0));
-    let texts = arrow::array::cast::as_string_array(batch.column(1));
-    let row = |kind: &str| {
-        (0..batch.num_rows())
-            .find(|&i| kinds.value(i) == kind)
-            .map(|i| texts.value(i).to_string())
-            .unwrap_or_else(|| panic!("EXPLAIN has no {kind} row"))
-    };
-    let stages: usize = row("stages").parse().expect("stage count");
-    assert!(
-        stages > 1,
-        "EXPLAIN shows {stages} stage(s):\n{}",
-        row("distributed_plan")
-    );
-    assert!(row("distributed_plan").contains("Stage 1"));
-    assert_eq!(row("executors").split(", ").count(), 2);
+    let explain = explain_rows(&mut client, &format!("EXPLAIN {}", tpch_query(3)[0])).await;
+    let stages: usize = explain["stages"].parse().expect("stage count");
+    let plan = &explain["distributed_plan"];
+    assert!(stages > 1, "EXPLAIN shows {stages} stage(s):\n{plan}");
+    assert!(plan.contains("Stage 1"), "{plan}");
+    assert_eq!(explain["executors"].split(", ").count(), 2);
 
     // EXPLAIN ANALYZE runs it and shows which executor ran each task.
-    let analyze = format!("EXPLAIN ANALYZE {}", tpch_query(3)[0]);
-    let result = within(QUERY_LIMIT, "explain analyze", client.query(&analyze))
-        .await
-        .expect("explain analyze");
-    let batch = &result.batches[0];
-    let kinds = arrow::array::cast::as_string_array(batch.column(0));
-    let texts = arrow::array::cast::as_string_array(batch.column(1));
-    let placement = (0..batch.num_rows())
-        .find(|&i| kinds.value(i) == "task_placement")
-        .map(|i| texts.value(i).to_string())
-        .expect("EXPLAIN ANALYZE has a task_placement row");
+    let analyzed = explain_rows(
+        &mut client,
+        &format!("EXPLAIN ANALYZE {}", tpch_query(3)[0]),
+    )
+    .await;
+    let placement = &analyzed["task_placement"];
     for addr in &cluster.executor_addrs {
         assert!(
             placement.contains(addr.as_str()),
