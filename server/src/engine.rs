@@ -211,6 +211,16 @@ impl QueryEngine {
         )?)
     }
 
+    /// Fails fast, before a client fetches, if the statement cannot run now.
+    pub fn check_runnable(&self, statement: &Statement) -> Result<()> {
+        match statement.kind {
+            StatementKind::Query | StatementKind::Explain { analyze: true } => {
+                self.require_executors(&statement.plan)
+            }
+            StatementKind::Ddl | StatementKind::Explain { analyze: false } => Ok(()),
+        }
+    }
+
     /// Queries that read tables need at least one live executor.
     fn require_executors(&self, plan: &LogicalPlan) -> Result<()> {
         let reads_tables = plan

@@ -159,7 +159,7 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
             println!("Try: quiver sql --url {url} -c 'SELECT count(*) FROM lineitem'");
             tokio::select! {
                 r = cluster.coordinator.wait() => r,
-                _ = tokio::signal::ctrl_c() => Ok(()),
+                _ = shutdown_signal() => Ok(()),
             }
         }
         Command::Coordinator(args) => {
@@ -168,7 +168,7 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
                 coordinator::start(coordinator_config(args.cluster, args.catalog)?).await?;
             tokio::select! {
                 r = running.wait() => r,
-                _ = tokio::signal::ctrl_c() => Ok(()),
+                _ = shutdown_signal() => Ok(()),
             }
         }
         Command::Executor(args) => {
@@ -183,11 +183,27 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
             .await?;
             tokio::select! {
                 r = running.wait() => r,
-                _ = tokio::signal::ctrl_c() => Ok(()),
+                _ = shutdown_signal() => Ok(()),
             }
         }
         Command::Sql(_) => unreachable!("handled before the server runtime starts"),
     }
+}
+
+/// Ctrl-C or SIGTERM (what service managers send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> ExitCode {

@@ -51,6 +51,8 @@ impl ExecutorRegistry {
     /// Adds or refreshes an executor.
     pub fn register(&self, executor_id: &str, worker_url: Url) {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        // An executor restarted on the same address replaces its previous incarnation.
+        members.retain(|id, m| id == executor_id || m.worker_url != worker_url);
         let previous = members.insert(
             executor_id.to_string(),
             Member {
@@ -259,6 +261,15 @@ mod tests {
         registry.reap();
         assert_eq!(registry.snapshot().len(), 1);
         assert!(!registry.heartbeat("unknown"));
+
+        // A new incarnation on the same address replaces the old one.
+        registry.register("a2", Url::parse("http://127.0.0.1:1").unwrap());
+        let ids: Vec<_> = registry
+            .snapshot()
+            .into_iter()
+            .map(|e| e.executor_id)
+            .collect();
+        assert_eq!(ids, vec!["a2".to_string()]);
     }
 
     #[test]

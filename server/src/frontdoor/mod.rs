@@ -88,6 +88,7 @@ impl FrontDoor {
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
         let statement = self.engine.prepare(sql).await?;
+        self.engine.check_runnable(&statement)?;
         if statement.kind == StatementKind::Ddl {
             // ADBC (and most clients) never fetch a result without columns: DDL runs here, once.
             self.engine.execute_statement(statement.clone()).await?;
