@@ -376,3 +376,92 @@ fn table_name(reference: &TableReference) -> Result<String> {
     }
     Ok(reference.table().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use datafusion::execution::runtime_env::RuntimeEnv;
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::settings;
+
+    fn engine(dir: &std::path::Path) -> QueryEngine {
+        let registry = ExecutorRegistry::new(Duration::from_secs(10));
+        let state = distributed::coordinator_state(
+            settings::session_config(2).unwrap(),
+            Arc::new(RuntimeEnv::default()),
+            Arc::clone(&registry),
+            1 << 20,
+        )
+        .unwrap();
+        let catalog = Catalog::load(Some(dir.join("catalog.toml")), vec![]).unwrap();
+        QueryEngine::new(
+            SessionContext::new_with_state(state),
+            Arc::new(catalog),
+            registry,
+        )
+    }
+
+    #[tokio::test]
+    async fn prepare_classifies_without_side_effects() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path());
+        let ddl = format!(
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}/t.csv'",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("t.csv"), "a,b\n1,x\n2,y\n").unwrap();
+
+        let statement = engine.prepare(&ddl).await.unwrap();
+        assert_eq!(statement.kind, StatementKind::Ddl);
+        assert!(statement.schema.fields().is_empty());
+        assert!(
+            !engine.session().table_exist("t").unwrap(),
+            "prepare must not run DDL"
+        );
+        assert!(!dir.path().join("catalog.toml").exists());
+
+        let explain = engine.prepare("EXPLAIN SELECT 1").await.unwrap();
+        assert_eq!(explain.kind, StatementKind::Explain { analyze: false });
+        assert_eq!(explain.schema.fields().len(), 2);
+
+        for unsupported in [
+            "COPY (SELECT 1) TO '/tmp/never.parquet'",
+            "SET datafusion.execution.batch_size = 1",
+            "CREATE TABLE m AS SELECT 1",
+        ] {
+            let err = engine.prepare(unsupported).await.unwrap_err();
+            assert_eq!(
+                err.to_status().code(),
+                tonic::Code::Unimplemented,
+                "{unsupported}"
+            );
+        }
+        let err = engine.execute_update("SELECT 1").await.unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+
+        // Running the DDL creates and persists the table; reading it needs an executor.
+        assert_eq!(engine.execute_update(&ddl).await.unwrap(), 0);
+        assert!(engine.session().table_exist("t").unwrap());
+        let persisted = std::fs::read_to_string(dir.path().join("catalog.toml")).unwrap();
+        assert!(persisted.contains("name = \"t\""), "{persisted}");
+        let insert = engine
+            .prepare("INSERT INTO t VALUES (3, 'z')")
+            .await
+            .unwrap_err();
+        assert_eq!(insert.to_status().code(), tonic::Code::Unimplemented);
+        let scan = engine.prepare("SELECT count(*) FROM t").await.unwrap();
+        let err = engine.check_runnable(&scan).unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::Unavailable);
+
+        // Constant queries run on the coordinator, views become plain Utf8.
+        let one = engine.prepare("SELECT 'a' AS s").await.unwrap();
+        engine.check_runnable(&one).unwrap();
+        let result = engine.execute_statement(one).await.unwrap();
+        assert_eq!(result.schema.field(0).data_type(), &DataType::Utf8);
+        let batches: Vec<RecordBatch> = result.batches.try_collect().await.unwrap();
+        assert_eq!(batches[0].num_rows(), 1);
+    }
+}
