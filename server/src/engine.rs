@@ -15,20 +15,21 @@ use std::sync::Arc;
 
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNode;
+use datafusion::common::{ScalarValue, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
 use datafusion::prelude::SessionContext;
 use futures::stream::{self, BoxStream, StreamExt};
 
-use crate::arrow_compat::{cast_batch, plain_schema};
+use crate::arrow_compat::{cast_batch, plain_schema, plain_type};
 use crate::catalog::{Catalog, TableDef};
 use crate::distributed::{self, TaskPlacements};
 use crate::error::{QuiverError, Result};
 use crate::membership::ExecutorRegistry;
 use crate::object_stores;
+use crate::placeholders::number_placeholders;
 use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
 
 /// What a statement does, which decides how clients run it.
@@ -49,7 +50,17 @@ pub struct Statement {
     pub kind: StatementKind,
     /// The schema clients receive.
     pub schema: SchemaRef,
+    /// Placeholders still to bind, in position order (`$1`, `$2`, ...).
+    pub parameters: Vec<Field>,
     plan: LogicalPlan,
+}
+
+impl Statement {
+    /// One nullable field per placeholder, named `$1..$n`; a type DataFusion could not infer from
+    /// the query is announced as Utf8 (strings coerce to the type the query needs).
+    pub fn parameter_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(self.parameters.clone()))
+    }
 }
 
 /// A result: its schema and its batches, each batch already in that schema.
@@ -102,19 +113,61 @@ impl QueryEngine {
 
     /// Plans `sql` without running it or changing anything.
     pub async fn prepare(&self, sql: &str) -> Result<Statement> {
-        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        let numbered = number_placeholders(sql);
+        let plan = self.ctx.state().create_logical_plan(&numbered).await?;
         let kind = classify(&plan)?;
         let schema = match kind {
             StatementKind::Ddl => Arc::new(Schema::empty()),
             StatementKind::Explain { .. } => explain_schema(),
             StatementKind::Query => plain_schema(plan.schema().as_arrow()),
         };
+        let parameters = parameter_fields(&plan)?;
         Ok(Statement {
             sql: sql.to_string(),
             kind,
             schema,
+            parameters,
             plan,
         })
+    }
+
+    /// Binds the first row of `values` to the statement's placeholders, by position.
+    pub fn bind(&self, mut statement: Statement, values: &RecordBatch) -> Result<Statement> {
+        if values.num_columns() != statement.parameters.len() {
+            return Err(QuiverError::InvalidArgument(format!(
+                "the statement has {} parameter(s), {} value(s) were bound",
+                statement.parameters.len(),
+                values.num_columns()
+            )));
+        }
+        if values.num_rows() != 1 {
+            return Err(QuiverError::InvalidArgument(format!(
+                "bind exactly one row of parameter values per execution, got {}",
+                values.num_rows()
+            )));
+        }
+        let scalars = values
+            .columns()
+            .iter()
+            .zip(&statement.parameters)
+            .map(|(column, field)| {
+                let value = ScalarValue::try_from_array(column, 0)?;
+                if value.is_null() || &value.data_type() == field.data_type() {
+                    return Ok(value);
+                }
+                value.cast_to(field.data_type()).map_err(|e| {
+                    QuiverError::InvalidArgument(format!(
+                        "parameter {}: cannot use {} as {}: {e}",
+                        field.name(),
+                        value.data_type(),
+                        field.data_type()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        statement.plan = statement.plan.with_param_values(scalars)?;
+        statement.parameters.clear();
+        Ok(statement)
     }
 
     /// Runs a statement that returns no rows (DDL) and returns the affected row count.
@@ -130,6 +183,7 @@ impl QueryEngine {
     }
 
     pub async fn execute_statement(&self, statement: Statement) -> Result<QueryStream> {
+        self.check_runnable(&statement)?;
         match statement.kind {
             StatementKind::Ddl => {
                 self.run_ddl(&statement).await?;
@@ -213,6 +267,12 @@ impl QueryEngine {
 
     /// Fails fast, before a client fetches, if the statement cannot run now.
     pub fn check_runnable(&self, statement: &Statement) -> Result<()> {
+        if !statement.parameters.is_empty() {
+            return Err(QuiverError::InvalidArgument(format!(
+                "the statement has {} parameter(s): bind values before executing it",
+                statement.parameters.len()
+            )));
+        }
         match statement.kind {
             StatementKind::Query | StatementKind::Explain { analyze: true } => {
                 self.require_executors(&statement.plan)
@@ -356,6 +416,38 @@ fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
         LogicalPlan::Analyze(_) => Ok(StatementKind::Explain { analyze: true }),
         _ => Ok(StatementKind::Query),
     }
+}
+
+/// The statement's placeholders as `$1..$n` fields, in position order.
+fn parameter_fields(plan: &LogicalPlan) -> Result<Vec<Field>> {
+    let mut found: Vec<(usize, Field)> = Vec::new();
+    for (name, field) in plan.get_parameter_fields()? {
+        let position = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                QuiverError::InvalidArgument(format!(
+                    "placeholder {name}: use ? or $1, $2, ... (named placeholders are not supported)"
+                ))
+            })?;
+        let data_type = field
+            .map(|f| f.data_type().clone())
+            .filter(|t| t != &DataType::Null)
+            .unwrap_or(DataType::Utf8);
+        found.push((position, Field::new(name, plain_type(&data_type), true)));
+    }
+    found.sort_by_key(|(position, _)| *position);
+    if found
+        .iter()
+        .enumerate()
+        .any(|(i, (position, _))| *position != i + 1)
+    {
+        return Err(QuiverError::InvalidArgument(
+            "placeholders must be numbered $1..$n without gaps".into(),
+        ));
+    }
+    Ok(found.into_iter().map(|(_, field)| field).collect())
 }
 
 fn explain_schema() -> SchemaRef {

@@ -28,7 +28,7 @@
 //! * [`membership`]: the live executor set; [`catalog`] and [`object_stores`]: tables;
 //! * [`settings`]: DataFusion settings every node shares; [`arrow_compat`]: wire-safe types;
 //! * [`error`]: the error enum and its one mapping to gRPC codes;
-//! * [`tpch`]: the embedded demo dataset; [`net`], [`task`]: sockets and owned tasks.
+//! * [`placeholders`]: `?` parameters; [`tpch`]: the demo dataset; [`net`], [`task`]: plumbing.
 
 pub mod arrow_compat;
 pub mod catalog;
@@ -41,6 +41,7 @@ pub mod frontdoor;
 pub mod membership;
 pub mod net;
 pub mod object_stores;
+pub mod placeholders;
 pub mod serve;
 pub mod settings;
 pub mod task;

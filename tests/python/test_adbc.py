@@ -125,6 +125,18 @@ def test_q3_top_orders(conn):
     assert table.schema.field("l_orderkey").type == pa.int64()
 
 
+def test_parameters_bind_by_position(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT n_name FROM nation WHERE n_nationkey = ? AND n_regionkey = ?", (7, 3))
+        assert cur.fetchall() == [("GERMANY",)]
+        cur.execute("SELECT count(*) FROM nation WHERE n_name LIKE ?", ("%AN%",))
+        (count,) = cur.fetchone()
+        cur.execute("SELECT count(*) FROM nation WHERE n_name LIKE '%AN%'")
+        assert cur.fetchone() == (count,)
+        with pytest.raises(adbc_driver_manager.ProgrammingError):
+            cur.execute("SELECT n_name FROM nation WHERE n_nationkey = ?", ("not a number",))
+
+
 def test_sql_errors_are_programming_errors(conn):
     with conn.cursor() as cur:
         with pytest.raises(adbc_driver_manager.ProgrammingError):

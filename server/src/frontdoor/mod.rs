@@ -16,12 +16,16 @@
 mod handles;
 mod sql_info;
 
+use handles::BoundSql;
+
 use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -47,7 +51,7 @@ use prost::bytes::Bytes as ProstBytes;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::arrow_compat::plain_schema;
-use crate::engine::{QueryEngine, QueryStream, StatementKind};
+use crate::engine::{QueryEngine, QueryStream, Statement, StatementKind};
 use crate::error::{QuiverError, Result};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
@@ -82,27 +86,36 @@ impl FrontDoor {
             .max_encoding_message_size(usize::MAX)
     }
 
+    /// Plans a statement (binding its parameters) without running queries.
+    async fn plan(&self, bound: &BoundSql) -> Result<Statement> {
+        let statement = self.engine.prepare(&bound.sql).await?;
+        match &bound.parameters {
+            Some(values) => self.engine.bind(statement, values),
+            None => Ok(statement),
+        }
+    }
+
     async fn statement_info(
         &self,
-        sql: &str,
+        bound: BoundSql,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let statement = self.engine.prepare(sql).await?;
+        let statement = self.plan(&bound).await?;
         self.engine.check_runnable(&statement)?;
         if statement.kind == StatementKind::Ddl {
             // ADBC (and most clients) never fetch a result without columns: DDL runs here, once.
             self.engine.execute_statement(statement.clone()).await?;
         }
         let ticket = TicketStatementQuery {
-            statement_handle: handles::encode_ticket(sql),
+            statement_handle: handles::encode_ticket(&bound)?,
         };
         flight_info(&statement.schema, ticket.as_any(), descriptor)
     }
 
     /// DoGet: streams a query's result. DDL already ran at `GetFlightInfo`; its ticket streams
     /// the empty result without running it again.
-    async fn run(&self, sql: &str) -> Result<Response<DoGetStream>, Status> {
-        let statement = self.engine.prepare(sql).await?;
+    async fn run(&self, bound: BoundSql) -> Result<Response<DoGetStream>, Status> {
+        let statement = self.plan(&bound).await?;
         let result = match statement.kind {
             StatementKind::Ddl => QueryStream {
                 schema: statement.schema,
@@ -234,8 +247,11 @@ impl FlightSqlService for FrontDoor {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.statement_info(&query.query, request.into_inner())
-            .await
+        let bound = BoundSql {
+            sql: query.query,
+            parameters: None,
+        };
+        self.statement_info(bound, request.into_inner()).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -243,8 +259,8 @@ impl FlightSqlService for FrontDoor {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let sql = handles::decode_prepared(&cmd.prepared_statement_handle)?;
-        self.statement_info(&sql, request.into_inner()).await
+        let bound = handles::decode_prepared(&cmd.prepared_statement_handle)?;
+        self.statement_info(bound, request.into_inner()).await
     }
 
     async fn get_flight_info_catalogs(
@@ -297,8 +313,8 @@ impl FlightSqlService for FrontDoor {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let sql = handles::decode_ticket(&ticket.statement_handle)?;
-        self.run(&sql).await
+        self.run(handles::decode_ticket(&ticket.statement_handle)?)
+            .await
     }
 
     async fn do_get_prepared_statement(
@@ -306,8 +322,8 @@ impl FlightSqlService for FrontDoor {
         query: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let sql = handles::decode_prepared(&query.prepared_statement_handle)?;
-        self.run(&sql).await
+        self.run(handles::decode_prepared(&query.prepared_statement_handle)?)
+            .await
     }
 
     async fn do_get_catalogs(
@@ -384,18 +400,39 @@ impl FlightSqlService for FrontDoor {
         command: CommandPreparedStatementUpdate,
         _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let sql = handles::decode_prepared(&command.prepared_statement_handle)?;
-        Ok(self.engine.execute_update(&sql).await?)
+        let bound = handles::decode_prepared(&command.prepared_statement_handle)?;
+        Ok(self.engine.execute_update(&bound.sql).await?)
     }
 
+    /// Binds parameter values: one row, by position. The new handle carries them (JDBC uses the
+    /// returned handle unconditionally).
     async fn do_put_prepared_statement_query(
         &self,
-        _query: CommandPreparedStatementQuery,
-        _request: Request<PeekableFlightDataStream>,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        Err(Status::unimplemented(
-            "binding parameters to prepared statements is not supported yet",
-        ))
+        let mut bound = handles::decode_prepared(&query.prepared_statement_handle)?;
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        )
+        .try_collect()
+        .await
+        .map_err(QuiverError::from)?;
+        let values = match batches.as_slice() {
+            [] => None,
+            [first, ..] => {
+                Some(concat_batches(&first.schema(), &batches).map_err(QuiverError::from)?)
+            }
+        };
+        // An empty batch (what some clients send for "no parameters") leaves the handle unbound.
+        bound.parameters = values.filter(|v| v.num_rows() > 0 || v.num_columns() > 0);
+        if bound.parameters.is_some() {
+            // Refuse bad values now, not at execution.
+            self.plan(&bound).await?;
+        }
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handles::encode_prepared(&bound)?),
+        })
     }
 
     async fn do_action_create_prepared_statement(
@@ -404,6 +441,10 @@ impl FlightSqlService for FrontDoor {
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let statement = self.engine.prepare(&query.query).await?;
+        let bound = BoundSql {
+            sql: query.query,
+            parameters: None,
+        };
         // An empty dataset schema tells JDBC to run the statement as an update.
         let dataset_schema = match statement.kind {
             StatementKind::Ddl => ProstBytes::new(),
@@ -412,9 +453,9 @@ impl FlightSqlService for FrontDoor {
             }
         };
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: handles::encode_prepared(&query.query),
+            prepared_statement_handle: handles::encode_prepared(&bound)?,
             dataset_schema,
-            parameter_schema: ProstBytes::new(),
+            parameter_schema: schema_bytes(&statement.parameter_schema())?,
         })
     }
 

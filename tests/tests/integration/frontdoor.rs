@@ -2,7 +2,9 @@
 //! their exact schemas, prepared statements whose announced schema is the streamed one, empty
 //! results with a schema, plain types on the wire, and clear status codes for bad input.
 
-use arrow::array::{Array, RecordBatch, StringArray};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use arrow_flight::FlightInfo;
 use arrow_flight::sql::client::FlightSqlServiceClient;
@@ -136,6 +138,44 @@ async fn flight_sql_client_metadata_statements_and_errors() {
     assert_eq!(dataset_schema.field(0).data_type(), &DataType::Utf8);
     assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
     prepared.close().await.expect("close");
+
+    // Parameters: `?` and `$n`, a nullable `$1..` parameter schema, binding by position.
+    let mut prepared = client
+        .prepare(
+            "SELECT n_name FROM nation WHERE n_nationkey = ? AND n_regionkey = $2".into(),
+            None,
+        )
+        .await
+        .expect("prepare with parameters");
+    let parameters = prepared
+        .parameter_schema()
+        .expect("parameter schema")
+        .clone();
+    let names: Vec<_> = parameters
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(names, vec!["$1", "$2"]);
+    assert!(parameters.fields().iter().all(|f| f.is_nullable()));
+    let values = RecordBatch::try_from_iter(vec![
+        ("0", Arc::new(Int32Array::from(vec![7])) as ArrayRef),
+        ("1", Arc::new(Int64Array::from(vec![3])) as ArrayRef),
+    ])
+    .expect("values");
+    prepared.set_parameters(values).expect("set parameters");
+    let info = prepared.execute().await.expect("execute with parameters");
+    let rows = fetch(&mut client, info).await;
+    assert_eq!(strings(&rows, 0), vec!["GERMANY"]);
+    let mut unbound = client
+        .prepare(
+            "SELECT n_name FROM nation WHERE n_nationkey = ?".into(),
+            None,
+        )
+        .await
+        .expect("prepare");
+    let err = unbound.execute().await.expect_err("parameters not bound");
+    assert!(err.to_string().contains("bind values"), "{err}");
 
     // Preparing DDL has no side effect and announces no columns.
     let ddl = format!(
