@@ -13,7 +13,9 @@
 //!   `DoGet` stream cancels the query on every executor;
 //! * errors keep DataFusion's message with a meaningful code (see [`crate::error`]).
 
+mod column_types;
 mod handles;
+mod keys;
 mod sql_info;
 
 use handles::BoundSql;
@@ -33,7 +35,8 @@ use arrow_flight::sql::metadata::SqlInfoData;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
     CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
     DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
@@ -150,7 +153,7 @@ impl FrontDoor {
                         continue;
                     };
                     let table_schema = if include_schema {
-                        plain_schema(&table.schema())
+                        column_types::with_sql_types(&plain_schema(&table.schema()))
                     } else {
                         Arc::new(Schema::empty())
                     };
@@ -466,6 +469,90 @@ impl FlightSqlService for FrontDoor {
     ) -> Result<(), Status> {
         // Handles carry their statement: nothing to free, and closing twice is fine.
         Ok(())
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        metadata_info(&query, keys::primary_keys_schema(), request)
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        metadata_info(&query, keys::foreign_keys_schema(), request)
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        metadata_info(&query, keys::foreign_keys_schema(), request)
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        metadata_info(&query, keys::foreign_keys_schema(), request)
+    }
+
+    // Quiver tables have no declared keys: these answer empty, correctly typed results (BI tools
+    // call them while browsing and break on UNIMPLEMENTED).
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        Ok(encode_batch(RecordBatch::new_empty(
+            keys::primary_keys_schema(),
+        )))
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        Ok(encode_batch(RecordBatch::new_empty(
+            keys::foreign_keys_schema(),
+        )))
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        Ok(encode_batch(RecordBatch::new_empty(
+            keys::foreign_keys_schema(),
+        )))
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        Ok(encode_batch(RecordBatch::new_empty(
+            keys::foreign_keys_schema(),
+        )))
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        Err(Status::unimplemented(format!(
+            "action '{}' is not supported",
+            request.get_ref().r#type
+        )))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow_flight::FlightInfo;
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables};
+use arrow_flight::sql::{
+    CommandGetDbSchemas, CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetTables,
+};
 use futures::TryStreamExt;
 use quiver_tests::oracle::tpch_dataset;
 use quiver_tests::{ClusterOptions, TestCluster, within};
@@ -32,6 +34,23 @@ async fn fetch(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -
         );
     }
     batches
+}
+
+/// Fetches an empty result; returns the schema the stream carried.
+async fn fetch_empty(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -> SchemaRef {
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = within(QUERY_LIMIT, "do_get", client.do_get(ticket))
+        .await
+        .expect("do_get");
+    let mut rows = 0;
+    while let Some(batch) = within(QUERY_LIMIT, "stream", stream.try_next())
+        .await
+        .expect("stream")
+    {
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, 0);
+    Arc::clone(stream.schema().expect("the stream carries a schema"))
 }
 
 fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
@@ -112,11 +131,52 @@ async fn flight_sql_client_metadata_statements_and_errors() {
         let schema =
             arrow::ipc::convert::try_schema_from_ipc_buffer(column.value(0)).expect("IPC schema");
         assert_eq!(schema.fields().len(), 16);
+        let quantity = schema.field_with_name("l_quantity").unwrap().metadata();
+        assert_eq!(quantity["ARROW:FLIGHT:SQL:TYPE_NAME"], "DECIMAL");
+        assert_eq!(quantity["ARROW:FLIGHT:SQL:PRECISION"], "15");
+        assert_eq!(quantity["ARROW:FLIGHT:SQL:SCALE"], "2");
         assert_eq!(
             schema.field_with_name("l_comment").unwrap().data_type(),
             &DataType::Utf8
         );
     }
+
+    // Keys: empty, correctly typed results, also for DBeaver's `table = "%"`.
+    let info = client
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog: Some("quiver".into()),
+            db_schema: Some("public".into()),
+            table: "%".into(),
+        })
+        .await
+        .expect("primary keys");
+    let announced = info.clone().try_decode_schema().expect("schema");
+    let streamed = fetch_empty(&mut client, info).await;
+    assert_eq!(streamed.as_ref(), &announced);
+    assert_eq!(announced.fields().len(), 6);
+    let info = client
+        .get_imported_keys(CommandGetImportedKeys {
+            catalog: None,
+            db_schema: None,
+            table: "lineitem".into(),
+        })
+        .await
+        .expect("imported keys");
+    assert_eq!(fetch_empty(&mut client, info).await.fields().len(), 13);
+
+    // Unknown actions are UNIMPLEMENTED.
+    let mut raw = arrow_flight::flight_service_client::FlightServiceClient::new(
+        Channel::from_shared(format!("http://{}", cluster.coordinator_addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let err = raw
+        .do_action(arrow_flight::Action::new("NoSuchAction", ""))
+        .await
+        .expect_err("unknown action");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
 
     // SqlInfo: the full set, for JDBC.
     let info = client.get_sql_info(vec![]).await.expect("sql info");
