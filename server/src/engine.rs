@@ -17,16 +17,16 @@ use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{ScalarValue, TableReference};
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
 use datafusion::prelude::SessionContext;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, Stream, StreamExt};
 
 use crate::arrow_compat::{cast_batch, plain_schema, plain_type};
 use crate::catalog::{Catalog, TableDef};
 use crate::distributed::{self, TaskPlacements};
-use crate::error::{QuiverError, Result};
+use crate::error::{QuiverError, Result, datafusion_status};
 use crate::membership::ExecutorRegistry;
 use crate::object_stores;
 use crate::placeholders::number_placeholders;
@@ -194,13 +194,7 @@ impl QueryEngine {
             }
             StatementKind::Query => {
                 self.require_executors(&statement.plan)?;
-                let physical = self
-                    .ctx
-                    .state()
-                    .create_physical_plan(&statement.plan)
-                    .await?;
-                let stream = execute_stream(physical, self.ctx.task_ctx())?;
-                Ok(conform(stream, statement.schema))
+                self.run_query(statement).await
             }
             StatementKind::Explain { analyze } => {
                 let inner = match &statement.plan {
@@ -214,6 +208,40 @@ impl QueryEngine {
                     batches: stream::once(async { Ok(batch) }).boxed(),
                 })
             }
+        }
+    }
+
+    /// Runs a query. If it fails before its first row because an executor is gone, the executors
+    /// that no longer answer leave the live set and the query runs once more on the others: the
+    /// client has seen nothing yet, so the retry is invisible to it.
+    async fn run_query(&self, statement: Statement) -> Result<QueryStream> {
+        let mut retried = false;
+        loop {
+            let physical = self
+                .ctx
+                .state()
+                .create_physical_plan(&statement.plan)
+                .await?;
+            let mut stream = execute_stream(physical, self.ctx.task_ctx())?;
+            let first = stream.next().await;
+            if let Some(Err(e)) = &first
+                && !retried
+                && may_be_lost_executor(e)
+            {
+                let lost = self.registry.evict_unreachable().await;
+                if !lost.is_empty() {
+                    tracing::warn!(?lost, error = %e, "executor lost before the first row: running the query again");
+                    retried = true;
+                    self.require_executors(&statement.plan)?;
+                    continue;
+                }
+            }
+            let batches = stream::iter(first).chain(stream);
+            return Ok(conform(
+                batches,
+                statement.schema,
+                Arc::clone(&self.registry),
+            ));
         }
     }
 
@@ -378,13 +406,50 @@ impl QueryEngine {
     }
 }
 
-/// Re-labels every batch with the announced schema (casting views to plain types).
-fn conform(stream: SendableRecordBatchStream, schema: SchemaRef) -> QueryStream {
+/// Re-labels every batch with the announced schema (casting views to plain types). An error a
+/// lost executor explains becomes `Unavailable` naming the executors that no longer answer.
+fn conform(
+    stream: impl Stream<Item = DFResult<RecordBatch>> + Send + 'static,
+    schema: SchemaRef,
+    registry: Arc<ExecutorRegistry>,
+) -> QueryStream {
     let target = Arc::clone(&schema);
     let batches = stream
-        .map(move |batch| Ok(cast_batch(&batch?, &target)?))
+        .then(move |batch| {
+            let target = Arc::clone(&target);
+            let registry = Arc::clone(&registry);
+            async move {
+                match batch {
+                    Ok(batch) => Ok(cast_batch(&batch, &target)?),
+                    Err(e) if may_be_lost_executor(&e) => {
+                        let lost = registry.evict_unreachable().await;
+                        if lost.is_empty() {
+                            return Err(e.into());
+                        }
+                        let lost: Vec<&str> = lost
+                            .iter()
+                            .map(|u| u.as_str().trim_end_matches('/'))
+                            .collect();
+                        Err(QuiverError::Unavailable(format!(
+                            "executor {} was lost while the query ran; run it again: {e}",
+                            lost.join(", ")
+                        )))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        })
         .boxed();
     QueryStream { schema, batches }
+}
+
+/// Errors that a vanished executor explains: transport failures surfacing from the network
+/// operators. Only a hint: callers act on it only if an executor really stopped answering.
+fn may_be_lost_executor(e: &DataFusionError) -> bool {
+    matches!(
+        datafusion_status(e).code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
 }
 
 fn classify(plan: &LogicalPlan) -> Result<StatementKind> {

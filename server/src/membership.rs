@@ -13,10 +13,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use quiver_proto::cluster::cluster_service_server::ClusterService;
+use quiver_proto::cluster::executor_service_client::ExecutorServiceClient;
 use quiver_proto::cluster::{
-    ExecutorInfo, HeartbeatRequest, HeartbeatResponse, ListExecutorsRequest, ListExecutorsResponse,
-    ObjectStoreConfig, RegisterExecutorRequest, RegisterExecutorResponse,
+    ExecutorInfo, GetExecutorStatusRequest, HeartbeatRequest, HeartbeatResponse,
+    ListExecutorsRequest, ListExecutorsResponse, ObjectStoreConfig, RegisterExecutorRequest,
+    RegisterExecutorResponse,
 };
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use url::Url;
 
@@ -117,6 +120,36 @@ impl ExecutorRegistry {
         out
     }
 
+    /// Drops the executor serving `worker_url`; it must register again to come back.
+    pub fn evict(&self, worker_url: &Url) {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        members.retain(|executor_id, m| {
+            let keep = &m.worker_url != worker_url;
+            if !keep {
+                tracing::warn!(executor_id, %worker_url, "executor left: it does not answer");
+            }
+            keep
+        });
+    }
+
+    /// Asks every live executor for its status and evicts those that do not answer in time;
+    /// returns their worker URLs. Used when a query fails in a way a lost executor explains, so
+    /// the next attempt does not wait for the heartbeat timeout.
+    pub async fn evict_unreachable(&self) -> Vec<Url> {
+        let probes = self.live_worker_urls().into_iter().map(|url| async move {
+            let alive = probe(&url).await;
+            (url, alive)
+        });
+        let mut lost = Vec::new();
+        for (url, alive) in futures::future::join_all(probes).await {
+            if !alive {
+                self.evict(&url);
+                lost.push(url);
+            }
+        }
+        lost
+    }
+
     /// Runs the reaper until the returned handle is dropped.
     pub fn spawn_reaper(self: &Arc<Self>) -> AbortOnDrop {
         let registry = Arc::downgrade(self);
@@ -132,6 +165,30 @@ impl ExecutorRegistry {
             }
         })
     }
+}
+
+/// How long an executor may take to answer a liveness probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the executor at `url` answers a status request in time (a frozen process accepts the
+/// connection but never answers).
+async fn probe(url: &Url) -> bool {
+    let status = async {
+        let channel = Endpoint::from_shared(url.to_string())
+            .ok()?
+            .connect_timeout(PROBE_TIMEOUT)
+            .connect()
+            .await
+            .ok()?;
+        ExecutorServiceClient::new(channel)
+            .get_executor_status(GetExecutorStatusRequest {})
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT * 2, status).await,
+        Ok(Some(_))
+    )
 }
 
 /// `ClusterService`: what executors call.

@@ -1,6 +1,7 @@
 //! Cluster membership with real processes: an executor killed between queries leaves the live
 //! set within the timeout and the next query succeeds on the others; an executor that joins later
-//! gets work from the next query on; with no executor, queries over tables are `Unavailable`.
+//! gets work from the next query on; a query that meets a just-killed executor before its first
+//! row is run again on the others; with no executor, queries over tables are `Unavailable`.
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,28 @@ async fn killed_executor_leaves_and_the_next_query_succeeds() {
     assert!(
         cluster.executor_status(newcomer).await.tasks_started > 0,
         "the new executor got no task"
+    );
+
+    // An executor killed right before a query, long before its heartbeat timeout: the query
+    // fails on it before any row reaches the client, so the coordinator evicts the executor that
+    // no longer answers and runs the query again on the others.
+    cluster.kill_executor(newcomer);
+    let fourth = run_statements(&mut client, &q5, false)
+        .await
+        .expect("q5 right after an executor died");
+    compare(&expected, &fourth, true).expect("q5 right after an executor died");
+    assert_eq!(
+        cluster.live_executors().await.len(),
+        1,
+        "the dead executor is still live"
+    );
+    assert!(
+        cluster
+            .coordinator
+            .log_text()
+            .contains("running the query again"),
+        "the query did not meet the dead executor:\n{}",
+        cluster.coordinator.log_text()
     );
 }
 
