@@ -79,6 +79,9 @@ impl RunningCoordinator {
     }
 }
 
+/// Largest request header block accepted (h2's default is 16 KiB).
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
 /// datafusion-distributed 4.0.0 splits a single-mode aggregate across tasks without a final
 /// merge when planning with one partition (wrong q11/q15 results): distributed planning always
 /// uses at least two.
@@ -131,6 +134,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
     let (incoming, addr) = net::bind(config.listen).await?;
     let router = Server::builder()
         .tcp_nodelay(true)
+        // JDBC forwards every unknown URL property as a header.
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
         .add_service(front_door.into_service())
         .add_service(ClusterServiceServer::new(cluster));
     let server = ServerHandle::spawn("coordinator", router, incoming);

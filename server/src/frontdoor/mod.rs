@@ -17,6 +17,7 @@ mod column_types;
 mod handles;
 mod keys;
 mod sql_info;
+mod xdbc_types;
 
 use handles::BoundSql;
 
@@ -31,15 +32,16 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
-use arrow_flight::sql::metadata::SqlInfoData;
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
     CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
@@ -66,6 +68,7 @@ const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 pub struct FrontDoor {
     engine: Arc<QueryEngine>,
     sql_info: SqlInfoData,
+    xdbc_types: XdbcTypeInfoData,
 }
 
 impl std::fmt::Debug for FrontDoor {
@@ -79,6 +82,7 @@ impl FrontDoor {
         Ok(Self {
             engine,
             sql_info: sql_info::sql_info()?,
+            xdbc_types: xdbc_types::xdbc_type_info()?,
         })
     }
 
@@ -543,6 +547,27 @@ impl FlightSqlService for FrontDoor {
         Ok(encode_batch(RecordBatch::new_empty(
             keys::foreign_keys_schema(),
         )))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder(&self.xdbc_types).schema();
+        metadata_info(&query, schema, request)
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let batch = query
+            .into_builder(&self.xdbc_types)
+            .build()
+            .map_err(QuiverError::from)?;
+        Ok(encode_batch(batch))
     }
 
     async fn do_action_fallback(

@@ -10,6 +10,7 @@ use arrow_flight::FlightInfo;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
     CommandGetDbSchemas, CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetTables,
+    CommandGetXdbcTypeInfo,
 };
 use futures::TryStreamExt;
 use quiver_tests::oracle::tpch_dataset;
@@ -164,6 +165,16 @@ async fn flight_sql_client_metadata_statements_and_errors() {
         .expect("imported keys");
     assert_eq!(fetch_empty(&mut client, info).await.fields().len(), 13);
 
+    // Type info, for JDBC getTypeInfo / ODBC SQLGetTypeInfo.
+    let info = client
+        .get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .expect("type info");
+    let announced = info.clone().try_decode_schema().expect("schema");
+    let types = fetch(&mut client, info).await;
+    assert_eq!(types[0].schema().as_ref(), &announced);
+    assert!(strings(&types, 0).contains(&"VARCHAR".to_string()));
+
     // Unknown actions are UNIMPLEMENTED.
     let mut raw = arrow_flight::flight_service_client::FlightServiceClient::new(
         Channel::from_shared(format!("http://{}", cluster.coordinator_addr))
@@ -176,6 +187,18 @@ async fn flight_sql_client_metadata_statements_and_errors() {
         .do_action(arrow_flight::Action::new("NoSuchAction", ""))
         .await
         .expect_err("unknown action");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
+    // Large headers (JDBC turns URL properties into headers) are accepted.
+    let mut request = tonic::Request::new(arrow_flight::Action::new("NoSuchAction", ""));
+    let big = "x".repeat(32 * 1024);
+    request
+        .metadata_mut()
+        .insert("x-large-property", big.parse().expect("header value"));
+    let err = raw
+        .do_action(request)
+        .await
+        .expect_err("still an unknown action");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
 
     // SqlInfo: the full set, for JDBC.
