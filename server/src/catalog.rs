@@ -27,7 +27,6 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -86,12 +85,6 @@ impl FromStr for TableFormat {
                 "unknown table format '{other}' (expected parquet, csv or json)"
             ))),
         }
-    }
-}
-
-impl fmt::Display for TableFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.stored_as().to_ascii_lowercase())
     }
 }
 

@@ -1,15 +1,16 @@
 //! The coordinator's query engine: what the Flight SQL front door talks to.
 //!
 //! [`QueryEngine::prepare`] turns SQL into a [`Statement`] without side effects (DDL included),
-//! so it can back `CreatePreparedStatement` and `GetFlightInfo`; [`QueryEngine::execute`] runs a
-//! statement and returns its result as a stream whose schema is exactly the one `prepare`
-//! announced (plain Arrow types, see [`crate::arrow_compat`]). Results stream as the head stage
-//! produces them and dropping the stream cancels the query on every executor.
+//! so it can back `CreatePreparedStatement` and `GetFlightInfo`; [`QueryEngine::bind`] binds
+//! parameter values; [`QueryEngine::execute_statement`] runs a statement and returns its result
+//! as a stream whose schema is exactly the one `prepare` announced (plain Arrow types, see
+//! [`crate::arrow_compat`]). Results stream as the head stage produces them and dropping the
+//! stream cancels the query on every executor.
 //!
 //! Statements: queries, `EXPLAIN [ANALYZE]` (showing the distributed plan), and the catalog DDL
 //! `CREATE EXTERNAL TABLE`, `CREATE VIEW`, `DROP TABLE`, `DROP VIEW`, which are persisted in the
-//! catalog. Other DDL, DML and
-//! `SET` answer `Unimplemented` until Quiver can run them across the cluster.
+//! catalog. Other DDL, DML and `SET` answer `Unimplemented` until Quiver can run them across the
+//! cluster.
 
 use std::sync::Arc;
 
@@ -105,10 +106,6 @@ impl QueryEngine {
     /// The session that holds the catalog, for metadata calls.
     pub fn session(&self) -> &SessionContext {
         &self.ctx
-    }
-
-    pub fn registry(&self) -> &Arc<ExecutorRegistry> {
-        &self.registry
     }
 
     /// Plans `sql` without running it or changing anything.

@@ -47,10 +47,6 @@ impl ExecutorRegistry {
         })
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Adds or refreshes an executor.
     pub fn register(&self, executor_id: &str, worker_url: Url) {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());

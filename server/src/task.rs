@@ -14,11 +14,6 @@ impl AbortOnDrop {
     pub fn spawn(fut: impl Future<Output = ()> + Send + 'static) -> Self {
         Self(tokio::spawn(fut))
     }
-
-    /// Waits for the task to finish on its own.
-    pub async fn join(mut self) {
-        let _ = (&mut self.0).await;
-    }
 }
 
 impl Drop for AbortOnDrop {
