@@ -40,6 +40,8 @@ pub struct CoordinatorConfig {
     /// Bytes of input each partition of a distributed scan reads; decides how many executors a
     /// scan is spread over.
     pub scan_bytes_per_partition: usize,
+    /// How long a query may run before it is cancelled with `DeadlineExceeded`; `None`: no limit.
+    pub query_timeout: Option<Duration>,
 }
 
 impl CoordinatorConfig {
@@ -126,6 +128,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         ctx,
         Arc::clone(&catalog),
         Arc::clone(&registry),
+        config.query_timeout,
     ));
     let front_door = FrontDoor::new(engine)?;
     let cluster =

@@ -12,7 +12,9 @@
 //! catalog. Other DDL, DML and `SET` answer `Unimplemented` until Quiver can run them across the
 //! cluster.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -23,6 +25,7 @@ use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
 use datafusion::prelude::SessionContext;
 use futures::stream::{self, BoxStream, Stream, StreamExt};
+use tokio::time::Instant;
 
 use crate::arrow_compat::{cast_batch, plain_schema, plain_type};
 use crate::catalog::{Catalog, TableDef};
@@ -82,6 +85,8 @@ pub struct QueryEngine {
     ctx: SessionContext,
     catalog: Arc<Catalog>,
     registry: Arc<ExecutorRegistry>,
+    /// How long a query may run, from planning to its last batch; `None` is no limit.
+    query_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -95,11 +100,13 @@ impl QueryEngine {
         ctx: SessionContext,
         catalog: Arc<Catalog>,
         registry: Arc<ExecutorRegistry>,
+        query_timeout: Option<Duration>,
     ) -> Self {
         Self {
             ctx,
             catalog,
             registry,
+            query_timeout,
         }
     }
 
@@ -212,6 +219,7 @@ impl QueryEngine {
     /// that no longer answer leave the live set and the query runs once more on the others: the
     /// client has seen nothing yet, so the retry is invisible to it.
     async fn run_query(&self, statement: Statement) -> Result<QueryStream> {
+        let deadline = Deadline::start(self.query_timeout);
         let mut retried = false;
         loop {
             let physical = self
@@ -220,7 +228,7 @@ impl QueryEngine {
                 .create_physical_plan(&statement.plan)
                 .await?;
             let mut stream = execute_stream(physical, self.ctx.task_ctx())?;
-            let first = stream.next().await;
+            let first = deadline.run(stream.next()).await?;
             if let Some(Err(e)) = &first
                 && !retried
                 && may_be_lost_executor(e)
@@ -233,7 +241,7 @@ impl QueryEngine {
                     continue;
                 }
             }
-            let batches = stream::iter(first).chain(stream);
+            let batches = deadline.bound(stream::iter(first).chain(stream));
             return Ok(conform(
                 batches,
                 statement.schema,
@@ -403,6 +411,55 @@ impl QueryEngine {
     }
 }
 
+/// A query's deadline, enforced here because gRPC server timeouts do not bound a streaming DoGet.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Option<(Instant, Duration)>);
+
+impl Deadline {
+    fn start(limit: Option<Duration>) -> Self {
+        Self(limit.map(|limit| (Instant::now() + limit, limit)))
+    }
+
+    fn exceeded(limit: Duration) -> QuiverError {
+        QuiverError::DeadlineExceeded(format!(
+            "the query ran longer than its {} ms deadline and was cancelled",
+            limit.as_millis()
+        ))
+    }
+
+    /// Awaits `fut` unless the deadline passes first.
+    async fn run<T>(self, fut: impl Future<Output = T>) -> Result<T> {
+        match self.0 {
+            None => Ok(fut.await),
+            Some((at, limit)) => tokio::time::timeout_at(at, fut)
+                .await
+                .map_err(|_| Self::exceeded(limit)),
+        }
+    }
+
+    /// Ends `stream` with a deadline error (dropping it, which cancels the query) once the
+    /// deadline passes.
+    fn bound(
+        self,
+        stream: impl Stream<Item = DFResult<RecordBatch>> + Send + 'static,
+    ) -> BoxStream<'static, DFResult<RecordBatch>> {
+        if self.0.is_none() {
+            return stream.boxed();
+        }
+        stream::unfold(Some(stream.boxed()), move |state| async move {
+            let mut stream = state?;
+            match self.run(stream.next()).await {
+                Ok(item) => item.map(|item| (item, Some(stream))),
+                Err(e) => Some((
+                    Err(DataFusionError::External(Box::new(e.to_status()))),
+                    None,
+                )),
+            }
+        })
+        .boxed()
+    }
+}
+
 /// Re-labels every batch with the announced schema (casting views to plain types). An error a
 /// lost executor explains becomes `Unavailable` naming the executors that no longer answer.
 fn conform(
@@ -555,6 +612,7 @@ mod tests {
             SessionContext::new_with_state(state),
             Arc::new(catalog),
             registry,
+            None,
         )
     }
 

@@ -27,6 +27,9 @@ pub enum QuiverError {
     /// The cluster cannot serve the request now (no live executor, executor unreachable).
     #[error("{0}")]
     Unavailable(String),
+    /// The query ran past its deadline.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Planning or executing a query failed.
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
@@ -64,6 +67,7 @@ impl QuiverError {
             Self::NotFound(_) => Code::NotFound,
             Self::Unsupported(_) => Code::Unimplemented,
             Self::Unavailable(_) => Code::Unavailable,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::DataFusion(e) => return datafusion_status(e),
             Self::Arrow(e) => arrow_code(e),
             Self::Flight(e) => match e {

@@ -68,6 +68,9 @@ struct ClusterArgs {
     /// Bytes of file input per scan partition; smaller spreads scans over more executors.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     scan_bytes_per_partition: usize,
+    /// Milliseconds a query may run before it is cancelled with DEADLINE_EXCEEDED (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    query_timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -132,6 +135,8 @@ fn coordinator_config(
         heartbeat_interval: Duration::from_millis(cluster.heartbeat_interval_ms),
         target_partitions: cluster.target_partitions,
         scan_bytes_per_partition: cluster.scan_bytes_per_partition,
+        query_timeout: (cluster.query_timeout_ms > 0)
+            .then(|| Duration::from_millis(cluster.query_timeout_ms)),
     })
 }
 

@@ -28,6 +28,8 @@ pub struct ClusterOptions {
     pub heartbeat_interval_ms: u64,
     /// Small, so that the tiny test datasets are still spread over every executor.
     pub scan_bytes_per_partition: usize,
+    /// 0: no query deadline.
+    pub query_timeout_ms: u64,
 }
 
 impl Default for ClusterOptions {
@@ -40,6 +42,7 @@ impl Default for ClusterOptions {
             executor_timeout_ms: 3_000,
             heartbeat_interval_ms: 200,
             scan_bytes_per_partition: 64 * 1024,
+            query_timeout_ms: 0,
         }
     }
 }
@@ -206,6 +209,8 @@ fn coordinator_args(options: &ClusterOptions, listen: &str) -> Vec<String> {
         options.target_partitions.to_string(),
         "--scan-bytes-per-partition".to_string(),
         options.scan_bytes_per_partition.to_string(),
+        "--query-timeout-ms".to_string(),
+        options.query_timeout_ms.to_string(),
     ];
     for (name, path) in &options.tables {
         args.push("--table".to_string());

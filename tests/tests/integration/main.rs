@@ -4,6 +4,7 @@
 //! SQL clients; results are compared with single-node DataFusion on the same files.
 
 mod catalog;
+mod deadline;
 mod frontdoor;
 mod membership;
 mod object_store;

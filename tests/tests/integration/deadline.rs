@@ -1,0 +1,47 @@
+//! Query deadlines: a query running past `--query-timeout-ms` is cancelled and answers
+//! `DeadlineExceeded` promptly (a streaming DoGet is not bounded by gRPC timeouts); the next query
+//! runs normally.
+
+use std::time::{Duration, Instant};
+
+use quiver_tests::oracle::tpch_dataset;
+use quiver_tests::{ClusterOptions, TestCluster, within};
+use tonic::Code;
+
+use crate::QUERY_LIMIT;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_past_their_deadline_fail_with_deadline_exceeded() {
+    let options = ClusterOptions {
+        query_timeout_ms: 2_000,
+        ..ClusterOptions::tpch(&tpch_dataset())
+    };
+    let cluster = TestCluster::start(options).await;
+    let mut client = cluster.client().await;
+
+    // Billions of row pairs: far longer than the deadline.
+    let endless = "SELECT count(*) FROM lineitem a, lineitem b WHERE a.l_comment < b.l_comment";
+    let started = Instant::now();
+    let err = within(QUERY_LIMIT, "endless query", client.query(endless))
+        .await
+        .expect_err("past its deadline");
+    let elapsed = started.elapsed();
+    assert_eq!(
+        err.status().map(|s| s.code()),
+        Some(Code::DeadlineExceeded),
+        "{err}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "took {elapsed:?} to give up"
+    );
+
+    let ok = within(
+        QUERY_LIMIT,
+        "quick query",
+        client.query("SELECT count(*) FROM nation"),
+    )
+    .await
+    .expect("a quick query after the cancelled one");
+    assert_eq!(ok.num_rows(), 1);
+}
