@@ -30,6 +30,20 @@ async fn count(cluster: &TestCluster, sql: &str) -> Result<i64, tonic::Status> {
     Ok(arrow::array::cast::as_primitive_array::<arrow::datatypes::Int64Type>(column).value(0))
 }
 
+/// The table and the view the test creates hold what they should.
+async fn assert_created_tables_answer(cluster: &TestCluster) {
+    assert_eq!(
+        count(cluster, "SELECT count(*) FROM nation_ext")
+            .await
+            .unwrap(),
+        25
+    );
+    assert_eq!(
+        count(cluster, "SELECT count(*) FROM asia").await.unwrap(),
+        5
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_tables_survive_a_coordinator_restart() {
     let state = tempfile::tempdir().expect("tempdir");
@@ -75,16 +89,7 @@ async fn created_tables_survive_a_coordinator_restart() {
     execute(&cluster, "DROP TABLE doomed")
         .await
         .expect("drop table");
-    assert_eq!(
-        count(&cluster, "SELECT count(*) FROM nation_ext")
-            .await
-            .unwrap(),
-        25
-    );
-    assert_eq!(
-        count(&cluster, "SELECT count(*) FROM asia").await.unwrap(),
-        5
-    );
+    assert_created_tables_answer(&cluster).await;
 
     // Relative locations are refused: every executor must resolve the path the same way.
     let err = execute(
@@ -103,16 +108,7 @@ async fn created_tables_survive_a_coordinator_restart() {
     cluster.restart_coordinator();
     // Executors notice the restart and register again by themselves.
     cluster.wait_for_live(2).await;
-    assert_eq!(
-        count(&cluster, "SELECT count(*) FROM nation_ext")
-            .await
-            .unwrap(),
-        25
-    );
-    assert_eq!(
-        count(&cluster, "SELECT count(*) FROM asia").await.unwrap(),
-        5
-    );
+    assert_created_tables_answer(&cluster).await;
     let err = count(&cluster, "SELECT count(*) FROM doomed")
         .await
         .expect_err("dropped table");
