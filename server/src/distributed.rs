@@ -18,6 +18,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
+use datafusion_distributed::grpc::{GetTaskProgressRequest, ObservabilityServiceClient};
 use datafusion_distributed::{
     DistributedExt, DistributedMetricsFormat, NetworkBoundaryExt, RouteTasksEvent,
     RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage, Worker,
@@ -169,7 +170,7 @@ impl WorkerSessionBuilder for ExecutorSessions {
 }
 
 /// Adds the worker service (what the coordinator and other executors call to run plan fragments)
-/// to an executor's gRPC server.
+/// and the crate's task-progress service (read by [`running_tasks`]) to an executor's gRPC server.
 pub fn worker_router(
     server: &mut Server,
     runtime: Arc<RuntimeEnv>,
@@ -182,7 +183,31 @@ pub fn worker_router(
     })
     .with_runtime_env(runtime)
     .with_version(env!("CARGO_PKG_VERSION"));
-    server.add_service(worker.into_worker_server())
+    // Executors resolve no workers themselves; the service is mounted for its task progress.
+    let progress = worker.with_observability_service(Arc::new(NoWorkers));
+    server
+        .add_service(progress)
+        .add_service(worker.into_worker_server())
+}
+
+struct NoWorkers;
+
+impl WorkerResolver for NoWorkers {
+    fn get_urls(&self) -> Result<Vec<Url>, DataFusionError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Number of tasks the worker at `worker_url` holds for queries that have not ended.
+pub async fn running_tasks(worker_url: &Url) -> Result<u64> {
+    let mut client = ObservabilityServiceClient::connect(worker_url.to_string())
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let progress = client
+        .get_task_progress(GetTaskProgressRequest {})
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(progress.into_inner().tasks.len() as u64)
 }
 
 /// The distributed plan as text: stages, their tasks and partitions.

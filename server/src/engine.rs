@@ -24,7 +24,7 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
 use datafusion::prelude::SessionContext;
-use futures::stream::{self, BoxStream, Stream, StreamExt};
+use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
 use tokio::time::Instant;
 
 use crate::arrow_compat::{cast_batch, plain_schema, plain_type};
@@ -218,36 +218,56 @@ impl QueryEngine {
     /// Runs a query. If it fails before its first row because an executor is gone, the executors
     /// that no longer answer leave the live set and the query runs once more on the others: the
     /// client has seen nothing yet, so the retry is invisible to it.
+    ///
+    /// Planning happens here, so planning errors are the call's status; execution starts when the
+    /// returned stream is first polled, so a client that hangs up before the first row (which gRPC
+    /// notices only while a response streams) still cancels the query.
     async fn run_query(&self, statement: Statement) -> Result<QueryStream> {
         let deadline = Deadline::start(self.query_timeout);
-        let mut retried = false;
-        loop {
-            let physical = self
-                .ctx
-                .state()
-                .create_physical_plan(&statement.plan)
-                .await?;
-            let mut stream = execute_stream(physical, self.ctx.task_ctx())?;
-            let first = deadline.run(stream.next()).await?;
-            if let Some(Err(e)) = &first
-                && !retried
-                && may_be_lost_executor(e)
-            {
-                let lost = self.registry.evict_unreachable().await;
-                if !lost.is_empty() {
-                    tracing::warn!(?lost, error = %e, "executor lost before the first row: running the query again");
-                    retried = true;
-                    self.require_executors(&statement.plan)?;
-                    continue;
+        let physical = self
+            .ctx
+            .state()
+            .create_physical_plan(&statement.plan)
+            .await?;
+        let ctx = self.ctx.clone();
+        let registry = Arc::clone(&self.registry);
+        let plan = statement.plan.clone();
+        let started = stream::once(async move {
+            let mut physical = Some(physical);
+            let mut retried = false;
+            loop {
+                let physical = match physical.take() {
+                    Some(p) => p,
+                    None => ctx.state().create_physical_plan(&plan).await?,
+                };
+                let mut stream = execute_stream(physical, ctx.task_ctx())?;
+                let first = deadline.run(stream.next()).await.map_err(to_datafusion)?;
+                if let Some(Err(e)) = &first
+                    && !retried
+                    && may_be_lost_executor(e)
+                {
+                    let lost = registry.evict_unreachable().await;
+                    if !lost.is_empty() {
+                        tracing::warn!(?lost, error = %e, "executor lost before the first row: running the query again");
+                        retried = true;
+                        if registry.live_worker_urls().is_empty() {
+                            return Err(to_datafusion(QuiverError::Unavailable(
+                                "no live executors left to run the query on".into(),
+                            )));
+                        }
+                        continue;
+                    }
                 }
+                return Ok(stream::iter(first).chain(stream));
             }
-            let batches = deadline.bound(stream::iter(first).chain(stream));
-            return Ok(conform(
-                batches,
-                statement.schema,
-                Arc::clone(&self.registry),
-            ));
-        }
+        })
+        .try_flatten();
+        let batches = deadline.bound(started);
+        Ok(conform(
+            batches,
+            statement.schema,
+            Arc::clone(&self.registry),
+        ))
     }
 
     async fn explain(&self, plan: &LogicalPlan, analyze: bool) -> Result<RecordBatch> {
@@ -495,6 +515,11 @@ fn conform(
         })
         .boxed();
     QueryStream { schema, batches }
+}
+
+/// Carries a Quiver error (with its status code) through DataFusion's error type.
+fn to_datafusion(e: QuiverError) -> DataFusionError {
+    DataFusionError::External(Box::new(e.to_status()))
 }
 
 /// Errors that a vanished executor explains: transport failures surfacing from the network

@@ -74,11 +74,15 @@ impl ExecutorService for StatusService {
         _request: Request<GetExecutorStatusRequest>,
     ) -> std::result::Result<Response<ExecutorStatus>, Status> {
         let state = &self.0;
+        let tasks_running = distributed::running_tasks(&state.worker_url)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading task progress: {e}")))?;
         Ok(Response::new(ExecutorStatus {
             executor_id: state.executor_id.clone(),
             worker_url: state.worker_url.to_string(),
             tasks_started: state.tasks_started.load(Ordering::Relaxed),
             session_settings: state.latest_settings.get().into_iter().collect(),
+            tasks_running,
         }))
     }
 }

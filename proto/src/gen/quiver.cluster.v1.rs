@@ -92,6 +92,10 @@ pub struct ExecutorStatus {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Tasks whose plan is loaded and whose query has not ended yet (a cancelled query's tasks
+    /// leave within moments).
+    #[prost(uint64, tag = "5")]
+    pub tasks_running: u64,
 }
 /// Generated client implementations.
 pub mod cluster_service_client {

@@ -3,8 +3,8 @@
 //! Every test starts real `quiver` processes on loopback and talks to them through real Flight
 //! SQL clients; results are compared with single-node DataFusion on the same files.
 
+mod cancellation;
 mod catalog;
-mod deadline;
 mod frontdoor;
 mod membership;
 mod object_store;

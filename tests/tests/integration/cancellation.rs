@@ -1,6 +1,9 @@
-//! Query deadlines: a query running past `--query-timeout-ms` is cancelled and answers
-//! `DeadlineExceeded` promptly (a streaming DoGet is not bounded by gRPC timeouts); the next query
-//! runs normally.
+//! Stopping queries: a query running past `--query-timeout-ms` answers `DeadlineExceeded`
+//! promptly (a streaming DoGet is not bounded by gRPC timeouts) and the next query runs normally.
+//!
+//! Not asserted yet: that executors stop the query's tasks within 5 s. They stop only when their
+//! CPU-bound operators next yield; a large nested-loop join kept an executor busy (and deaf to its
+//! status RPC) for ~20 s after the cancel. Executors need DataFusion on a runtime of its own.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +12,9 @@ use quiver_tests::{ClusterOptions, TestCluster, within};
 use tonic::Code;
 
 use crate::QUERY_LIMIT;
+
+/// Billions of row pairs: runs far longer than any test waits.
+const ENDLESS: &str = "SELECT count(*) FROM lineitem a, lineitem b WHERE a.l_comment < b.l_comment";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_past_their_deadline_fail_with_deadline_exceeded() {
@@ -19,10 +25,8 @@ async fn queries_past_their_deadline_fail_with_deadline_exceeded() {
     let cluster = TestCluster::start(options).await;
     let mut client = cluster.client().await;
 
-    // Billions of row pairs: far longer than the deadline.
-    let endless = "SELECT count(*) FROM lineitem a, lineitem b WHERE a.l_comment < b.l_comment";
     let started = Instant::now();
-    let err = within(QUERY_LIMIT, "endless query", client.query(endless))
+    let err = within(QUERY_LIMIT, "endless query", client.query(ENDLESS))
         .await
         .expect_err("past its deadline");
     let elapsed = started.elapsed();
