@@ -21,6 +21,7 @@ use quiver_proto::cluster::{
     ExecutorStatus, GetExecutorStatusRequest, HeartbeatRequest, ObjectStoreConfig,
     RegisterExecutorRequest,
 };
+use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 use url::Url;
@@ -30,7 +31,6 @@ use crate::error::{QuiverError, Result};
 use crate::membership::normalize_worker_url;
 use crate::net::{self, ServerHandle};
 use crate::object_stores;
-use crate::task::AbortOnDrop;
 
 /// How long to wait before retrying an unreachable coordinator.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -93,7 +93,7 @@ pub struct RunningExecutor {
     pub addr: SocketAddr,
     pub worker_url: Url,
     server: ServerHandle,
-    _membership: AbortOnDrop,
+    _membership: MembershipThread,
 }
 
 impl RunningExecutor {
@@ -144,16 +144,11 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
     }
     tracing::info!(%addr, %worker_url, executor_id = %state.executor_id, %coordinator, "executor serving");
 
-    let channel = Endpoint::from_shared(coordinator.to_string())
+    let endpoint = Endpoint::from_shared(coordinator.to_string())
         .map_err(|e| QuiverError::InvalidArgument(format!("--coordinator: {e}")))?
         .connect_timeout(RPC_TIMEOUT)
-        .timeout(RPC_TIMEOUT)
-        .connect_lazy();
-    let membership = AbortOnDrop::spawn(membership_loop(
-        ClusterServiceClient::new(channel),
-        Arc::clone(&state),
-        runtime,
-    ));
+        .timeout(RPC_TIMEOUT);
+    let membership = MembershipThread::spawn(endpoint, Arc::clone(&state), runtime)?;
 
     Ok(RunningExecutor {
         addr,
@@ -161,6 +156,55 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
         server,
         _membership: membership,
     })
+}
+
+/// The membership client runs on an OS thread with a runtime of its own: CPU-bound DataFusion
+/// operators can keep the executor's runtime busy for seconds, and missed heartbeats would evict
+/// a busy executor from the cluster. Dropping this stops the thread.
+#[derive(Debug)]
+struct MembershipThread {
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl MembershipThread {
+    fn spawn(
+        coordinator: Endpoint,
+        state: Arc<ExecutorState>,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<Self> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("quiver-membership".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the membership runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let client = ClusterServiceClient::new(coordinator.connect_lazy());
+                    tokio::select! {
+                        _ = membership_loop(client, state, runtime) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .map_err(|e| QuiverError::io("starting the membership thread", e))?;
+        Ok(Self { stop: Some(stop) })
+    }
+}
+
+impl Drop for MembershipThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// Registers, then heartbeats forever; re-registers when the coordinator forgets us.
