@@ -3,9 +3,11 @@
 //! Quiver's coordinator plans with a DataFusion session that carries the distributed planner and a
 //! worker resolver reading the live executor set; Quiver's executors serve the crate's `Worker`
 //! gRPC service with a session builder that applies Quiver's settings. Stage splitting, network
-//! shuffle/coalesce/broadcast and the worker protocol are the crate's; what goes through this
-//! module is Quiver's own interface ([`coordinator_state`], [`worker_router`], [`render_plan`],
-//! [`render_analyzed_plan`]), so a new version or a replacement touches this file only.
+//! shuffle/coalesce/broadcast and the worker protocol are the crate's; task placement on live
+//! executors is ours (a route-tasks handler). What goes through this module is Quiver's own
+//! interface ([`coordinator_state`], [`worker_router`], [`running_tasks`], [`render_plan`],
+//! [`render_analyzed_plan`], [`stage_count`], [`TaskPlacements`]), so a new version or a
+//! replacement touches this file only.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
