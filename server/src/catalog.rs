@@ -189,6 +189,15 @@ pub struct CatalogFile {
 }
 
 impl CatalogFile {
+    /// Options configured for the store at `root` (none: the environment alone).
+    fn store_options(&self, root: &Url) -> StoreOptions {
+        self.object_stores
+            .iter()
+            .find(|(url, _)| Url::parse(url).is_ok_and(|u| &u == root))
+            .map(|(_, options)| options.clone())
+            .unwrap_or_default()
+    }
+
     fn read(path: &Path) -> Result<Self> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -296,13 +305,13 @@ impl Catalog {
             object_stores::ensure_registered(ctx.runtime_env().as_ref(), &root, options)?;
         }
         for table in &self.flag_tables {
-            register(ctx, table, &file.object_stores).await?;
+            register(ctx, table, &file).await?;
         }
         // Tables before views, which may read them.
         let (tables, views): (Vec<&TableDef>, Vec<&TableDef>) =
             file.tables.iter().partition(|t| !t.url.is_empty());
         for table in tables.into_iter().chain(views) {
-            if let Err(e) = register(ctx, table, &file.object_stores).await {
+            if let Err(e) = register(ctx, table, &file).await {
                 tracing::error!(table = %table.name, error = %e, "skipping table from the catalog file");
             }
         }
@@ -344,17 +353,9 @@ impl Catalog {
     }
 }
 
-async fn register(
-    ctx: &SessionContext,
-    table: &TableDef,
-    stores: &BTreeMap<String, StoreOptions>,
-) -> Result<()> {
+async fn register(ctx: &SessionContext, table: &TableDef, file: &CatalogFile) -> Result<()> {
     if let Some(root) = object_stores::store_root(&table.url)? {
-        let options = stores
-            .iter()
-            .find(|(url, _)| Url::parse(url).is_ok_and(|u| u == root))
-            .map(|(_, o)| o.clone())
-            .unwrap_or_default();
+        let options = file.store_options(&root);
         object_stores::ensure_registered(ctx.runtime_env().as_ref(), &root, &options)?;
     }
     ctx.sql(&table.to_ddl()).await.map_err(|e| {
@@ -380,12 +381,7 @@ impl CatalogGuard<'_> {
 
     /// Options configured for the store at `root`.
     pub fn store_options(&self, root: &Url) -> StoreOptions {
-        self.file
-            .object_stores
-            .iter()
-            .find(|(url, _)| Url::parse(url).is_ok_and(|u| &u == root))
-            .map(|(_, options)| options.clone())
-            .unwrap_or_default()
+        self.file.store_options(root)
     }
 
     /// Records a table created with SQL and writes the catalog file.
