@@ -34,6 +34,23 @@ pub struct SqlArgs {
     /// Print at most this many rows of each result (0 = all); the row count is always exact.
     #[arg(long, default_value_t = 100)]
     pub max_rows: usize,
+    /// Log in as this user (Basic handshake).
+    #[arg(long, env = "QUIVER_USER")]
+    pub user: Option<String>,
+    /// Password for --user.
+    #[arg(long, env = "QUIVER_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A bearer token to send instead of logging in.
+    #[arg(
+        long,
+        env = "QUIVER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "user"
+    )]
+    pub token: Option<String>,
+    /// PEM certificate (or CA) to trust for grpc+tls:// URLs.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Entry point of `quiver sql`.
@@ -52,7 +69,17 @@ pub fn main(args: SqlArgs) -> ExitCode {
 }
 
 async fn run(args: SqlArgs) -> ExitCode {
-    let mut client = match QuiverClient::connect(&args.url).await {
+    let mut client = match QuiverClient::connect_with(
+        &args.url,
+        &crate::ConnectOptions {
+            user: args.user.clone(),
+            password: args.password.clone(),
+            token: args.token.clone(),
+            tls_ca: args.tls_ca.clone(),
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("quiver sql: {e}");

@@ -3,7 +3,8 @@
 //! [`QuiverClient`] runs statements through the plain Flight SQL path
 //! (`GetFlightInfo(CommandStatementQuery)` then `DoGet` of each endpoint) on the raw Flight
 //! client, so a server error reaches the caller as the `tonic::Status` the server sent, code
-//! included.
+//! included. [`ConnectOptions`] adds TLS (`grpc+tls://` with a CA file) and authentication (a
+//! Basic handshake whose bearer token is sent on every later call, or a token given directly).
 
 pub mod cli;
 
@@ -18,9 +19,11 @@ use arrow_flight::sql::{
     CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt,
 };
 use arrow_flight::{Action, FlightDescriptor, FlightInfo};
+use base64::Engine as _;
 use futures::TryStreamExt;
 use prost::Message as _;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -84,39 +87,137 @@ impl QueryResult {
 #[derive(Debug, Clone)]
 pub struct QuiverClient {
     flight: FlightServiceClient<Channel>,
+    /// `Bearer <token>`, sent on every call once logged in.
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
-/// `grpc://host:port` (or `host:port`) to the `http://` endpoint tonic dials.
+/// How to connect: credentials and the certificate to trust for `grpc+tls://`.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// A bearer token to send instead of logging in.
+    pub token: Option<String>,
+    /// PEM file of the CA (or self-signed certificate) to trust.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("user", &self.user)
+            .field("tls_ca", &self.tls_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `grpc://host:port` (or `host:port`) to the `http://` endpoint tonic dials;
+/// `grpc+tls://host:port` to `https://`.
 pub fn endpoint_uri(url: &str) -> Result<String, ClientError> {
-    let rest = url
-        .strip_prefix("grpc://")
-        .or_else(|| url.strip_prefix("grpc+tcp://"))
-        .or_else(|| url.strip_prefix("http://"))
-        .unwrap_or(url);
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("grpc+tls://") {
+        ("https", rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        ("https", rest)
+    } else {
+        let rest = url
+            .strip_prefix("grpc://")
+            .or_else(|| url.strip_prefix("grpc+tcp://"))
+            .or_else(|| url.strip_prefix("http://"))
+            .unwrap_or(url);
+        ("http", rest)
+    };
     if rest.contains("://") {
         return Err(ClientError::Url(
             url.to_string(),
-            "use grpc://HOST:PORT (TLS is not supported yet)".into(),
+            "use grpc://HOST:PORT or grpc+tls://HOST:PORT".into(),
         ));
     }
     if rest.is_empty() {
         return Err(ClientError::Url(url.to_string(), "missing host".into()));
     }
-    Ok(format!("http://{}", rest.trim_end_matches('/')))
+    Ok(format!("{scheme}://{}", rest.trim_end_matches('/')))
 }
 
 impl QuiverClient {
-    /// Connects to `url` (`grpc://HOST:PORT`).
+    /// Connects to `url` (`grpc://HOST:PORT`) without credentials.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Connects to `url` (`grpc://` or `grpc+tls://`), logging in if credentials are given.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, ClientError> {
         let uri = endpoint_uri(url)?;
-        let channel = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| ClientError::Url(url.to_string(), e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(std::time::Duration::from_secs(10));
+        if uri.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &options.tls_ca {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    ClientError::Connect(url.to_string(), format!("reading {}: {e}", ca.display()))
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| ClientError::Connect(url.to_string(), e.to_string()))?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| ClientError::Connect(url.to_string(), e.to_string()))?;
         let flight = FlightServiceClient::new(channel).max_decoding_message_size(usize::MAX);
-        Ok(Self { flight })
+        let mut client = Self {
+            flight,
+            authorization: None,
+        };
+        if let Some(token) = &options.token {
+            client.authorization = Some(bearer(token)?);
+        } else if let Some(user) = &options.user {
+            let password = options.password.as_deref().unwrap_or_default();
+            client.login(user, password).await?;
+        }
+        Ok(client)
+    }
+
+    /// A Basic-credentials handshake; later calls carry the bearer token it returns.
+    pub async fn login(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut request = tonic::Request::new(futures::stream::empty());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Basic {basic}")
+                .parse()
+                .map_err(|_| ClientError::Protocol("credentials are not ASCII".into()))?,
+        );
+        let response = self.flight.handshake(request).await?;
+        let token = response
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ClientError::Protocol("the handshake returned no bearer token".into()))?
+            .to_string();
+        self.authorization = Some(bearer(&token)?);
+        Ok(())
+    }
+
+    /// The bearer token of this connection, if logged in.
+    pub fn token(&self) -> Option<&str> {
+        self.authorization
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
     }
 
     /// Runs `sql` and fetches the whole result.
@@ -136,7 +237,8 @@ impl QuiverClient {
             transaction_id: None,
         };
         let action = Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
-        let mut results = self.flight.do_action(action).await?.into_inner();
+        let request = self.request(action);
+        let mut results = self.flight.do_action(request).await?.into_inner();
         let result = results.message().await?.ok_or_else(|| {
             ClientError::Protocol("CreatePreparedStatement returned nothing".into())
         })?;
@@ -154,7 +256,8 @@ impl QuiverClient {
 
     async fn flight_info(&mut self, cmd: Vec<u8>) -> Result<FlightInfo, ClientError> {
         let descriptor = FlightDescriptor::new_cmd(cmd);
-        Ok(self.flight.get_flight_info(descriptor).await?.into_inner())
+        let request = self.request(descriptor);
+        Ok(self.flight.get_flight_info(request).await?.into_inner())
     }
 
     async fn fetch(&mut self, info: FlightInfo) -> Result<QueryResult, ClientError> {
@@ -164,7 +267,8 @@ impl QuiverClient {
             let ticket = endpoint
                 .ticket
                 .ok_or_else(|| ClientError::Protocol("endpoint without a ticket".into()))?;
-            let stream = self.flight.do_get(ticket).await?.into_inner();
+            let request = self.request(ticket);
+            let stream = self.flight.do_get(request).await?.into_inner();
             let mut decoded =
                 FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from));
             while let Some(batch) = decoded.try_next().await? {
@@ -175,6 +279,12 @@ impl QuiverClient {
     }
 }
 
+fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, ClientError> {
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ClientError::Protocol("the token is not ASCII".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +293,8 @@ mod tests {
     fn urls() {
         assert_eq!(endpoint_uri("grpc://h:1").unwrap(), "http://h:1");
         assert_eq!(endpoint_uri("h:1").unwrap(), "http://h:1");
-        assert!(endpoint_uri("grpc+tls://h:1").is_err());
+        assert_eq!(endpoint_uri("grpc+tls://h:1").unwrap(), "https://h:1");
+        assert!(endpoint_uri("ftp://h:1").is_err());
         assert!(endpoint_uri("grpc://").is_err());
     }
 }

@@ -30,7 +30,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, MutexGuard};
@@ -104,6 +109,13 @@ pub struct TableDef {
     /// For tables created with SQL: the statement, replayed as is on start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ddl: Option<String>,
+    /// A managed table: Quiver wrote its Parquet files into the warehouse directory `url`, and
+    /// the table is exactly the files listed in `files` (committed writes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub managed: bool,
+    /// A managed table's data files, relative to `url`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 impl TableDef {
@@ -129,7 +141,22 @@ impl TableDef {
             format,
             options: BTreeMap::new(),
             ddl: None,
+            managed: false,
+            files: Vec::new(),
         })
+    }
+
+    /// A managed table of Parquet `files` in the warehouse directory `location`.
+    pub fn managed(name: &str, location: &str, files: Vec<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            url: location.to_string(),
+            format: Some(TableFormat::Parquet),
+            options: BTreeMap::new(),
+            ddl: None,
+            managed: true,
+            files,
+        }
     }
 
     /// The statement that registers this table in DataFusion.
@@ -158,7 +185,7 @@ impl TableDef {
 
 /// Local paths become absolute, so a restart from another directory (and every executor) still
 /// finds them; directories get the trailing slash DataFusion needs to list them.
-fn absolute_location(location: &str) -> Result<String> {
+pub fn absolute_location(location: &str) -> Result<String> {
     if object_stores::store_root(location)?.is_some() || location.starts_with("file://") {
         return Ok(location.to_string());
     }
@@ -358,9 +385,37 @@ async fn register(ctx: &SessionContext, table: &TableDef, file: &CatalogFile) ->
         let options = file.store_options(&root);
         object_stores::ensure_registered(ctx.runtime_env().as_ref(), &root, &options)?;
     }
+    if table.managed {
+        return register_managed(ctx, table).await;
+    }
     ctx.sql(&table.to_ddl()).await.map_err(|e| {
         QuiverError::InvalidArgument(format!("table '{}' ({}): {e}", table.name, table.url))
     })?;
+    Ok(())
+}
+
+/// Registers (or re-registers) a managed table: a Parquet listing of exactly its committed files,
+/// read with the session's Parquet options (so strings stay plain Utf8, as everywhere).
+pub async fn register_managed(ctx: &SessionContext, table: &TableDef) -> Result<()> {
+    let urls = table
+        .files
+        .iter()
+        .map(|f| ListingTableUrl::parse(format!("{}{f}", table.url)))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let first = urls.first().ok_or_else(|| {
+        QuiverError::Internal(format!("managed table '{}' has no files", table.name))
+    })?;
+    let state = ctx.state();
+    let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+    let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
+    // Every file of a managed table has the table's schema: read one footer, not all.
+    let schema = options.infer_schema(&state, first).await?;
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let provider = ListingTable::try_new(config)?;
+    ctx.deregister_table(table.name.as_str())?;
+    ctx.register_table(table.name.as_str(), Arc::new(provider))?;
     Ok(())
 }
 
@@ -382,6 +437,14 @@ impl CatalogGuard<'_> {
     /// Options configured for the store at `root`.
     pub fn store_options(&self, root: &Url) -> StoreOptions {
         self.file.store_options(root)
+    }
+
+    /// The definition of a table created with SQL or ingest.
+    pub fn get(&self, name: &str) -> Option<&TableDef> {
+        self.file
+            .tables
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
     }
 
     /// Records a table created with SQL and writes the catalog file.
@@ -451,6 +514,8 @@ mod tests {
                     ddl: Some(
                         "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/data/t/'".into(),
                     ),
+                    managed: false,
+                    files: Vec::new(),
                 })
                 .unwrap();
         }

@@ -12,8 +12,9 @@ use std::time::Duration;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionContext;
 use quiver_proto::cluster::cluster_service_server::ClusterServiceServer;
-use tonic::transport::Server;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use crate::auth::{AuthConfig, Authenticated, Authenticator};
 use crate::catalog::{Catalog, TableDef};
 use crate::distributed;
 use crate::engine::QueryEngine;
@@ -23,6 +24,7 @@ use crate::membership::{ClusterServiceImpl, ExecutorRegistry};
 use crate::net::{self, ServerHandle};
 use crate::settings;
 use crate::task::AbortOnDrop;
+use crate::warehouse::Warehouse;
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -42,6 +44,39 @@ pub struct CoordinatorConfig {
     pub scan_bytes_per_partition: usize,
     /// How long a query may run before it is cancelled with `DeadlineExceeded`; `None`: no limit.
     pub query_timeout: Option<Duration>,
+    /// Client authentication; `None` accepts every client (loopback only unless `insecure`).
+    pub auth: Option<AuthConfig>,
+    /// Serve TLS with this certificate chain and key (PEM).
+    pub tls: Option<TlsFiles>,
+    /// Allow a non-loopback listen address without authentication.
+    pub insecure: bool,
+    /// Where tables written with SQL or bulk ingest keep their files (a directory or `s3://`
+    /// URL); `None` refuses writes.
+    pub warehouse: Option<String>,
+    /// Largest message a client may send (ingest and parameter batches).
+    pub max_message_bytes: usize,
+    /// Also serve the cluster service on a plaintext loopback port, for in-process executors
+    /// when the main port speaks TLS (`quiver serve`).
+    pub local_cluster_listener: bool,
+}
+
+/// PEM files of a TLS identity.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    fn server_config(&self) -> Result<ServerTlsConfig> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path)
+                .map_err(|e| QuiverError::io(format!("reading TLS {what} {}", path.display()), e))
+        };
+        let identity =
+            Identity::from_pem(read(&self.cert, "certificate")?, read(&self.key, "key")?);
+        Ok(ServerTlsConfig::new().identity(identity))
+    }
 }
 
 impl CoordinatorConfig {
@@ -52,6 +87,17 @@ impl CoordinatorConfig {
                 self.executor_timeout, self.heartbeat_interval
             )));
         }
+        if !self.listen.ip().is_loopback() && self.auth.is_none() && !self.insecure {
+            return Err(QuiverError::InvalidArgument(format!(
+                "refusing to serve {} without authentication: add an [auth] section with users to --config, or pass --insecure if something else protects this address",
+                self.listen
+            )));
+        }
+        if self.max_message_bytes < 4 * 1024 * 1024 {
+            return Err(QuiverError::InvalidArgument(
+                "--max-message-bytes must be at least 4 MiB (gRPC's default)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -60,8 +106,12 @@ impl CoordinatorConfig {
 #[derive(Debug)]
 pub struct RunningCoordinator {
     pub addr: SocketAddr,
+    tls: bool,
+    /// The plaintext loopback cluster-service address, when there is one.
+    local_cluster_addr: Option<SocketAddr>,
     registry: Arc<ExecutorRegistry>,
     server: ServerHandle,
+    _local_cluster_server: Option<ServerHandle>,
     _reaper: AbortOnDrop,
 }
 
@@ -70,9 +120,18 @@ impl RunningCoordinator {
         &self.registry
     }
 
-    /// The URL executors and clients use.
+    /// The URL clients use.
     pub fn url(&self) -> String {
-        format!("grpc://{}", self.addr)
+        let scheme = if self.tls { "grpc+tls" } else { "grpc" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The URL in-process executors register at.
+    pub fn cluster_url(&self) -> String {
+        match self.local_cluster_addr {
+            Some(addr) => format!("grpc://{addr}"),
+            None => self.url(),
+        }
     }
 
     /// Runs until the server stops.
@@ -124,32 +183,76 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         );
     }
 
+    let warehouse = config
+        .warehouse
+        .as_deref()
+        .map(Warehouse::new)
+        .transpose()?;
     let engine = Arc::new(QueryEngine::new(
         ctx,
         Arc::clone(&catalog),
         Arc::clone(&registry),
         config.query_timeout,
+        warehouse,
     ));
+    let authenticator = config
+        .auth
+        .as_ref()
+        .map(Authenticator::new)
+        .transpose()?
+        .map(Arc::new);
     let front_door = FrontDoor::new(engine)?;
-    let cluster =
-        ClusterServiceImpl::new(Arc::clone(&registry), catalog, config.heartbeat_interval);
+    let cluster = Arc::new(ClusterServiceImpl::new(
+        Arc::clone(&registry),
+        catalog,
+        config.heartbeat_interval,
+    ));
 
     let (incoming, addr) = net::bind(config.listen).await?;
-    let router = Server::builder()
+    let mut builder = Server::builder()
         .tcp_nodelay(true)
         // JDBC forwards every unknown URL property as a header.
-        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
-        .add_service(front_door.into_service())
-        .add_service(ClusterServiceServer::new(cluster));
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE);
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server_config()?)
+            .map_err(|e| QuiverError::InvalidArgument(format!("TLS configuration: {e}")))?;
+    }
+    let router = builder
+        .add_service(Authenticated::new(
+            front_door.into_service(config.max_message_bytes),
+            authenticator,
+        ))
+        .add_service(ClusterServiceServer::from_arc(Arc::clone(&cluster)));
     let server = ServerHandle::spawn("coordinator", router, incoming);
+    let (local_cluster_server, local_cluster_addr) = if config.local_cluster_listener {
+        let (incoming, addr) = net::bind(([127, 0, 0, 1], 0).into()).await?;
+        let router = Server::builder()
+            .tcp_nodelay(true)
+            .add_service(ClusterServiceServer::from_arc(cluster));
+        (
+            Some(ServerHandle::spawn("cluster", router, incoming)),
+            Some(addr),
+        )
+    } else {
+        (None, None)
+    };
     if let Some(path) = &config.address_file {
         net::write_address_file(path, addr)?;
     }
-    tracing::info!(%addr, "coordinator serving Flight SQL");
+    tracing::info!(
+        %addr,
+        tls = config.tls.is_some(),
+        auth = config.auth.is_some(),
+        "coordinator serving Flight SQL"
+    );
     Ok(RunningCoordinator {
         addr,
+        tls: config.tls.is_some(),
+        local_cluster_addr,
         registry,
         server,
+        _local_cluster_server: local_cluster_server,
         _reaper: reaper,
     })
 }

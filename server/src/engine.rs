@@ -21,7 +21,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan, WriteOp};
 use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
 use datafusion::prelude::SessionContext;
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
@@ -35,6 +35,7 @@ use crate::membership::ExecutorRegistry;
 use crate::object_stores;
 use crate::placeholders::number_placeholders;
 use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
+use crate::warehouse::Warehouse;
 
 /// What a statement does, which decides how clients run it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +44,17 @@ pub enum StatementKind {
     Query,
     /// Changes the catalog; returns no rows and an empty schema.
     Ddl,
+    /// Writes table data (`CREATE TABLE`, `INSERT`); returns a row count, not rows.
+    Write,
     /// `EXPLAIN` / `EXPLAIN ANALYZE`: returns the plan as rows.
     Explain { analyze: bool },
+}
+
+impl StatementKind {
+    /// DDL and writes: no result rows, an empty schema, run once as an update.
+    pub fn is_update(self) -> bool {
+        matches!(self, Self::Ddl | Self::Write)
+    }
 }
 
 /// A planned statement.
@@ -56,6 +66,9 @@ pub struct Statement {
     pub schema: SchemaRef,
     /// Placeholders still to bind, in position order (`$1`, `$2`, ...).
     pub parameters: Vec<Field>,
+    /// Per parameter: whether DataFusion inferred its type (else it is announced as Utf8 and a
+    /// bound value keeps its own type).
+    typed: Vec<bool>,
     plan: LogicalPlan,
 }
 
@@ -82,11 +95,13 @@ impl std::fmt::Debug for QueryStream {
 }
 
 pub struct QueryEngine {
-    ctx: SessionContext,
-    catalog: Arc<Catalog>,
+    pub(crate) ctx: SessionContext,
+    pub(crate) catalog: Arc<Catalog>,
     registry: Arc<ExecutorRegistry>,
     /// How long a query may run, from planning to its last batch; `None` is no limit.
-    query_timeout: Option<Duration>,
+    pub(crate) query_timeout: Option<Duration>,
+    /// Where managed tables keep their files; `None` refuses writes.
+    pub(crate) warehouse: Option<Warehouse>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -101,12 +116,14 @@ impl QueryEngine {
         catalog: Arc<Catalog>,
         registry: Arc<ExecutorRegistry>,
         query_timeout: Option<Duration>,
+        warehouse: Option<Warehouse>,
     ) -> Self {
         Self {
             ctx,
             catalog,
             registry,
             query_timeout,
+            warehouse,
         }
     }
 
@@ -121,16 +138,17 @@ impl QueryEngine {
         let plan = self.ctx.state().create_logical_plan(&numbered).await?;
         let kind = classify(&plan)?;
         let schema = match kind {
-            StatementKind::Ddl => Arc::new(Schema::empty()),
+            StatementKind::Ddl | StatementKind::Write => Arc::new(Schema::empty()),
             StatementKind::Explain { .. } => explain_schema(),
             StatementKind::Query => plain_schema(plan.schema().as_arrow()),
         };
-        let parameters = parameter_fields(&plan)?;
+        let (parameters, typed) = parameter_fields(&plan)?.into_iter().unzip();
         Ok(Statement {
             sql: sql.to_string(),
             kind,
             schema,
             parameters,
+            typed,
             plan,
         })
     }
@@ -154,9 +172,10 @@ impl QueryEngine {
             .columns()
             .iter()
             .zip(&statement.parameters)
-            .map(|(column, field)| {
+            .zip(&statement.typed)
+            .map(|((column, field), typed)| {
                 let value = ScalarValue::try_from_array(column, 0)?;
-                if value.is_null() || &value.data_type() == field.data_type() {
+                if !typed || value.is_null() || &value.data_type() == field.data_type() {
                     return Ok(value);
                 }
                 value.cast_to(field.data_type()).map_err(|e| {
@@ -171,26 +190,37 @@ impl QueryEngine {
             .collect::<Result<Vec<_>>>()?;
         statement.plan = statement.plan.with_param_values(scalars)?;
         statement.parameters.clear();
+        statement.typed.clear();
         Ok(statement)
     }
 
-    /// Runs a statement that returns no rows (DDL) and returns the affected row count.
-    pub async fn execute_update(&self, sql: &str) -> Result<i64> {
-        let statement = self.prepare(sql).await?;
-        if statement.kind != StatementKind::Ddl {
-            return Err(QuiverError::InvalidArgument(
-                "this statement returns rows: run it as a query, not as an update".into(),
-            ));
+    /// Runs a statement that returns no rows (DDL, writes) and returns the affected row count
+    /// (0 for DDL).
+    pub async fn execute_update(&self, statement: &Statement) -> Result<i64> {
+        self.check_runnable(statement)?;
+        match statement.kind {
+            StatementKind::Ddl => {
+                self.run_ddl(statement).await?;
+                Ok(0)
+            }
+            StatementKind::Write => {
+                let rows = self.run_write(&statement.plan).await?;
+                Ok(i64::try_from(rows).unwrap_or(i64::MAX))
+            }
+            StatementKind::Query | StatementKind::Explain { .. } => {
+                Err(QuiverError::InvalidArgument(
+                    "this statement returns rows: run it as a query, not as an update".into(),
+                ))
+            }
         }
-        self.run_ddl(&statement).await?;
-        Ok(0)
     }
 
+    /// Runs a statement; updates (DDL, writes) run to completion here and stream nothing.
     pub async fn execute_statement(&self, statement: Statement) -> Result<QueryStream> {
         self.check_runnable(&statement)?;
         match statement.kind {
-            StatementKind::Ddl => {
-                self.run_ddl(&statement).await?;
+            StatementKind::Ddl | StatementKind::Write => {
+                self.execute_update(&statement).await?;
                 Ok(QueryStream {
                     schema: statement.schema,
                     batches: stream::empty().boxed(),
@@ -330,12 +360,19 @@ impl QueryEngine {
             StatementKind::Query | StatementKind::Explain { analyze: true } => {
                 self.require_executors(&statement.plan)
             }
+            StatementKind::Write => match &statement.plan {
+                LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) => {
+                    self.require_executors(&cmd.input)
+                }
+                LogicalPlan::Dml(dml) => self.require_executors(&dml.input),
+                _ => Ok(()),
+            },
             StatementKind::Ddl | StatementKind::Explain { analyze: false } => Ok(()),
         }
     }
 
     /// Queries that read tables need at least one live executor.
-    fn require_executors(&self, plan: &LogicalPlan) -> Result<()> {
+    pub(crate) fn require_executors(&self, plan: &LogicalPlan) -> Result<()> {
         let reads_tables = plan
             .exists(|node| {
                 Ok(matches!(node, LogicalPlan::TableScan(scan)
@@ -376,12 +413,20 @@ impl QueryEngine {
                 "table '{name}' is defined by a --table flag: change the flag instead of using SQL"
             )));
         }
+        let previous = guard.get(&name).cloned();
         let Some(url) = created_at else {
+            let existed = self.ctx.table_exist(reference.clone())?;
             self.ctx
                 .execute_logical_plan(statement.plan.clone())
                 .await?;
             guard.remove(&name)?;
-            tracing::info!(table = %name, "dropped");
+            drop(guard);
+            if let Some(previous) = previous {
+                self.discard_files(&previous).await;
+            }
+            if existed {
+                tracing::info!(table = %name, "dropped");
+            }
             return Ok(());
         };
         if let Some(root) = object_stores::store_root(&url)? {
@@ -404,11 +449,17 @@ impl QueryEngine {
             format: None,
             options: Default::default(),
             ddl: Some(statement.sql.clone()),
+            managed: false,
+            files: Vec::new(),
         };
         if let Err(e) = guard.add(def) {
             // Keep memory and disk in agreement: what is not persisted does not exist.
             let _ = self.ctx.deregister_table(reference.clone());
             return Err(e);
+        }
+        drop(guard);
+        if let Some(previous) = previous {
+            self.discard_files(&previous).await;
         }
         tracing::info!(table = %name, "created");
         Ok(())
@@ -433,10 +484,10 @@ impl QueryEngine {
 
 /// A query's deadline, enforced here because gRPC server timeouts do not bound a streaming DoGet.
 #[derive(Debug, Clone, Copy)]
-struct Deadline(Option<(Instant, Duration)>);
+pub(crate) struct Deadline(Option<(Instant, Duration)>);
 
 impl Deadline {
-    fn start(limit: Option<Duration>) -> Self {
+    pub(crate) fn start(limit: Option<Duration>) -> Self {
         Self(limit.map(|limit| (Instant::now() + limit, limit)))
     }
 
@@ -448,7 +499,7 @@ impl Deadline {
     }
 
     /// Awaits `fut` unless the deadline passes first.
-    async fn run<T>(self, fut: impl Future<Output = T>) -> Result<T> {
+    pub(crate) async fn run<T>(self, fut: impl Future<Output = T>) -> Result<T> {
         match self.0 {
             None => Ok(fut.await),
             Some((at, limit)) => tokio::time::timeout_at(at, fut)
@@ -534,10 +585,15 @@ fn may_be_lost_executor(e: &DataFusionError) -> bool {
 fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
     let unsupported = |what: &str| {
         Err(QuiverError::Unsupported(format!(
-            "{what} is not supported yet; Quiver runs queries, EXPLAIN, CREATE EXTERNAL TABLE, CREATE VIEW and DROP TABLE/VIEW"
+            "{what} is not supported; Quiver runs queries, EXPLAIN, CREATE [EXTERNAL] TABLE, CREATE TABLE AS, INSERT INTO/OVERWRITE, CREATE VIEW and DROP TABLE/VIEW"
         )))
     };
     match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) if cmd.temporary => {
+            unsupported("CREATE TEMPORARY TABLE")
+        }
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => Ok(StatementKind::Write),
+        LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_)) => Ok(StatementKind::Write),
         LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) if cmd.temporary => {
             unsupported("CREATE TEMPORARY EXTERNAL TABLE")
         }
@@ -551,7 +607,7 @@ fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
             | DdlStatement::DropView(_),
         ) => Ok(StatementKind::Ddl),
         LogicalPlan::Ddl(other) => unsupported(other.name()),
-        LogicalPlan::Dml(_) => unsupported("INSERT / UPDATE / DELETE"),
+        LogicalPlan::Dml(dml) => unsupported(&dml.op.to_string()),
         LogicalPlan::Copy(_) => unsupported("COPY"),
         LogicalPlan::Statement(_) => {
             unsupported("SET / PREPARE / EXECUTE / transaction statements")
@@ -562,9 +618,10 @@ fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
     }
 }
 
-/// The statement's placeholders as `$1..$n` fields, in position order.
-fn parameter_fields(plan: &LogicalPlan) -> Result<Vec<Field>> {
-    let mut found: Vec<(usize, Field)> = Vec::new();
+/// The statement's placeholders as `$1..$n` fields, in position order, each with whether its
+/// type was inferred.
+fn parameter_fields(plan: &LogicalPlan) -> Result<Vec<(Field, bool)>> {
+    let mut found: Vec<(usize, Field, bool)> = Vec::new();
     for (name, field) in plan.get_parameter_fields()? {
         let position = name
             .strip_prefix('$')
@@ -575,23 +632,31 @@ fn parameter_fields(plan: &LogicalPlan) -> Result<Vec<Field>> {
                     "placeholder {name}: use ? or $1, $2, ... (named placeholders are not supported)"
                 ))
             })?;
-        let data_type = field
+        let inferred = field
             .map(|f| f.data_type().clone())
-            .filter(|t| t != &DataType::Null)
-            .unwrap_or(DataType::Utf8);
-        found.push((position, Field::new(name, plain_type(&data_type), true)));
+            .filter(|t| t != &DataType::Null);
+        let typed = inferred.is_some();
+        let data_type = inferred.unwrap_or(DataType::Utf8);
+        found.push((
+            position,
+            Field::new(name, plain_type(&data_type), true),
+            typed,
+        ));
     }
-    found.sort_by_key(|(position, _)| *position);
+    found.sort_by_key(|(position, _, _)| *position);
     if found
         .iter()
         .enumerate()
-        .any(|(i, (position, _))| *position != i + 1)
+        .any(|(i, (position, _, _))| *position != i + 1)
     {
         return Err(QuiverError::InvalidArgument(
             "placeholders must be numbered $1..$n without gaps".into(),
         ));
     }
-    Ok(found.into_iter().map(|(_, field)| field).collect())
+    Ok(found
+        .into_iter()
+        .map(|(_, field, typed)| (field, typed))
+        .collect())
 }
 
 fn explain_schema() -> SchemaRef {
@@ -602,7 +667,7 @@ fn explain_schema() -> SchemaRef {
 }
 
 /// The table part of a reference inside Quiver's one catalog and schema.
-fn table_name(reference: &TableReference) -> Result<String> {
+pub(crate) fn table_name(reference: &TableReference) -> Result<String> {
     let in_quiver = reference.catalog().is_none_or(|c| c == CATALOG_NAME)
         && reference.schema().is_none_or(|s| s == SCHEMA_NAME);
     if !in_quiver {
@@ -638,6 +703,7 @@ mod tests {
             Arc::new(catalog),
             registry,
             None,
+            None,
         )
     }
 
@@ -667,7 +733,7 @@ mod tests {
         for unsupported in [
             "COPY (SELECT 1) TO '/tmp/never.parquet'",
             "SET datafusion.execution.batch_size = 1",
-            "CREATE TABLE m AS SELECT 1",
+            "CREATE TEMPORARY TABLE m AS SELECT 1",
         ] {
             let err = engine.prepare(unsupported).await.unwrap_err();
             assert_eq!(
@@ -676,19 +742,31 @@ mod tests {
                 "{unsupported}"
             );
         }
-        let err = engine.execute_update("SELECT 1").await.unwrap_err();
+        let select = engine.prepare("SELECT 1").await.unwrap();
+        let err = engine.execute_update(&select).await.unwrap_err();
         assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
 
+        // Writes need a warehouse.
+        let ctas = engine
+            .prepare("CREATE TABLE m AS SELECT 1 AS a")
+            .await
+            .unwrap();
+        assert_eq!(ctas.kind, StatementKind::Write);
+        let err = engine.execute_update(&ctas).await.unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::FailedPrecondition);
+
         // Running the DDL creates and persists the table; reading it needs an executor.
-        assert_eq!(engine.execute_update(&ddl).await.unwrap(), 0);
+        assert_eq!(engine.execute_update(&statement).await.unwrap(), 0);
         assert!(engine.session().table_exist("t").unwrap());
         let persisted = std::fs::read_to_string(dir.path().join("catalog.toml")).unwrap();
         assert!(persisted.contains("name = \"t\""), "{persisted}");
+        // External tables are read-only.
         let insert = engine
             .prepare("INSERT INTO t VALUES (3, 'z')")
             .await
-            .unwrap_err();
-        assert_eq!(insert.to_status().code(), tonic::Code::Unimplemented);
+            .unwrap();
+        let err = engine.execute_update(&insert).await.unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
         let scan = engine.prepare("SELECT count(*) FROM t").await.unwrap();
         let err = engine.check_runnable(&scan).unwrap_err();
         assert_eq!(err.to_status().code(), tonic::Code::Unavailable);

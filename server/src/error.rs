@@ -21,6 +21,18 @@ pub enum QuiverError {
     /// The client named something that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The client asked to create something that exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Missing or bad credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The server is not set up for the request (e.g. writes without a warehouse).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The query was cancelled by a client request.
+    #[error("{0}")]
+    Cancelled(String),
     /// The statement is valid SQL but Quiver does not run it (yet).
     #[error("{0}")]
     Unsupported(String),
@@ -65,6 +77,10 @@ impl QuiverError {
         let code = match self {
             Self::InvalidArgument(_) | Self::Catalog { .. } => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Cancelled(_) => Code::Cancelled,
             Self::Unsupported(_) => Code::Unimplemented,
             Self::Unavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,

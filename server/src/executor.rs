@@ -22,7 +22,7 @@ use quiver_proto::cluster::{
     RegisterExecutorRequest,
 };
 use tokio::sync::oneshot;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server};
 use tonic::{Request, Response, Status};
 use url::Url;
 
@@ -47,6 +47,9 @@ pub struct ExecutorConfig {
     pub address_file: Option<PathBuf>,
     /// DataFusion partitions per task on this node (0 = one per core).
     pub target_partitions: usize,
+    /// PEM certificate(s) to trust when the coordinator URL is `grpc+tls://`/`https://`
+    /// (default: the system's web PKI roots are not bundled, so this is needed for TLS).
+    pub coordinator_ca: Option<PathBuf>,
 }
 
 /// What the executor knows about itself, shared by the status service and the task sessions.
@@ -144,10 +147,23 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
     }
     tracing::info!(%addr, %worker_url, executor_id = %state.executor_id, %coordinator, "executor serving");
 
-    let endpoint = Endpoint::from_shared(coordinator.to_string())
+    let mut endpoint = Endpoint::from_shared(coordinator.to_string())
         .map_err(|e| QuiverError::InvalidArgument(format!("--coordinator: {e}")))?
         .connect_timeout(RPC_TIMEOUT)
         .timeout(RPC_TIMEOUT);
+    if coordinator.scheme() == "https" {
+        let ca = config.coordinator_ca.as_ref().ok_or_else(|| {
+            QuiverError::InvalidArgument(
+                "the coordinator speaks TLS: pass --coordinator-ca with the certificate to trust"
+                    .into(),
+            )
+        })?;
+        let pem = std::fs::read(ca)
+            .map_err(|e| QuiverError::io(format!("reading {}", ca.display()), e))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .map_err(|e| QuiverError::InvalidArgument(format!("--coordinator-ca: {e}")))?;
+    }
     let membership = MembershipThread::spawn(endpoint, Arc::clone(&state), runtime)?;
 
     Ok(RunningExecutor {

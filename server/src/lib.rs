@@ -24,6 +24,7 @@
 //! Modules, one concern each:
 //! * [`coordinator`], [`executor`], [`serve`]: the three server shapes of the `quiver` binary;
 //! * [`frontdoor`]: Flight SQL protocol over [`engine`], the coordinator's query engine;
+//!   [`auth`]: client authentication in front of it; [`writes`] and [`warehouse`]: managed tables;
 //! * [`distributed`]: the only module that names datafusion-distributed types;
 //! * [`membership`]: the live executor set; [`catalog`] and [`object_stores`]: tables;
 //! * [`settings`]: DataFusion settings every node shares; [`arrow_compat`]: wire-safe types;
@@ -31,6 +32,7 @@
 //! * [`placeholders`]: `?` parameters; [`tpch`]: the demo dataset; [`net`], [`task`]: plumbing.
 
 pub mod arrow_compat;
+pub mod auth;
 pub mod catalog;
 pub mod coordinator;
 pub mod distributed;
@@ -46,3 +48,5 @@ pub mod serve;
 pub mod settings;
 pub mod task;
 pub mod tpch;
+pub mod warehouse;
+pub mod writes;

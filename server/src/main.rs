@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use quiver_server::auth::ServerConfigFile;
 use quiver_server::catalog::TableDef;
-use quiver_server::coordinator::{self, CoordinatorConfig};
+use quiver_server::coordinator::{self, CoordinatorConfig, TlsFiles};
 use quiver_server::error::QuiverError;
 use quiver_server::executor::{self, ExecutorConfig};
 use quiver_server::net::parse_listen;
@@ -35,6 +36,8 @@ enum Command {
     Executor(ExecutorArgs),
     /// Run SQL against a Quiver server (a REPL without -c/-f).
     Sql(quiver_client::cli::SqlArgs),
+    /// Read a password from stdin and print its hash for [[auth.users]] in the config file.
+    HashPassword(HashPasswordArgs),
 }
 
 #[derive(Args)]
@@ -71,6 +74,26 @@ struct ClusterArgs {
     /// Milliseconds a query may run before it is cancelled with DEADLINE_EXCEEDED (0 = no limit).
     #[arg(long, default_value_t = 0)]
     query_timeout_ms: u64,
+    /// TOML server config: `[auth]` with token_secret, token_ttl_secs and [[auth.users]]
+    /// (name, password_hash from `quiver hash-password`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow listening beyond loopback without authentication.
+    #[arg(long)]
+    insecure: bool,
+    /// Where tables created with CREATE TABLE / bulk ingest store their Parquet files: a
+    /// directory or s3://bucket/prefix (serve: <data-dir>/warehouse; otherwise writes are refused).
+    #[arg(long, value_name = "DIR_OR_URL")]
+    warehouse: Option<String>,
+    /// Largest message a client may send, in bytes (ingest and parameter batches).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_message_bytes: usize,
 }
 
 #[derive(Args)]
@@ -115,6 +138,16 @@ struct ExecutorArgs {
     /// DataFusion partitions per task (0 = one per core).
     #[arg(long, default_value_t = 0)]
     target_partitions: usize,
+    /// PEM certificate to trust when the coordinator URL is grpc+tls://.
+    #[arg(long, value_name = "PEM")]
+    coordinator_ca: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct HashPasswordArgs {
+    /// PBKDF2 rounds.
+    #[arg(long, default_value_t = quiver_server::auth::DEFAULT_HASH_ITERATIONS)]
+    iterations: u32,
 }
 
 fn coordinator_config(
@@ -126,7 +159,26 @@ fn coordinator_config(
         .iter()
         .map(|t| TableDef::parse_flag(t))
         .collect::<Result<Vec<_>, _>>()?;
+    let file = match &cluster.config {
+        Some(path) => ServerConfigFile::load(path)?,
+        None => ServerConfigFile::default(),
+    };
+    let tls = match (cluster.tls_cert, cluster.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let warehouse = cluster
+        .warehouse
+        .as_deref()
+        .map(quiver_server::catalog::absolute_location)
+        .transpose()?;
     Ok(CoordinatorConfig {
+        auth: file.auth,
+        tls,
+        insecure: cluster.insecure,
+        warehouse,
+        max_message_bytes: cluster.max_message_bytes,
+        local_cluster_listener: false,
         listen: cluster.listen,
         tables,
         catalog: catalog.catalog,
@@ -140,17 +192,17 @@ fn coordinator_config(
     })
 }
 
-/// Binding beyond loopback is an explicit choice.
+/// Executors have no authentication of their own yet: binding them beyond loopback is a choice
+/// to make knowingly.
 fn warn_if_exposed(addr: SocketAddr) {
     if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening beyond loopback: Quiver has no authentication yet, restrict access with a firewall");
+        tracing::warn!(%addr, "executor listening beyond loopback: the internal plane is not authenticated, restrict access with a firewall");
     }
 }
 
 async fn run(cli: Cli) -> Result<(), QuiverError> {
     match cli.command {
         Command::Serve(args) => {
-            warn_if_exposed(args.cluster.listen);
             let executors = args.executors;
             let config = ServeConfig {
                 coordinator: coordinator_config(args.cluster, args.catalog)?,
@@ -168,7 +220,6 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
             }
         }
         Command::Coordinator(args) => {
-            warn_if_exposed(args.cluster.listen);
             let running =
                 coordinator::start(coordinator_config(args.cluster, args.catalog)?).await?;
             tokio::select! {
@@ -184,6 +235,7 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
                 advertise: args.advertise,
                 address_file: args.address_file,
                 target_partitions: args.target_partitions,
+                coordinator_ca: args.coordinator_ca,
             })
             .await?;
             tokio::select! {
@@ -191,7 +243,35 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
                 _ = shutdown_signal() => Ok(()),
             }
         }
-        Command::Sql(_) => unreachable!("handled before the server runtime starts"),
+        Command::Sql(_) | Command::HashPassword(_) => {
+            unreachable!("handled before the server runtime starts")
+        }
+    }
+}
+
+fn hash_password(args: &HashPasswordArgs) -> ExitCode {
+    let mut password = String::new();
+    if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+    }
+    if let Err(e) = std::io::stdin().read_line(&mut password) {
+        eprintln!("quiver: reading the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("quiver: empty password");
+        return ExitCode::FAILURE;
+    }
+    match quiver_server::auth::hash_password(password, args.iterations) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("quiver: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -213,9 +293,11 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Sql(args) = cli.command {
-        return quiver_client::cli::main(args);
-    }
+    let cli = match cli.command {
+        Command::Sql(args) => return quiver_client::cli::main(args),
+        Command::HashPassword(args) => return hash_password(&args),
+        command => Cli { command },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -61,17 +61,25 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
     }
     // The address file means "ready": written once the executors have joined.
     let address_file = coordinator_config.address_file.take();
+    if coordinator_config.warehouse.is_none() {
+        coordinator_config.warehouse = Some(crate::catalog::absolute_location(
+            &config.data_dir.join("warehouse").to_string_lossy(),
+        )?);
+    }
+    // In-process executors register over plaintext loopback when clients get TLS.
+    coordinator_config.local_cluster_listener = coordinator_config.tls.is_some();
     let coordinator = coordinator::start(coordinator_config).await?;
 
     let mut executors = Vec::with_capacity(config.executors);
     for _ in 0..config.executors {
         executors.push(
             executor::start(ExecutorConfig {
-                coordinator: coordinator.url(),
+                coordinator: coordinator.cluster_url(),
                 listen: ([127, 0, 0, 1], 0).into(),
                 advertise: None,
                 address_file: None,
                 target_partitions: config.coordinator.target_partitions,
+                coordinator_ca: None,
             })
             .await?,
         );

@@ -5,6 +5,7 @@ and two executor processes and sets:
   QUIVER_URL           grpc://host:port of the coordinator
   QUIVER_EXPECTED      directory of qN.arrow files: single-node DataFusion results
   QUIVER_TPCH_QUERIES  directory of the qN.sql query texts
+and, when the server has them, QUIVER_USER/QUIVER_PASSWORD and QUIVER_TLS_ROOT (see quiver_env.py).
 """
 
 import decimal
@@ -12,13 +13,13 @@ import math
 import os
 import pathlib
 
-import adbc_driver_flightsql.dbapi as flight_sql
 import adbc_driver_manager
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-URL = os.environ["QUIVER_URL"]
+import quiver_env
+
 EXPECTED = pathlib.Path(os.environ["QUIVER_EXPECTED"])
 QUERIES = pathlib.Path(os.environ["QUIVER_TPCH_QUERIES"])
 TPCH_TABLES = {"nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem"}
@@ -26,7 +27,7 @@ TPCH_TABLES = {"nation", "region", "part", "supplier", "partsupp", "customer", "
 
 @pytest.fixture(scope="module")
 def conn():
-    connection = flight_sql.connect(URL)
+    connection = quiver_env.adbc_connect()
     yield connection
     connection.close()
 

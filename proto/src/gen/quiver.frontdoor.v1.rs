@@ -9,6 +9,9 @@ pub struct StatementTicket {
     /// Parameter values as an Arrow IPC stream of one row, empty when there are none.
     #[prost(bytes = "vec", tag = "2")]
     pub parameters: ::prost::alloc::vec::Vec<u8>,
+    /// Names this execution, for CancelFlightInfo.
+    #[prost(string, tag = "3")]
+    pub query_id: ::prost::alloc::string::String,
 }
 /// Inside prepared_statement_handle.
 #[allow(clippy::all)]
@@ -19,4 +22,174 @@ pub struct PreparedStatementHandle {
     /// Parameter values bound through DoPut, as an Arrow IPC stream of one row.
     #[prost(bytes = "vec", tag = "2")]
     pub parameters: ::prost::alloc::vec::Vec<u8>,
+    /// Keys values bound through DoPut on the coordinator, for clients that keep using the handle
+    /// they got at prepare time instead of the one DoPut returns.
+    #[prost(string, tag = "3")]
+    pub id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SessionOptionValue {
+    #[prost(oneof = "session_option_value::OptionValue", tags = "1, 2, 3, 4, 5")]
+    pub option_value: ::core::option::Option<session_option_value::OptionValue>,
+}
+/// Nested message and enum types in `SessionOptionValue`.
+pub mod session_option_value {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+    pub struct StringListValue {
+        #[prost(string, repeated, tag = "1")]
+        pub values: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    }
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum OptionValue {
+        #[prost(string, tag = "1")]
+        StringValue(::prost::alloc::string::String),
+        #[prost(bool, tag = "2")]
+        BoolValue(bool),
+        #[prost(sfixed64, tag = "3")]
+        Int64Value(i64),
+        #[prost(double, tag = "4")]
+        DoubleValue(f64),
+        #[prost(message, tag = "5")]
+        StringListValue(StringListValue),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SetSessionOptionsRequest {
+    #[prost(map = "string, message", tag = "1")]
+    pub session_options: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        SessionOptionValue,
+    >,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SetSessionOptionsResult {
+    #[prost(map = "string, message", tag = "1")]
+    pub errors: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        set_session_options_result::Error,
+    >,
+}
+/// Nested message and enum types in `SetSessionOptionsResult`.
+pub mod set_session_options_result {
+    #[allow(clippy::all)]
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+    pub struct Error {
+        #[prost(enumeration = "ErrorValue", tag = "1")]
+        pub value: i32,
+    }
+    #[allow(clippy::all)]
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum ErrorValue {
+        Unspecified = 0,
+        InvalidName = 1,
+        InvalidValue = 2,
+        Error = 3,
+    }
+    impl ErrorValue {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Unspecified => "UNSPECIFIED",
+                Self::InvalidName => "INVALID_NAME",
+                Self::InvalidValue => "INVALID_VALUE",
+                Self::Error => "ERROR",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "UNSPECIFIED" => Some(Self::Unspecified),
+                "INVALID_NAME" => Some(Self::InvalidName),
+                "INVALID_VALUE" => Some(Self::InvalidValue),
+                "ERROR" => Some(Self::Error),
+                _ => None,
+            }
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetSessionOptionsRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetSessionOptionsResult {
+    #[prost(map = "string, message", tag = "1")]
+    pub session_options: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        SessionOptionValue,
+    >,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CloseSessionRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CloseSessionResult {
+    #[prost(enumeration = "close_session_result::Status", tag = "1")]
+    pub status: i32,
+}
+/// Nested message and enum types in `CloseSessionResult`.
+pub mod close_session_result {
+    #[allow(clippy::all)]
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum Status {
+        Unspecified = 0,
+        Closed = 1,
+        Closing = 2,
+        NotCloseable = 3,
+    }
+    impl Status {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Unspecified => "UNSPECIFIED",
+                Self::Closed => "CLOSED",
+                Self::Closing => "CLOSING",
+                Self::NotCloseable => "NOT_CLOSEABLE",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "UNSPECIFIED" => Some(Self::Unspecified),
+                "CLOSED" => Some(Self::Closed),
+                "CLOSING" => Some(Self::Closing),
+                "NOT_CLOSEABLE" => Some(Self::NotCloseable),
+                _ => None,
+            }
+        }
+    }
 }

@@ -1,10 +1,15 @@
 //! Encoding of the opaque handles the front door gives clients.
 //!
 //! Tickets and prepared-statement handles carry the statement itself (protobuf messages from
-//! `quiver-proto`) and, once bound, its parameter values as a one-row Arrow IPC stream. So the
-//! coordinator keeps no per-handle state: a handle survives a coordinator restart, any
-//! coordinator can serve it, closing it is free, and a leaked one costs nothing. Garbage handles
-//! answer `InvalidArgument`.
+//! `quiver-proto`) and, once bound, its parameter values as a one-row Arrow IPC stream. So a
+//! handle needs no coordinator state: it survives a coordinator restart and any coordinator can
+//! serve it. (The front door additionally remembers values bound to a handle's `id`, for
+//! clients that ignore the handle DoPut returns; that state expires.) Tickets carry a query id
+//! for CancelFlightInfo. Garbage handles answer `InvalidArgument`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::ipc::reader::StreamReader;
@@ -20,12 +25,25 @@ use crate::error::{QuiverError, Result};
 pub(super) struct BoundSql {
     pub(super) sql: String,
     pub(super) parameters: Option<RecordBatch>,
+    /// A prepared statement's id, or a ticket's query id; may be empty.
+    pub(super) id: String,
+}
+
+impl BoundSql {
+    pub(super) fn new(sql: String) -> Self {
+        Self {
+            sql,
+            parameters: None,
+            id: String::new(),
+        }
+    }
 }
 
 pub(super) fn encode_ticket(bound: &BoundSql) -> Result<Bytes> {
     let ticket = StatementTicket {
         sql: bound.sql.clone(),
         parameters: encode_parameters(bound.parameters.as_ref())?,
+        query_id: bound.id.clone(),
     };
     Ok(ticket.encode_to_vec().into())
 }
@@ -36,6 +54,7 @@ pub(super) fn decode_ticket(bytes: &[u8]) -> Result<BoundSql> {
     Ok(BoundSql {
         sql: ticket.sql,
         parameters: decode_parameters(&ticket.parameters)?,
+        id: ticket.query_id,
     })
 }
 
@@ -43,6 +62,7 @@ pub(super) fn encode_prepared(bound: &BoundSql) -> Result<Bytes> {
     let handle = PreparedStatementHandle {
         sql: bound.sql.clone(),
         parameters: encode_parameters(bound.parameters.as_ref())?,
+        id: bound.id.clone(),
     };
     Ok(handle.encode_to_vec().into())
 }
@@ -53,6 +73,7 @@ pub(super) fn decode_prepared(bytes: &[u8]) -> Result<BoundSql> {
     Ok(BoundSql {
         sql: handle.sql,
         parameters: decode_parameters(&handle.parameters)?,
+        id: handle.id,
     })
 }
 
@@ -63,6 +84,60 @@ fn encode_parameters(parameters: Option<&RecordBatch>) -> Result<Vec<u8>> {
     let mut writer = StreamWriter::try_new(Vec::new(), &batch.schema())?;
     writer.write(batch)?;
     Ok(writer.into_inner()?)
+}
+
+/// Values bound through DoPut, by prepared-statement id: for clients that keep executing the
+/// handle they got at prepare time. Entries expire after an hour without use and are bounded in
+/// number, so leaked handles cost nothing for long; ClosePreparedStatement frees them at once.
+#[derive(Debug, Default)]
+pub(super) struct Bindings {
+    entries: Mutex<HashMap<String, (RecordBatch, Instant)>>,
+}
+
+const BINDING_IDLE_EXPIRY: Duration = Duration::from_secs(3600);
+const MAX_BINDINGS: usize = 10_000;
+
+impl Bindings {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (RecordBatch, Instant)>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn insert(&self, id: &str, values: RecordBatch) {
+        let mut entries = self.entries();
+        let now = Instant::now();
+        if entries.len() >= MAX_BINDINGS {
+            entries.retain(|_, (_, used)| now.duration_since(*used) < BINDING_IDLE_EXPIRY);
+            if entries.len() >= MAX_BINDINGS
+                && let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(k, _)| k.clone())
+            {
+                entries.remove(&oldest);
+            }
+        }
+        entries.insert(id.to_string(), (values, now));
+    }
+
+    pub(super) fn get(&self, id: &str) -> Option<RecordBatch> {
+        let mut entries = self.entries();
+        let now = Instant::now();
+        match entries.get_mut(id) {
+            Some((_, used)) if now.duration_since(*used) >= BINDING_IDLE_EXPIRY => {
+                entries.remove(id);
+                None
+            }
+            Some((values, used)) => {
+                *used = now;
+                Some(values.clone())
+            }
+            None => None,
+        }
+    }
+
+    pub(super) fn remove(&self, id: &str) {
+        self.entries().remove(id);
+    }
 }
 
 fn decode_parameters(bytes: &[u8]) -> Result<Option<RecordBatch>> {
@@ -87,10 +162,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let plain = BoundSql {
-            sql: "select 1".into(),
-            parameters: None,
-        };
+        let plain = BoundSql::new("select 1".into());
         let decoded = decode_ticket(&encode_ticket(&plain).unwrap()).unwrap();
         assert_eq!(decoded.sql, "select 1");
         assert!(decoded.parameters.is_none());
@@ -101,9 +173,11 @@ mod tests {
         let bound = BoundSql {
             sql: "select ?".into(),
             parameters: Some(values.clone()),
+            id: "h1".into(),
         };
         let decoded = decode_prepared(&encode_prepared(&bound).unwrap()).unwrap();
         assert_eq!(decoded.parameters, Some(values));
+        assert_eq!(decoded.id, "h1");
 
         assert!(matches!(
             decode_ticket(&[0xff, 0xff, 0xff]),
@@ -112,6 +186,7 @@ mod tests {
         let bad_params = StatementTicket {
             sql: "select 1".into(),
             parameters: vec![1, 2, 3],
+            query_id: String::new(),
         };
         assert!(matches!(
             decode_ticket(&bad_params.encode_to_vec()),

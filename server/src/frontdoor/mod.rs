@@ -16,10 +16,14 @@
 mod column_types;
 mod handles;
 mod keys;
+mod running;
+mod sessions;
 mod sql_info;
 mod xdbc_types;
 
-use handles::BoundSql;
+use handles::{Bindings, BoundSql};
+use running::RunningQueries;
+use sessions::Sessions;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,17 +39,22 @@ use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
+    ActionBeginSavepointRequest, ActionBeginSavepointResult, ActionBeginTransactionRequest,
+    ActionBeginTransactionResult, ActionCancelQueryRequest, ActionCancelQueryResult,
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
-    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
+    ActionCreatePreparedStatementResult, ActionCreatePreparedSubstraitPlanRequest,
+    ActionEndSavepointRequest, ActionEndTransactionRequest, Any, CommandGetCatalogs,
+    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementSubstraitPlan,
     CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    TableExistsOption, TableNotExistOption, TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightDescriptor,
+    FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
+    Ticket,
 };
 use bytes::Bytes;
 use datafusion::catalog::TableProvider;
@@ -53,22 +62,28 @@ use datafusion::datasource::TableType;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use prost::bytes::Bytes as ProstBytes;
+use quiver_proto::frontdoor::{
+    CloseSessionRequest, GetSessionOptionsRequest, SetSessionOptionsRequest,
+};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::arrow_compat::plain_schema;
-use crate::engine::{QueryEngine, QueryStream, Statement, StatementKind};
+use crate::auth::{Identity, IssuedToken, SESSION_COOKIE, random_id};
+use crate::engine::{QueryEngine, QueryStream, Statement};
 use crate::error::{QuiverError, Result};
+use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
+use crate::writes::{IfExists, IfMissing};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
-
-/// Largest message a client may send (ingest and parameter batches).
-const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 /// The Flight SQL service.
 pub struct FrontDoor {
     engine: Arc<QueryEngine>,
     sql_info: SqlInfoData,
     xdbc_types: XdbcTypeInfoData,
+    sessions: Sessions,
+    running: RunningQueries,
+    bindings: Bindings,
 }
 
 impl std::fmt::Debug for FrontDoor {
@@ -83,13 +98,28 @@ impl FrontDoor {
             engine,
             sql_info: sql_info::sql_info()?,
             xdbc_types: xdbc_types::xdbc_type_info()?,
+            sessions: Sessions::default(),
+            running: RunningQueries::default(),
+            bindings: Bindings::default(),
         })
     }
 
+    /// A prepared statement handle with the values bound to it, also when the client binds
+    /// through DoPut but then keeps using the handle it got at prepare time (flightsql-dbapi).
+    fn resolve_prepared(&self, handle: &[u8]) -> Result<BoundSql> {
+        let mut bound = handles::decode_prepared(handle)?;
+        if bound.parameters.is_none() && !bound.id.is_empty() {
+            bound.parameters = self.bindings.get(&bound.id);
+        }
+        Ok(bound)
+    }
+
     /// The tonic service to mount on the coordinator's server.
-    pub fn into_service(self) -> FlightServiceServer<Self> {
+    /// `max_message_bytes` bounds what a client may send in one message (ingest and parameter
+    /// batches); results are split into small messages by the encoder.
+    pub fn into_service(self, max_message_bytes: usize) -> FlightServiceServer<Self> {
         FlightServiceServer::new(self)
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+            .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(usize::MAX)
     }
 
@@ -109,30 +139,162 @@ impl FrontDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         let statement = self.plan(&bound).await?;
         self.engine.check_runnable(&statement)?;
-        if statement.kind == StatementKind::Ddl {
-            // ADBC (and most clients) never fetch a result without columns: DDL runs here, once.
-            self.engine.execute_statement(statement.clone()).await?;
-        }
-        let ticket = TicketStatementQuery {
-            statement_handle: handles::encode_ticket(&bound)?,
+        // ADBC (and most clients) never fetch a result without columns: DDL and writes run
+        // here, once, and report their row count as the result's total_records.
+        let updated = if statement.kind.is_update() {
+            Some(self.engine.execute_update(&statement).await?)
+        } else {
+            None
         };
-        flight_info(&statement.schema, ticket.as_any(), descriptor)
+        let ticket = TicketStatementQuery {
+            statement_handle: handles::encode_ticket(&BoundSql {
+                sql: bound.sql,
+                parameters: bound.parameters,
+                id: random_id(),
+            })?,
+        };
+        let mut info = flight_info(&statement.schema, ticket.as_any(), descriptor)?;
+        if let Some(rows) = updated {
+            info = info.with_total_records(rows);
+        }
+        Ok(Response::new(info))
     }
 
-    /// DoGet: streams a query's result. DDL already ran at `GetFlightInfo`; its ticket streams
-    /// the empty result without running it again.
+    /// DoGet: streams a query's result. Updates already ran at `GetFlightInfo`; their tickets
+    /// stream the empty result without running them again.
     async fn run(&self, bound: BoundSql) -> Result<Response<DoGetStream>, Status> {
         let statement = self.plan(&bound).await?;
-        let result = match statement.kind {
-            StatementKind::Ddl => QueryStream {
+        let result = if statement.kind.is_update() {
+            QueryStream {
                 schema: statement.schema,
                 batches: stream::empty().boxed(),
-            },
-            StatementKind::Query | StatementKind::Explain { .. } => {
-                self.engine.execute_statement(statement).await?
+            }
+        } else {
+            self.engine.execute_statement(statement).await?
+        };
+        let encoded = encode(result);
+        if bound.id.is_empty() {
+            return Ok(Response::new(encoded));
+        }
+        Ok(Response::new(
+            self.running.track(&bound.id, encoded)?.boxed(),
+        ))
+    }
+
+    /// Runs an update once per row of bound parameter values (JDBC `executeBatch`, DB-API
+    /// `executemany`), or once when none are bound; returns the total row count.
+    async fn run_update(&self, bound: BoundSql, values: Vec<RecordBatch>) -> Result<i64> {
+        let rows: Vec<RecordBatch> = values
+            .iter()
+            .filter(|b| b.num_columns() > 0)
+            .flat_map(|b| (0..b.num_rows()).map(move |i| b.slice(i, 1)))
+            .collect();
+        if rows.is_empty() {
+            let statement = self.plan(&bound).await?;
+            return self.engine.execute_update(&statement).await;
+        }
+        let mut total = 0i64;
+        for row in rows {
+            let statement = self.engine.prepare(&bound.sql).await?;
+            let statement = self.engine.bind(statement, &row)?;
+            total = total.saturating_add(self.engine.execute_update(&statement).await?);
+        }
+        Ok(total)
+    }
+
+    /// The session key of a request: its token's session, or its session cookie.
+    fn session_key<T>(request: &Request<T>) -> Option<String> {
+        request
+            .extensions()
+            .get::<Identity>()
+            .and_then(|identity| identity.session.clone())
+    }
+
+    /// Cancels the query a FlightInfo's ticket names.
+    fn cancel_info(&self, info: &FlightInfo) -> Result<()> {
+        let ticket = info
+            .endpoint
+            .first()
+            .and_then(|e| e.ticket.as_ref())
+            .ok_or_else(|| QuiverError::InvalidArgument("the FlightInfo has no ticket".into()))?;
+        let any = Any::decode(ticket.ticket.as_ref())
+            .map_err(|_| QuiverError::InvalidArgument("not a Quiver ticket".into()))?;
+        let statement: TicketStatementQuery =
+            any.unpack().map_err(QuiverError::from)?.ok_or_else(|| {
+                QuiverError::InvalidArgument(
+                    "only statement results can be cancelled (metadata calls finish at once)"
+                        .into(),
+                )
+            })?;
+        let bound = handles::decode_ticket(&statement.statement_handle)?;
+        if bound.id.is_empty() {
+            return Err(QuiverError::InvalidArgument(
+                "this ticket carries no query id".into(),
+            ));
+        }
+        self.running.cancel(&bound.id);
+        Ok(())
+    }
+
+    async fn session_action(
+        &self,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let key = Self::session_key(&request);
+        let action = request.into_inner();
+        let malformed =
+            |what: &str| Status::invalid_argument(format!("malformed {what} request body"));
+        let mut new_cookie = None;
+        let body = match action.r#type.as_str() {
+            SET_SESSION_OPTIONS => {
+                let options = SetSessionOptionsRequest::decode(action.body.as_ref())
+                    .map_err(|_| malformed(SET_SESSION_OPTIONS))?;
+                let key = key.unwrap_or_else(|| {
+                    let key = random_id();
+                    new_cookie = Some(key.clone());
+                    key
+                });
+                self.sessions
+                    .set(&key, options, self.engine.session())
+                    .encode_to_vec()
+            }
+            GET_SESSION_OPTIONS => {
+                GetSessionOptionsRequest::decode(action.body.as_ref())
+                    .map_err(|_| malformed(GET_SESSION_OPTIONS))?;
+                self.sessions.get(key.as_deref()).encode_to_vec()
+            }
+            CLOSE_SESSION => {
+                CloseSessionRequest::decode(action.body.as_ref())
+                    .map_err(|_| malformed(CLOSE_SESSION))?;
+                self.sessions.close(key.as_deref()).encode_to_vec()
+            }
+            CANCEL_FLIGHT_INFO => {
+                let cancel = CancelFlightInfoRequest::decode(action.body.as_ref())
+                    .map_err(|_| malformed(CANCEL_FLIGHT_INFO))?;
+                let info = cancel
+                    .info
+                    .ok_or_else(|| Status::invalid_argument("CancelFlightInfo without info"))?;
+                self.cancel_info(&info)?;
+                CancelFlightInfoResult {
+                    status: CancelStatus::Cancelled as i32,
+                }
+                .encode_to_vec()
+            }
+            other => {
+                return Err(Status::unimplemented(format!(
+                    "action '{other}' is not supported"
+                )));
             }
         };
-        Ok(Response::new(encode(result)))
+        let result = arrow_flight::Result { body: body.into() };
+        let mut response: Response<<Self as FlightService>::DoActionStream> =
+            Response::new(stream::once(async { Ok(result) }).boxed());
+        if let Some(cookie) = new_cookie
+            && let Ok(value) = format!("{SESSION_COOKIE}={cookie}; Path=/; HttpOnly").parse()
+        {
+            response.metadata_mut().insert("set-cookie", value);
+        }
+        Ok(response)
     }
 
     async fn tables(&self, query: CommandGetTables) -> Result<RecordBatch> {
@@ -175,6 +337,33 @@ impl FrontDoor {
     }
 }
 
+const SET_SESSION_OPTIONS: &str = "SetSessionOptions";
+const GET_SESSION_OPTIONS: &str = "GetSessionOptions";
+const CLOSE_SESSION: &str = "CloseSession";
+const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+/// `ActionCancelQueryResult.CancelResult.CANCEL_RESULT_CANCELLED` (arrow-flight does not export
+/// the enum).
+const CANCEL_RESULT_CANCELLED: i32 = 1;
+
+fn substrait_unsupported() -> QuiverError {
+    QuiverError::Unsupported("Substrait plans are not supported: send SQL".into())
+}
+
+fn transactions_unsupported() -> QuiverError {
+    QuiverError::Unsupported(
+        "transactions are not supported: every statement commits on its own (autocommit)".into(),
+    )
+}
+
+/// Every Arrow batch a DoPut carries.
+async fn read_batches(request: Request<PeekableFlightDataStream>) -> Result<Vec<RecordBatch>> {
+    Ok(FlightRecordBatchStream::new_from_flight_data(
+        request.into_inner().map_err(FlightError::from),
+    )
+    .try_collect()
+    .await?)
+}
+
 fn table_type_name(table: &dyn TableProvider) -> &'static str {
     match table.table_type() {
         TableType::Base => "TABLE",
@@ -193,7 +382,7 @@ fn flight_info(
     schema: &Schema,
     ticket: Any,
     descriptor: FlightDescriptor,
-) -> Result<Response<FlightInfo>, Status> {
+) -> Result<FlightInfo, Status> {
     let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket.encode_to_vec()));
     let info = FlightInfo::new()
         .try_with_schema(schema)
@@ -201,7 +390,7 @@ fn flight_info(
         .with_endpoint(endpoint)
         .with_descriptor(descriptor)
         .with_ordered(true);
-    Ok(Response::new(info))
+    Ok(info)
 }
 
 /// Streams a result as Flight data: schema first (also for empty results), then the batches.
@@ -227,7 +416,11 @@ fn metadata_info<T: ProstMessageExt>(
     schema: SchemaRef,
     request: Request<FlightDescriptor>,
 ) -> Result<Response<FlightInfo>, Status> {
-    flight_info(&schema, command.as_any(), request.into_inner())
+    Ok(Response::new(flight_info(
+        &schema,
+        command.as_any(),
+        request.into_inner(),
+    )?))
 }
 
 #[tonic::async_trait]
@@ -236,15 +429,21 @@ impl FlightSqlService for FrontDoor {
 
     async fn do_handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
-        // No authentication is configured: every client is accepted.
+        // Credentials were checked by [`crate::auth`], which also puts the token into the
+        // response headers (where JDBC and ADBC look); the payload carries it for older clients.
+        let payload = request
+            .extensions()
+            .get::<IssuedToken>()
+            .map(|t| Bytes::from(t.0.clone()))
+            .unwrap_or_default();
         let response = HandshakeResponse {
             protocol_version: 0,
-            payload: Bytes::new(),
+            payload,
         };
         Ok(Response::new(stream::once(async { Ok(response) }).boxed()))
     }
@@ -254,11 +453,8 @@ impl FlightSqlService for FrontDoor {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let bound = BoundSql {
-            sql: query.query,
-            parameters: None,
-        };
-        self.statement_info(bound, request.into_inner()).await
+        self.statement_info(BoundSql::new(query.query), request.into_inner())
+            .await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -266,7 +462,7 @@ impl FlightSqlService for FrontDoor {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let bound = handles::decode_prepared(&cmd.prepared_statement_handle)?;
+        let bound = self.resolve_prepared(&cmd.prepared_statement_handle)?;
         self.statement_info(bound, request.into_inner()).await
     }
 
@@ -329,7 +525,7 @@ impl FlightSqlService for FrontDoor {
         query: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run(handles::decode_prepared(&query.prepared_statement_handle)?)
+        self.run(self.resolve_prepared(&query.prepared_statement_handle)?)
             .await
     }
 
@@ -399,16 +595,87 @@ impl FlightSqlService for FrontDoor {
         command: CommandStatementUpdate,
         _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        Ok(self.engine.execute_update(&command.query).await?)
+        let statement = self.engine.prepare(&command.query).await?;
+        Ok(self.engine.execute_update(&statement).await?)
     }
 
+    /// Runs a prepared update; parameter rows sent with it run it once each.
     async fn do_put_prepared_statement_update(
         &self,
         command: CommandPreparedStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let bound = handles::decode_prepared(&command.prepared_statement_handle)?;
-        Ok(self.engine.execute_update(&bound.sql).await?)
+        let bound = self.resolve_prepared(&command.prepared_statement_handle)?;
+        let values = read_batches(request).await?;
+        Ok(self.run_update(bound, values).await?)
+    }
+
+    /// Bulk ingest: the client's batches become a Parquet file of a managed table, committed
+    /// atomically (see [`crate::writes`]).
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        if command.temporary {
+            return Err(QuiverError::Unsupported(
+                "temporary tables are not supported: ingest into a regular table".into(),
+            )
+            .into());
+        }
+        if command.transaction_id.is_some() {
+            return Err(transactions_unsupported().into());
+        }
+        if command
+            .catalog
+            .as_deref()
+            .is_some_and(|c| c != CATALOG_NAME)
+            || command.schema.as_deref().is_some_and(|s| s != SCHEMA_NAME)
+        {
+            return Err(QuiverError::InvalidArgument(format!(
+                "tables live in {CATALOG_NAME}.{SCHEMA_NAME}"
+            ))
+            .into());
+        }
+        if command.table.is_empty() {
+            return Err(QuiverError::InvalidArgument("ingest needs a table name".into()).into());
+        }
+        let options = command.table_definition_options.unwrap_or_default();
+        let if_missing = match TableNotExistOption::try_from(options.if_not_exist) {
+            Ok(TableNotExistOption::Create) => IfMissing::Create,
+            _ => IfMissing::Fail,
+        };
+        let if_exists = match TableExistsOption::try_from(options.if_exists) {
+            Ok(TableExistsOption::Append) => IfExists::Append,
+            Ok(TableExistsOption::Replace) => IfExists::Replace,
+            _ => IfExists::Fail,
+        };
+        let mut batches = FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        );
+        let first = batches
+            .next()
+            .await
+            .transpose()
+            .map_err(QuiverError::from)?;
+        let schema = match (&first, batches.schema()) {
+            (Some(batch), _) => batch.schema(),
+            (None, Some(schema)) => Arc::clone(schema),
+            (None, None) => {
+                return Err(QuiverError::InvalidArgument(
+                    "ingest needs Arrow data (at least a schema)".into(),
+                )
+                .into());
+            }
+        };
+        let all = stream::iter(first.map(Ok))
+            .chain(batches.map_err(QuiverError::from))
+            .boxed();
+        let rows = self
+            .engine
+            .ingest(&command.table, if_missing, if_exists, schema, all)
+            .await?;
+        Ok(i64::try_from(rows).unwrap_or(i64::MAX))
     }
 
     /// Binds parameter values: one row, by position. The new handle carries them (JDBC uses the
@@ -419,12 +686,7 @@ impl FlightSqlService for FrontDoor {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let mut bound = handles::decode_prepared(&query.prepared_statement_handle)?;
-        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        )
-        .try_collect()
-        .await
-        .map_err(QuiverError::from)?;
+        let batches = read_batches(request).await?;
         let values = match batches.as_slice() {
             [] => None,
             [first, ..] => {
@@ -433,9 +695,12 @@ impl FlightSqlService for FrontDoor {
         };
         // An empty batch (what some clients send for "no parameters") leaves the handle unbound.
         bound.parameters = values.filter(|v| v.num_rows() > 0 || v.num_columns() > 0);
-        if bound.parameters.is_some() {
+        if let Some(values) = &bound.parameters {
             // Refuse bad values now, not at execution.
             self.plan(&bound).await?;
+            if !bound.id.is_empty() {
+                self.bindings.insert(&bound.id, values.clone());
+            }
         }
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handles::encode_prepared(&bound)?),
@@ -447,17 +712,20 @@ impl FlightSqlService for FrontDoor {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        if query.transaction_id.is_some() {
+            return Err(transactions_unsupported().into());
+        }
         let statement = self.engine.prepare(&query.query).await?;
         let bound = BoundSql {
             sql: query.query,
             parameters: None,
+            id: random_id(),
         };
         // An empty dataset schema tells JDBC to run the statement as an update.
-        let dataset_schema = match statement.kind {
-            StatementKind::Ddl => ProstBytes::new(),
-            StatementKind::Query | StatementKind::Explain { .. } => {
-                schema_bytes(&statement.schema)?
-            }
+        let dataset_schema = if statement.kind.is_update() {
+            ProstBytes::new()
+        } else {
+            schema_bytes(&statement.schema)?
         };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handles::encode_prepared(&bound)?,
@@ -468,10 +736,14 @@ impl FlightSqlService for FrontDoor {
 
     async fn do_action_close_prepared_statement(
         &self,
-        _query: ActionClosePreparedStatementRequest,
+        query: ActionClosePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<(), Status> {
-        // Handles carry their statement: nothing to free, and closing twice is fine.
+        // Handles carry their statement: only values bound by id are freed. Closing an unknown
+        // or already closed handle succeeds (JDBC rethrows close errors).
+        if let Ok(bound) = handles::decode_prepared(&query.prepared_statement_handle) {
+            self.bindings.remove(&bound.id);
+        }
         Ok(())
     }
 
@@ -570,14 +842,83 @@ impl FlightSqlService for FrontDoor {
         Ok(encode_batch(batch))
     }
 
+    /// Session options and CancelFlightInfo (Flight actions with raw protobuf bodies); any
+    /// other action is `Unimplemented`.
     async fn do_action_fallback(
         &self,
         request: Request<arrow_flight::Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        Err(Status::unimplemented(format!(
-            "action '{}' is not supported",
-            request.get_ref().r#type
-        )))
+        self.session_action(request).await
+    }
+
+    /// The Flight SQL 12 way to cancel (deprecated in favour of CancelFlightInfo).
+    async fn do_action_cancel_query(
+        &self,
+        query: ActionCancelQueryRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCancelQueryResult, Status> {
+        let info = FlightInfo::decode(query.info.as_ref())
+            .map_err(|_| Status::invalid_argument("malformed FlightInfo in CancelQuery"))?;
+        self.cancel_info(&info)?;
+        Ok(ActionCancelQueryResult {
+            result: CANCEL_RESULT_CANCELLED,
+        })
+    }
+
+    async fn get_flight_info_substrait_plan(
+        &self,
+        _query: CommandStatementSubstraitPlan,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(substrait_unsupported().into())
+    }
+
+    async fn do_put_substrait_plan(
+        &self,
+        _query: CommandStatementSubstraitPlan,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        Err(substrait_unsupported().into())
+    }
+
+    async fn do_action_create_prepared_substrait_plan(
+        &self,
+        _query: ActionCreatePreparedSubstraitPlanRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        Err(substrait_unsupported().into())
+    }
+
+    async fn do_action_begin_transaction(
+        &self,
+        _query: ActionBeginTransactionRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<ActionBeginTransactionResult, Status> {
+        Err(transactions_unsupported().into())
+    }
+
+    async fn do_action_end_transaction(
+        &self,
+        _query: ActionEndTransactionRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        Err(transactions_unsupported().into())
+    }
+
+    async fn do_action_begin_savepoint(
+        &self,
+        _query: ActionBeginSavepointRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<ActionBeginSavepointResult, Status> {
+        Err(transactions_unsupported().into())
+    }
+
+    async fn do_action_end_savepoint(
+        &self,
+        _query: ActionEndSavepointRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        Err(transactions_unsupported().into())
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -1,0 +1,223 @@
+//! Flight session options: `SetSessionOptions`, `GetSessionOptions`, `CloseSession`.
+//!
+//! JDBC (`?catalog=`, `setCatalog`) and ADBC (`current_catalog`, `current_db_schema`) select the
+//! catalog and schema through these actions. Sessions are keyed on the bearer token's session id
+//! (one per handshake) or, without authentication, on the `arrow_flight_session_id` cookie,
+//! which `SetSessionOptions` hands out when the client has none. They live in the coordinator's
+//! memory, expire after an hour without use, and are bounded in number.
+//!
+//! Options: `catalog` and `schema` (strings naming an existing catalog / schema). Quiver has one
+//! catalog and one schema, so selecting them succeeds and anything else is `INVALID_VALUE`;
+//! unknown names are `INVALID_NAME`; a valueless option resets to the default.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use datafusion::prelude::SessionContext;
+use quiver_proto::frontdoor::session_option_value::OptionValue;
+use quiver_proto::frontdoor::set_session_options_result::{Error, ErrorValue};
+use quiver_proto::frontdoor::{
+    CloseSessionResult, GetSessionOptionsResult, SessionOptionValue, SetSessionOptionsRequest,
+    SetSessionOptionsResult, close_session_result,
+};
+
+use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
+
+const IDLE_EXPIRY: Duration = Duration::from_secs(3600);
+const MAX_SESSIONS: usize = 10_000;
+
+#[derive(Debug, Clone)]
+struct Session {
+    catalog: String,
+    schema: String,
+    last_used: Instant,
+}
+
+impl Session {
+    fn new() -> Self {
+        Self {
+            catalog: CATALOG_NAME.to_string(),
+            schema: SCHEMA_NAME.to_string(),
+            last_used: Instant::now(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Sessions {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+fn string_value(value: &str) -> SessionOptionValue {
+    SessionOptionValue {
+        option_value: Some(OptionValue::StringValue(value.to_string())),
+    }
+}
+
+impl Sessions {
+    /// Applies `request` to the session `key` (creating it); returns the per-option errors.
+    pub(super) fn set(
+        &self,
+        key: &str,
+        request: SetSessionOptionsRequest,
+        ctx: &SessionContext,
+    ) -> SetSessionOptionsResult {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if !sessions.contains_key(key) && sessions.len() >= MAX_SESSIONS {
+            let now = Instant::now();
+            sessions.retain(|_, s| now.duration_since(s.last_used) < IDLE_EXPIRY);
+            if sessions.len() >= MAX_SESSIONS {
+                // Evict the least recently used session rather than refuse a new client.
+                if let Some(oldest) = sessions
+                    .iter()
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(k, _)| k.clone())
+                {
+                    sessions.remove(&oldest);
+                }
+            }
+        }
+        let session = sessions.entry(key.to_string()).or_insert_with(Session::new);
+        session.last_used = Instant::now();
+        let mut errors = HashMap::new();
+        for (name, value) in request.session_options {
+            let error = match (name.as_str(), value.option_value) {
+                ("catalog", None) => {
+                    session.catalog = CATALOG_NAME.to_string();
+                    None
+                }
+                ("schema", None) => {
+                    session.schema = SCHEMA_NAME.to_string();
+                    None
+                }
+                ("catalog", Some(OptionValue::StringValue(catalog))) => {
+                    if ctx.catalog(&catalog).is_some() {
+                        session.catalog = catalog;
+                        None
+                    } else {
+                        Some(ErrorValue::InvalidValue)
+                    }
+                }
+                ("schema", Some(OptionValue::StringValue(schema))) => {
+                    let exists = ctx
+                        .catalog(&session.catalog)
+                        .is_some_and(|c| c.schema(&schema).is_some());
+                    if exists {
+                        session.schema = schema;
+                        None
+                    } else {
+                        Some(ErrorValue::InvalidValue)
+                    }
+                }
+                ("catalog" | "schema", Some(_)) => Some(ErrorValue::InvalidValue),
+                _ => Some(ErrorValue::InvalidName),
+            };
+            if let Some(error) = error {
+                errors.insert(
+                    name,
+                    Error {
+                        value: error as i32,
+                    },
+                );
+            }
+        }
+        SetSessionOptionsResult { errors }
+    }
+
+    /// The session's options (the defaults for an unknown or missing session).
+    pub(super) fn get(&self, key: Option<&str>) -> GetSessionOptionsResult {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let session = match key.and_then(|k| sessions.get_mut(k)) {
+            Some(session) => {
+                session.last_used = Instant::now();
+                session.clone()
+            }
+            None => Session::new(),
+        };
+        GetSessionOptionsResult {
+            session_options: HashMap::from([
+                ("catalog".to_string(), string_value(&session.catalog)),
+                ("schema".to_string(), string_value(&session.schema)),
+            ]),
+        }
+    }
+
+    /// Forgets the session; closing an unknown session succeeds too (ADBC always closes).
+    pub(super) fn close(&self, key: Option<&str>) -> CloseSessionResult {
+        if let Some(key) = key {
+            self.sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
+        }
+        CloseSessionResult {
+            status: close_session_result::Status::Closed as i32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(pairs: &[(&str, Option<&str>)]) -> SetSessionOptionsRequest {
+        SetSessionOptionsRequest {
+            session_options: pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        SessionOptionValue {
+                            option_value: v.map(|v| OptionValue::StringValue(v.to_string())),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn set_get_close() {
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new()
+                .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME),
+        );
+        let sessions = Sessions::default();
+        let result = sessions.set(
+            "k",
+            request(&[
+                ("catalog", Some(CATALOG_NAME)),
+                ("schema", Some(SCHEMA_NAME)),
+            ]),
+            &ctx,
+        );
+        assert!(result.errors.is_empty(), "{result:?}");
+        let result = sessions.set(
+            "k",
+            request(&[("catalog", Some("nope")), ("colour", Some("red"))]),
+            &ctx,
+        );
+        assert_eq!(
+            result.errors["catalog"].value,
+            ErrorValue::InvalidValue as i32
+        );
+        assert_eq!(
+            result.errors["colour"].value,
+            ErrorValue::InvalidName as i32
+        );
+        let got = sessions.get(Some("k"));
+        assert_eq!(
+            got.session_options["catalog"].option_value,
+            Some(OptionValue::StringValue(CATALOG_NAME.into()))
+        );
+        assert_eq!(
+            sessions.close(Some("k")).status,
+            close_session_result::Status::Closed as i32
+        );
+        assert_eq!(
+            sessions.close(Some("never")).status,
+            close_session_result::Status::Closed as i32
+        );
+    }
+}
