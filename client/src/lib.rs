@@ -16,9 +16,10 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::{
     ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt,
+    CommandPreparedStatementQuery, CommandStatementQuery, CommandStatementUpdate,
+    DoPutUpdateResult, ProstMessageExt,
 };
-use arrow_flight::{Action, FlightDescriptor, FlightInfo};
+use arrow_flight::{Action, FlightData, FlightDescriptor, FlightInfo};
 use base64::Engine as _;
 use futures::TryStreamExt;
 use prost::Message as _;
@@ -252,6 +253,29 @@ impl QuiverClient {
         };
         let info = self.flight_info(command.as_any().encode_to_vec()).await?;
         self.fetch(info).await
+    }
+
+    /// Runs a statement that returns no rows (DDL, INSERT, CREATE TABLE AS) through
+    /// `DoPut(CommandStatementUpdate)`; returns the affected row count.
+    pub async fn update(&mut self, sql: &str) -> Result<i64, ClientError> {
+        let command = CommandStatementUpdate {
+            query: sql.to_string(),
+            transaction_id: None,
+        };
+        let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+        let data = FlightData {
+            flight_descriptor: Some(descriptor),
+            ..Default::default()
+        };
+        let request = self.request(futures::stream::iter(vec![data]));
+        let mut results = self.flight.do_put(request).await?.into_inner();
+        let result = results
+            .message()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("DoPut returned no result".into()))?;
+        let update = DoPutUpdateResult::decode(result.app_metadata.as_ref())
+            .map_err(|e| ClientError::Protocol(format!("DoPutUpdateResult: {e}")))?;
+        Ok(update.record_count)
     }
 
     async fn flight_info(&mut self, cmd: Vec<u8>) -> Result<FlightInfo, ClientError> {

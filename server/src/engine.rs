@@ -191,6 +191,12 @@ impl QueryEngine {
         statement.plan = statement.plan.with_param_values(scalars)?;
         statement.parameters.clear();
         statement.typed.clear();
+        if statement.kind == StatementKind::Query {
+            // Columns that are bare placeholders (`SELECT ? AS a`) take the bound value's type.
+            let plan = statement.plan.recompute_schema()?;
+            statement.schema = plain_schema(plan.schema().as_arrow());
+            statement.plan = plan;
+        }
         Ok(statement)
     }
 

@@ -195,11 +195,6 @@ def test_execute_schema(adbc_conn):
         assert [f.type for f in table.schema] == [f.type for f in schema]
 
 
-@pytest.mark.xfail(
-    reason="SetSessionOptions/GetSessionOptions (conformance S1) are not implemented: "
-    "\"action 'SetSessionOptions' is not supported\"",
-    strict=False,
-)
 def test_current_catalog_and_schema():
     with q.adbc_connect() as conn:
         conn.adbc_current_catalog = "quiver"
@@ -237,12 +232,6 @@ def test_same_statement_with_new_parameters(adbc_conn):
     assert names == ["ALGERIA", "GERMANY", "UNITED STATES"]
 
 
-@pytest.mark.xfail(
-    reason="untyped placeholders (no column to infer a type from) fail: "
-    "'Cast error: Casting from Utf8 to Null not supported', "
-    "'$1 + $2': 'Cannot coerce arithmetic expression Utf8 + Utf8'",
-    strict=False,
-)
 def test_untyped_parameters_take_the_bound_types(adbc_conn):
     with adbc_conn.cursor() as cur:
         cur.execute("SELECT ? AS a, ? AS b, ? AS c", (1, "x", 2.5))

@@ -141,12 +141,6 @@ def test_result_types(engine):
     assert isinstance(row[0], str)
 
 
-@pytest.mark.xfail(
-    reason="flightsql-dbapi 0.2.2 ignores the handle that DoPut(CommandPreparedStatementQuery) returns "
-    "and executes the original one; Quiver's handles are stateless, so the bound values are lost "
-    "('the statement has 1 parameter(s): bind values before executing it')",
-    strict=False,
-)
 def test_prepared_statement_parameters():
     e = make_engine(*CREDENTIALS, **{"feature-sqlalchemy-prepared-statements": "on"})
     try:

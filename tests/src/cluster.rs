@@ -30,6 +30,8 @@ pub struct ClusterOptions {
     pub scan_bytes_per_partition: usize,
     /// 0: no query deadline.
     pub query_timeout_ms: u64,
+    /// More coordinator flags (`--config`, ...). Every test cluster gets a warehouse directory.
+    pub coordinator_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -43,6 +45,7 @@ impl Default for ClusterOptions {
             heartbeat_interval_ms: 200,
             scan_bytes_per_partition: 64 * 1024,
             query_timeout_ms: 0,
+            coordinator_args: Vec::new(),
         }
     }
 }
@@ -77,7 +80,7 @@ impl TestCluster {
             .prefix("quiver-cluster-")
             .tempdir()
             .expect("tempdir");
-        let args = coordinator_args(&options, "127.0.0.1:0");
+        let args = coordinator_args(&options, dir.path(), "127.0.0.1:0");
         let mut coordinator = QuiverProcess::spawn(dir.path(), "coordinator", &args);
         let coordinator_addr = coordinator.wait_for_address(START_LIMIT);
         let mut cluster = Self {
@@ -131,7 +134,7 @@ impl TestCluster {
     /// SIGKILLs the coordinator and starts it again on the same address and catalog.
     pub fn restart_coordinator(&mut self) {
         self.coordinator.kill();
-        let args = coordinator_args(&self.options, &self.coordinator_addr);
+        let args = coordinator_args(&self.options, self.dir.path(), &self.coordinator_addr);
         self.coordinator = QuiverProcess::spawn(self.dir.path(), "coordinator-restarted", &args);
         let addr = self.coordinator.wait_for_address(START_LIMIT);
         assert_eq!(addr, self.coordinator_addr);
@@ -196,7 +199,7 @@ impl TestCluster {
     }
 }
 
-fn coordinator_args(options: &ClusterOptions, listen: &str) -> Vec<String> {
+fn coordinator_args(options: &ClusterOptions, dir: &Path, listen: &str) -> Vec<String> {
     let mut args = vec![
         "coordinator".to_string(),
         "--listen".to_string(),
@@ -211,7 +214,10 @@ fn coordinator_args(options: &ClusterOptions, listen: &str) -> Vec<String> {
         options.scan_bytes_per_partition.to_string(),
         "--query-timeout-ms".to_string(),
         options.query_timeout_ms.to_string(),
+        "--warehouse".to_string(),
+        dir.join("warehouse").display().to_string(),
     ];
+    args.extend(options.coordinator_args.iter().cloned());
     for (name, path) in &options.tables {
         args.push("--table".to_string());
         args.push(format!("{name}={}", path.display()));

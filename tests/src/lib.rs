@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod compare;
 pub mod oracle;
 pub mod process;
+pub mod secure;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,12 +1,19 @@
 //! Long queries: a query running past `--query-timeout-ms` answers `DeadlineExceeded` promptly (a
 //! streaming DoGet is not bounded by gRPC timeouts) and the next query runs normally; executors
-//! whose cores a query saturates keep heartbeating and stay in the cluster.
+//! whose cores a query saturates keep heartbeating and stay in the cluster; `CancelFlightInfo`
+//! ends a running query's stream with `Cancelled` and refuses its ticket afterwards.
 //!
 //! Not asserted yet: that executors stop the query's tasks within 5 s. They stop only when their
 //! CPU-bound operators next yield; a large nested-loop join kept an executor busy (and deaf to its
 //! status RPC) for ~20 s after the cancel. Executors need DataFusion on a runtime of its own.
 
 use std::time::{Duration, Instant};
+
+use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
+use arrow_flight::{CancelFlightInfoRequest, CancelStatus, FlightClient, FlightDescriptor};
+use futures::StreamExt;
+use prost::Message;
+use tonic::transport::Channel;
 
 use quiver_tests::oracle::tpch_dataset;
 use quiver_tests::{ClusterOptions, TestCluster, within};
@@ -74,4 +81,81 @@ async fn busy_executors_keep_heartbeating() {
         "a busy executor missed its heartbeats and left the cluster"
     );
     query.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_flight_info_stops_a_running_query() {
+    let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    let channel = within(
+        QUERY_LIMIT,
+        "connect",
+        Channel::from_shared(format!("http://{}", cluster.coordinator_addr))
+            .expect("uri")
+            .connect(),
+    )
+    .await
+    .expect("connect");
+    let mut flight = FlightClient::new(channel);
+    let command = CommandStatementQuery {
+        query: ENDLESS.to_string(),
+        transaction_id: None,
+    };
+    let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+    let info = within(
+        QUERY_LIMIT,
+        "get_flight_info",
+        flight.get_flight_info(descriptor),
+    )
+    .await
+    .expect("flight info");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = within(QUERY_LIMIT, "do_get", flight.do_get(ticket.clone()))
+        .await
+        .expect("do_get");
+    let reader = tokio::spawn(async move {
+        let mut last = None;
+        while let Some(item) = stream.next().await {
+            last = Some(item);
+        }
+        last
+    });
+    // Let the query reach the executors.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let result = within(
+        QUERY_LIMIT,
+        "cancel_flight_info",
+        flight.cancel_flight_info(CancelFlightInfoRequest::new(info)),
+    )
+    .await
+    .expect("cancel");
+    assert_eq!(result.status, CancelStatus::Cancelled as i32);
+    let last = within(Duration::from_secs(10), "cancelled stream ends", reader)
+        .await
+        .expect("reader task");
+    let error = last.expect("an item").expect_err("ends with an error");
+    assert!(
+        error.to_string().contains("cancelled"),
+        "unexpected end of a cancelled stream: {error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The cancelled ticket cannot run again; other queries run.
+    let replay = within(QUERY_LIMIT, "replayed ticket", async {
+        match flight.do_get(ticket).await {
+            Err(e) => Some(e),
+            Ok(mut s) => s.next().await.and_then(|r| r.err()),
+        }
+    })
+    .await;
+    assert!(replay.is_some(), "a cancelled ticket must not run again");
+    let mut client = cluster.client().await;
+    let ok = within(
+        QUERY_LIMIT,
+        "next query",
+        client.query("SELECT count(*) FROM nation"),
+    )
+    .await
+    .expect("a query after the cancel");
+    assert_eq!(ok.num_rows(), 1);
 }

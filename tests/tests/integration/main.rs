@@ -3,6 +3,7 @@
 //! Every test starts real `quiver` processes on loopback and talks to them through real Flight
 //! SQL clients; results are compared with single-node DataFusion on the same files.
 
+mod auth;
 mod cancellation;
 mod catalog;
 mod frontdoor;
@@ -11,6 +12,7 @@ mod object_store;
 mod python;
 mod serve;
 mod tpch;
+mod writes;
 
 use arrow::array::RecordBatch;
 use quiver_client::QuiverClient;

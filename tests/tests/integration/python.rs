@@ -1,29 +1,30 @@
-//! The real ADBC Flight SQL driver (Python, from PyPI) against a coordinator and two executor
-//! processes: `adbc_get_objects`, and all 22 TPC-H queries through the DB-API, checked against
-//! single-node DataFusion results that this test writes as Arrow IPC files for the Python side.
+//! The Python clients from PyPI (ADBC Flight SQL driver, pyarrow.flight, flightsql-dbapi through
+//! SQLAlchemy) against a real server, twice: a coordinator with two executor processes
+//! (plaintext, no authentication), and `quiver serve` with authentication and TLS (a certificate
+//! made by the test). Results are checked against single-node DataFusion results that this test
+//! writes as Arrow IPC files for the Python side. Tests that need auth (or its absence) skip in
+//! the other run, so every test runs in at least one of them.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::ipc::writer::FileWriter;
 use quiver_server::arrow_compat::{cast_batch, plain_schema};
 use quiver_tests::oracle::{self, tpch_dataset};
+use quiver_tests::process::QuiverProcess;
+use quiver_tests::secure::Security;
 use quiver_tests::{
     ClusterOptions, TestCluster, python, tpch_queries_dir, tpch_query, within, workspace_root,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adbc_driver_runs_tpch_and_lists_objects() {
-    let python = python();
-    let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
-
-    let expected = tempfile::tempdir().expect("tempdir");
+/// The oracle's results of the 22 queries, as `qN.arrow` files in `dir`.
+async fn write_expected(dir: &Path) {
     let ctx = oracle::tpch_context(&tpch_dataset()).await;
     for q in 1..=22 {
         let batches = oracle::run(&ctx, &tpch_query(q)).await;
         let schema = plain_schema(&batches[0].schema());
-        let file =
-            std::fs::File::create(expected.path().join(format!("q{q}.arrow"))).expect("create");
+        let file = std::fs::File::create(dir.join(format!("q{q}.arrow"))).expect("create");
         let mut writer = FileWriter::try_new(file, &schema).expect("writer");
         for batch in &batches {
             writer
@@ -32,27 +33,80 @@ async fn adbc_driver_runs_tpch_and_lists_objects() {
         }
         writer.finish().expect("finish");
     }
+}
 
-    let output = within(
-        Duration::from_secs(600),
-        "pytest",
-        tokio::process::Command::new(&python)
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-            .arg(workspace_root().join("tests/python"))
-            .env("QUIVER_URL", cluster.url())
-            .env("QUIVER_EXPECTED", expected.path())
-            .env("QUIVER_TPCH_QUERIES", tpch_queries_dir())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("run pytest");
+/// Runs the whole Python suite with `env`; fails with its output and `log` on failure.
+async fn pytest(env: &[(&str, String)], log: impl Fn() -> String) {
+    let expected = tempfile::tempdir().expect("tempdir");
+    write_expected(expected.path()).await;
+    let mut command = tokio::process::Command::new(python());
+    command
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs"])
+        .arg(workspace_root().join("tests/python"))
+        .env("QUIVER_EXPECTED", expected.path())
+        .env("QUIVER_TPCH_QUERIES", tpch_queries_dir())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = within(Duration::from_secs(900), "pytest", command.output())
+        .await
+        .expect("run pytest");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     assert!(
         output.status.success(),
-        "ADBC tests failed:\n{stdout}\n{stderr}\ncoordinator log:\n{}",
-        cluster.coordinator.log_text()
+        "Python client tests failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_against_a_cluster() {
+    let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    pytest(
+        &[
+            ("QUIVER_URL", cluster.url()),
+            ("QUIVER_MODE", "cluster".to_string()),
+        ],
+        || cluster.coordinator.log_text(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_against_serve_with_auth_and_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let security = Security::create(dir.path());
+    let mut args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--executors",
+        "2",
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+        "--tpch-sf",
+        "0.01",
+        "--scan-bytes-per-partition",
+        "65536",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(security.args(true));
+    let mut server = QuiverProcess::spawn(dir.path(), "serve", &args);
+    let addr = server.wait_for_address(Duration::from_secs(120));
+    pytest(
+        &[
+            ("QUIVER_URL", format!("grpc+tls://{addr}")),
+            ("QUIVER_USER", security.user.clone()),
+            ("QUIVER_PASSWORD", security.password.clone()),
+            ("QUIVER_TLS_ROOT", security.cert.display().to_string()),
+            ("QUIVER_MODE", "serve".to_string()),
+        ],
+        || server.log_text(),
+    )
+    .await;
 }

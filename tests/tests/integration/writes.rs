@@ -1,0 +1,321 @@
+//! Managed tables: `CREATE TABLE … AS SELECT`, `INSERT INTO … SELECT/VALUES`, `INSERT OVERWRITE`,
+//! `DROP TABLE`, and Flight SQL bulk ingest (create, append, replace, batches over 4 MiB), on a
+//! coordinator with two executor processes. Counts are checked against single-node DataFusion; a
+//! failing write leaves the table and the warehouse directory as they were; committed tables
+//! survive a SIGKILLed coordinator; dropping a table deletes its files.
+
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{
+    CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption,
+};
+use futures::stream;
+use quiver_client::QuiverClient;
+use quiver_tests::oracle::{self, tpch_dataset};
+use quiver_tests::{ClusterOptions, TestCluster, within};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::QUERY_LIMIT;
+
+async fn count(client: &mut QuiverClient, table: &str) -> i64 {
+    let result = within(
+        QUERY_LIMIT,
+        "count",
+        client.query(&format!("SELECT count(*) FROM {table}")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("count {table}: {e}"));
+    result.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("count is Int64")
+        .value(0)
+}
+
+async fn update(client: &mut QuiverClient, sql: &str) -> Result<i64, tonic::Status> {
+    match within(QUERY_LIMIT, sql, client.update(sql)).await {
+        Ok(rows) => Ok(rows),
+        Err(e) => Err(e
+            .status()
+            .cloned()
+            .unwrap_or_else(|| tonic::Status::unknown(e.to_string()))),
+    }
+}
+
+async fn oracle_count(sql: &str) -> i64 {
+    let ctx = oracle::tpch_context(&tpch_dataset()).await;
+    let batches = oracle::run(&ctx, &[sql.to_string()]).await;
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("Int64")
+        .value(0)
+}
+
+/// Data files (not temp files) in the table's warehouse directory.
+fn files(cluster: &TestCluster, table: &str) -> Vec<String> {
+    let dir = cluster.dir.path().join("warehouse").join(table);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_insert_overwrite_and_drop_managed_tables() {
+    let mut cluster = TestCluster::start(ClusterOptions {
+        catalog: None,
+        ..ClusterOptions::tpch(&tpch_dataset())
+    })
+    .await;
+    let catalog = cluster.dir.path().join("catalog.toml");
+    cluster.options.catalog = Some(catalog);
+    cluster.restart_coordinator();
+    cluster.wait_for_live(2).await;
+    let mut client = cluster.client().await;
+
+    let selection = "SELECT l_orderkey, l_comment FROM lineitem WHERE l_orderkey < 1000";
+    let expected = oracle_count(&format!("SELECT count(*) FROM ({selection})")).await;
+    assert!(expected > 0);
+    let created = update(&mut client, &format!("CREATE TABLE small AS {selection}"))
+        .await
+        .expect("CTAS");
+    assert_eq!(created, expected);
+    assert_eq!(count(&mut client, "small").await, expected);
+    assert_eq!(files(&cluster, "small").len(), 1);
+
+    // The same name again: AlreadyExists; IF NOT EXISTS: nothing happens.
+    let again = update(&mut client, "CREATE TABLE small AS SELECT 1 AS x").await;
+    assert_eq!(again.expect_err("exists").code(), Code::AlreadyExists);
+    assert_eq!(
+        update(
+            &mut client,
+            "CREATE TABLE IF NOT EXISTS small AS SELECT 1 AS x"
+        )
+        .await
+        .expect("if not exists"),
+        0
+    );
+
+    // INSERT … SELECT (distributed) and INSERT … VALUES append.
+    let inserted = update(&mut client, &format!("INSERT INTO small {selection}"))
+        .await
+        .expect("insert select");
+    assert_eq!(inserted, expected);
+    assert_eq!(
+        update(
+            &mut client,
+            "INSERT INTO small VALUES (-1, 'x'), (-2, NULL)"
+        )
+        .await
+        .expect("insert values"),
+        2
+    );
+    assert_eq!(count(&mut client, "small").await, 2 * expected + 2);
+    assert_eq!(files(&cluster, "small").len(), 3);
+
+    // A write that fails midway changes nothing and leaves no file behind.
+    let failing = update(
+        &mut client,
+        "INSERT INTO small SELECT l_orderkey / (l_linenumber - l_linenumber), l_comment FROM lineitem",
+    )
+    .await;
+    assert!(failing.is_err(), "division by zero must fail the INSERT");
+    assert_eq!(count(&mut client, "small").await, 2 * expected + 2);
+    assert_eq!(files(&cluster, "small").len(), 3);
+
+    // Writes go to managed tables only.
+    let external = update(&mut client, "INSERT INTO nation VALUES (99, 'X', 1, 'y')").await;
+    assert_eq!(
+        external.expect_err("read-only").code(),
+        Code::InvalidArgument
+    );
+
+    // Committed writes survive a SIGKILLed coordinator.
+    cluster.restart_coordinator();
+    cluster.wait_for_live(2).await;
+    let mut client = cluster.client().await;
+    assert_eq!(count(&mut client, "small").await, 2 * expected + 2);
+
+    // INSERT OVERWRITE replaces the contents; the old files go.
+    assert_eq!(
+        update(&mut client, "INSERT OVERWRITE small VALUES (1, 'only')")
+            .await
+            .expect("overwrite"),
+        1
+    );
+    assert_eq!(count(&mut client, "small").await, 1);
+    assert_eq!(files(&cluster, "small").len(), 1);
+
+    // CREATE TABLE with declared columns, then DROP deletes the files.
+    update(
+        &mut client,
+        "CREATE TABLE declared (id BIGINT NOT NULL, name VARCHAR)",
+    )
+    .await
+    .expect("create declared");
+    assert_eq!(count(&mut client, "declared").await, 0);
+    let null_id = update(&mut client, "INSERT INTO declared VALUES (NULL, 'a')").await;
+    assert!(null_id.is_err(), "NULL into a NOT NULL column must fail");
+    update(&mut client, "DROP TABLE small").await.expect("drop");
+    assert!(files(&cluster, "small").is_empty());
+    let gone = within(
+        QUERY_LIMIT,
+        "query dropped",
+        client.query("SELECT * FROM small"),
+    )
+    .await;
+    assert!(gone.is_err());
+}
+
+async fn sql_client(cluster: &TestCluster) -> FlightSqlServiceClient<Channel> {
+    let channel = within(
+        QUERY_LIMIT,
+        "connect",
+        Channel::from_shared(format!("http://{}", cluster.coordinator_addr))
+            .expect("uri")
+            .connect(),
+    )
+    .await
+    .expect("connect");
+    FlightSqlServiceClient::new(channel)
+}
+
+fn ingest_command(
+    table: &str,
+    if_missing: TableNotExistOption,
+    if_exists: TableExistsOption,
+) -> CommandStatementIngest {
+    CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: if_missing as i32,
+            if_exists: if_exists as i32,
+        }),
+        table: table.to_string(),
+        schema: None,
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options: Default::default(),
+    }
+}
+
+/// `rows` rows of (id, a 64-byte string): 200k rows make one batch of ~14 MiB.
+fn batch(rows: usize, start: i64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("payload", DataType::Utf8, true),
+    ]));
+    let ids = Int64Array::from_iter_values(start..start + rows as i64);
+    let payload = StringArray::from_iter_values((0..rows).map(|i| format!("{i:064}")));
+    RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(payload)]).expect("batch")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_ingest_creates_appends_and_replaces() {
+    let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    let mut sql = sql_client(&cluster).await;
+    let mut client = cluster.client().await;
+
+    let big = batch(200_000, 0);
+    assert!(big.get_array_memory_size() > 4 * 1024 * 1024);
+    let created = within(
+        QUERY_LIMIT,
+        "ingest create",
+        sql.execute_ingest(
+            ingest_command(
+                "ingested",
+                TableNotExistOption::Create,
+                TableExistsOption::Fail,
+            ),
+            stream::iter(vec![Ok(big.clone())]),
+        ),
+    )
+    .await
+    .expect("ingest create");
+    assert_eq!(created, 200_000);
+    assert_eq!(count(&mut client, "ingested").await, 200_000);
+
+    // Create again: the table exists.
+    let again = within(
+        QUERY_LIMIT,
+        "ingest create again",
+        sql.execute_ingest(
+            ingest_command(
+                "ingested",
+                TableNotExistOption::Create,
+                TableExistsOption::Fail,
+            ),
+            stream::iter(vec![Ok(batch(1, 0))]),
+        ),
+    )
+    .await;
+    assert!(again.is_err(), "creating an existing table must fail");
+
+    let appended = within(
+        QUERY_LIMIT,
+        "ingest append",
+        sql.execute_ingest(
+            ingest_command(
+                "ingested",
+                TableNotExistOption::Fail,
+                TableExistsOption::Append,
+            ),
+            stream::iter(vec![Ok(batch(10, 1_000_000)), Ok(batch(5, 2_000_000))]),
+        ),
+    )
+    .await
+    .expect("ingest append");
+    assert_eq!(appended, 15);
+    assert_eq!(count(&mut client, "ingested").await, 200_015);
+
+    let replaced = within(
+        QUERY_LIMIT,
+        "ingest replace",
+        sql.execute_ingest(
+            ingest_command(
+                "ingested",
+                TableNotExistOption::Create,
+                TableExistsOption::Replace,
+            ),
+            stream::iter(vec![Ok(batch(7, 0))]),
+        ),
+    )
+    .await
+    .expect("ingest replace");
+    assert_eq!(replaced, 7);
+    assert_eq!(count(&mut client, "ingested").await, 7);
+    assert_eq!(
+        files(&cluster, "ingested").len(),
+        1,
+        "replace deletes the old files"
+    );
+
+    // Appending to a missing table without CREATE fails with NotFound and creates nothing.
+    let missing = within(
+        QUERY_LIMIT,
+        "ingest missing",
+        sql.execute_ingest(
+            ingest_command(
+                "nowhere",
+                TableNotExistOption::Fail,
+                TableExistsOption::Append,
+            ),
+            stream::iter(vec![Ok(batch(1, 0))]),
+        ),
+    )
+    .await;
+    assert!(missing.is_err());
+    assert!(files(&cluster, "nowhere").is_empty());
+}
