@@ -102,6 +102,19 @@ impl TestCluster {
         format!("grpc://{}", self.coordinator_addr)
     }
 
+    /// A plaintext gRPC channel to the coordinator, for raw Flight / Flight SQL clients.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        within(
+            RPC_LIMIT,
+            "connect",
+            tonic::transport::Channel::from_shared(format!("http://{}", self.coordinator_addr))
+                .expect("uri")
+                .connect(),
+        )
+        .await
+        .expect("connect to the coordinator")
+    }
+
     pub async fn client(&self) -> QuiverClient {
         within(RPC_LIMIT, "connect", QuiverClient::connect(&self.url()))
             .await

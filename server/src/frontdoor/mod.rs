@@ -10,7 +10,13 @@
 //!   results still carry it, and no view or dictionary types reach the wire;
 //! * one endpoint per statement, with no location (clients reuse their connection);
 //! * results stream as produced, pulled by the client through gRPC flow control; dropping the
-//!   `DoGet` stream cancels the query on every executor;
+//!   `DoGet` stream, or `CancelFlightInfo` on its FlightInfo, cancels the query on every executor;
+//! * writes (`CREATE TABLE`, `INSERT`) run like DDL and report their row count; bulk ingest
+//!   (`CommandStatementIngest`) and parameter rows sent with a prepared update go through
+//!   [`crate::writes`];
+//! * session options (`catalog`, `schema`) are kept per session ([`sessions`]); credentials were
+//!   checked before any of this runs ([`crate::auth`]);
+//! * Substrait and transactions answer a clear `Unimplemented`, as do unknown actions;
 //! * errors keep DataFusion's message with a meaningful code (see [`crate::error`]).
 
 mod column_types;

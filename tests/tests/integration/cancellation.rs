@@ -13,7 +13,6 @@ use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
 use arrow_flight::{CancelFlightInfoRequest, CancelStatus, FlightClient, FlightDescriptor};
 use futures::StreamExt;
 use prost::Message;
-use tonic::transport::Channel;
 
 use quiver_tests::oracle::tpch_dataset;
 use quiver_tests::{ClusterOptions, TestCluster, within};
@@ -86,15 +85,7 @@ async fn busy_executors_keep_heartbeating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_flight_info_stops_a_running_query() {
     let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
-    let channel = within(
-        QUERY_LIMIT,
-        "connect",
-        Channel::from_shared(format!("http://{}", cluster.coordinator_addr))
-            .expect("uri")
-            .connect(),
-    )
-    .await
-    .expect("connect");
+    let channel = cluster.channel().await;
     let mut flight = FlightClient::new(channel);
     let command = CommandStatementQuery {
         query: ENDLESS.to_string(),

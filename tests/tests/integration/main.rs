@@ -6,7 +6,9 @@
 mod auth;
 mod cancellation;
 mod catalog;
+mod flight_sql_cli;
 mod frontdoor;
+mod jdbc_replay;
 mod membership;
 mod object_store;
 mod python;

@@ -180,15 +180,7 @@ async fn create_insert_overwrite_and_drop_managed_tables() {
 }
 
 async fn sql_client(cluster: &TestCluster) -> FlightSqlServiceClient<Channel> {
-    let channel = within(
-        QUERY_LIMIT,
-        "connect",
-        Channel::from_shared(format!("http://{}", cluster.coordinator_addr))
-            .expect("uri")
-            .connect(),
-    )
-    .await
-    .expect("connect");
+    let channel = cluster.channel().await;
     FlightSqlServiceClient::new(channel)
 }
 
