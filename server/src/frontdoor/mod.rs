@@ -199,11 +199,12 @@ impl FrontDoor {
             let statement = self.plan(&bound).await?;
             return self.engine.execute_update(&statement).await;
         }
+        // Planned once; each row binds a copy.
+        let statement = self.engine.prepare(&bound.sql).await?;
         let mut total = 0i64;
         for row in rows {
-            let statement = self.engine.prepare(&bound.sql).await?;
-            let statement = self.engine.bind(statement, &row)?;
-            total = total.saturating_add(self.engine.execute_update(&statement).await?);
+            let bound_row = self.engine.bind(statement.clone(), &row)?;
+            total = total.saturating_add(self.engine.execute_update(&bound_row).await?);
         }
         Ok(total)
     }
@@ -242,7 +243,7 @@ impl FrontDoor {
         Ok(())
     }
 
-    async fn session_action(
+    async fn fallback_action(
         &self,
         request: Request<arrow_flight::Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
@@ -854,7 +855,7 @@ impl FlightSqlService for FrontDoor {
         &self,
         request: Request<arrow_flight::Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        self.session_action(request).await
+        self.fallback_action(request).await
     }
 
     /// The Flight SQL 12 way to cancel (deprecated in favour of CancelFlightInfo).
