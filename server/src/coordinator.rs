@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionContext;
 use quiver_proto::cluster::cluster_service_server::ClusterServiceServer;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -22,6 +21,7 @@ use crate::error::{QuiverError, Result};
 use crate::frontdoor::FrontDoor;
 use crate::membership::{ClusterServiceImpl, ExecutorRegistry};
 use crate::net::{self, ServerHandle};
+use crate::resources::{Admission, ResourceLimits};
 use crate::settings;
 use crate::task::AbortOnDrop;
 use crate::warehouse::Warehouse;
@@ -58,6 +58,11 @@ pub struct CoordinatorConfig {
     /// Also serve the cluster service on a plaintext loopback port, for in-process executors
     /// when the main port speaks TLS (`quiver serve`).
     pub local_cluster_listener: bool,
+    /// Memory and spill limits of the coordinator's query execution.
+    pub limits: ResourceLimits,
+    /// Queries running at once (0 = no limit) and queries waiting beyond that.
+    pub max_concurrent_queries: usize,
+    pub max_queued_queries: usize,
 }
 
 /// PEM files of a TLS identity.
@@ -163,7 +168,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         target_partitions = MIN_DISTRIBUTED_TARGET_PARTITIONS;
     }
     let session_config = settings::session_config(target_partitions)?;
-    let runtime = Arc::new(RuntimeEnv::default());
+    let runtime = config.limits.runtime_env()?;
     let state = distributed::coordinator_state(
         session_config,
         runtime,
@@ -194,6 +199,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         Arc::clone(&registry),
         config.query_timeout,
         warehouse,
+        Admission::new(config.max_concurrent_queries, config.max_queued_queries),
     ));
     let authenticator = config
         .auth

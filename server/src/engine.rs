@@ -34,6 +34,7 @@ use crate::error::{QuiverError, Result, datafusion_status};
 use crate::membership::ExecutorRegistry;
 use crate::object_stores;
 use crate::placeholders::number_placeholders;
+use crate::resources::Admission;
 use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
 use crate::warehouse::Warehouse;
 
@@ -102,6 +103,8 @@ pub struct QueryEngine {
     pub(crate) query_timeout: Option<Duration>,
     /// Where managed tables keep their files; `None` refuses writes.
     pub(crate) warehouse: Option<Warehouse>,
+    /// Bounds the queries and writes running at once.
+    pub(crate) admission: Admission,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -117,6 +120,7 @@ impl QueryEngine {
         registry: Arc<ExecutorRegistry>,
         query_timeout: Option<Duration>,
         warehouse: Option<Warehouse>,
+        admission: Admission,
     ) -> Self {
         Self {
             ctx,
@@ -124,6 +128,7 @@ impl QueryEngine {
             registry,
             query_timeout,
             warehouse,
+            admission,
         }
     }
 
@@ -260,6 +265,7 @@ impl QueryEngine {
     /// notices only while a response streams) still cancels the query.
     async fn run_query(&self, statement: Statement) -> Result<QueryStream> {
         let deadline = Deadline::start(self.query_timeout);
+        let slot = deadline.run(self.admission.admit()).await??;
         let physical = self
             .ctx
             .state()
@@ -297,7 +303,12 @@ impl QueryEngine {
                 return Ok(stream::iter(first).chain(stream));
             }
         })
-        .try_flatten();
+        .try_flatten()
+        // The query keeps its admission slot until its stream ends or is dropped.
+        .map(move |item| {
+            let _slot = &slot;
+            item
+        });
         let batches = deadline.bound(started);
         Ok(conform(
             batches,
@@ -307,9 +318,12 @@ impl QueryEngine {
     }
 
     async fn explain(&self, plan: &LogicalPlan, analyze: bool) -> Result<RecordBatch> {
-        if analyze {
+        let _slot = if analyze {
             self.require_executors(plan)?;
-        }
+            Some(self.admission.admit().await?)
+        } else {
+            None
+        };
         let mut state = self.ctx.state();
         let placements = Arc::new(TaskPlacements::default());
         state.config_mut().set_extension(Arc::clone(&placements));
@@ -710,6 +724,7 @@ mod tests {
             registry,
             None,
             None,
+            Admission::new(0, 0),
         )
     }
 

@@ -33,6 +33,9 @@ pub enum QuiverError {
     /// The query was cancelled by a client request.
     #[error("{0}")]
     Cancelled(String),
+    /// A limit was reached (concurrent queries, memory).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The statement is valid SQL but Quiver does not run it (yet).
     #[error("{0}")]
     Unsupported(String),
@@ -81,6 +84,7 @@ impl QuiverError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Cancelled(_) => Code::Cancelled,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unsupported(_) => Code::Unimplemented,
             Self::Unavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,

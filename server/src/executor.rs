@@ -31,6 +31,7 @@ use crate::error::{QuiverError, Result};
 use crate::membership::normalize_worker_url;
 use crate::net::{self, ServerHandle};
 use crate::object_stores;
+use crate::resources::ResourceLimits;
 
 /// How long to wait before retrying an unreachable coordinator.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -50,6 +51,8 @@ pub struct ExecutorConfig {
     /// PEM certificate(s) to trust when the coordinator URL is `grpc+tls://`/`https://`
     /// (default: the system's web PKI roots are not bundled, so this is needed for TLS).
     pub coordinator_ca: Option<PathBuf>,
+    /// Memory and spill limits of this executor's query execution.
+    pub limits: ResourceLimits,
 }
 
 /// What the executor knows about itself, shared by the status service and the task sessions.
@@ -129,7 +132,7 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
         tasks_started: AtomicU64::new(0),
         latest_settings: LatestSettings::default(),
     });
-    let runtime = Arc::new(RuntimeEnv::default());
+    let runtime = config.limits.runtime_env()?;
 
     let mut server = Server::builder().tcp_nodelay(true);
     let router = distributed::worker_router(

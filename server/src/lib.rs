@@ -29,7 +29,8 @@
 //! * [`membership`]: the live executor set; [`catalog`] and [`object_stores`]: tables;
 //! * [`settings`]: DataFusion settings every node shares; [`arrow_compat`]: wire-safe types;
 //! * [`error`]: the error enum and its one mapping to gRPC codes;
-//! * [`placeholders`]: `?` parameters; [`tpch`]: the demo dataset; [`net`], [`task`]: plumbing.
+//! * [`resources`]: memory, spill and admission limits; [`placeholders`]: `?` parameters;
+//!   [`tpch`]: the demo dataset; [`net`], [`task`]: plumbing.
 
 pub mod arrow_compat;
 pub mod auth;
@@ -44,6 +45,7 @@ pub mod membership;
 pub mod net;
 pub mod object_stores;
 pub mod placeholders;
+pub mod resources;
 pub mod serve;
 pub mod settings;
 pub mod task;

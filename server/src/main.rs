@@ -13,6 +13,7 @@ use quiver_server::coordinator::{self, CoordinatorConfig, TlsFiles};
 use quiver_server::error::QuiverError;
 use quiver_server::executor::{self, ExecutorConfig};
 use quiver_server::net::parse_listen;
+use quiver_server::resources::{ResourceLimits, parse_bytes};
 use quiver_server::serve::{self, ServeConfig};
 
 #[derive(Parser)]
@@ -94,6 +95,40 @@ struct ClusterArgs {
     /// Largest message a client may send, in bytes (ingest and parameter batches).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// Queries (and writes) running at once; 0 = no limit.
+    #[arg(long, default_value_t = 32)]
+    max_concurrent_queries: usize,
+    /// Queries waiting for a slot beyond that; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 128)]
+    max_queued_queries: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// Memory for query execution on this node (e.g. 4GiB); spillable operators share it fairly,
+    /// others fail the query with RESOURCE_EXHAUSTED. Default: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    memory_limit: Option<u64>,
+    /// Directory for spill files (default: the OS temp directory).
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
+    /// Most bytes of spill files at once (default 100GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    spill_limit: Option<u64>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> ResourceLimits {
+        ResourceLimits {
+            memory_limit: self
+                .memory_limit
+                .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+            spill_dir: self.spill_dir.clone(),
+            spill_limit: self.spill_limit,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -141,6 +176,8 @@ struct ExecutorArgs {
     /// PEM certificate to trust when the coordinator URL is grpc+tls://.
     #[arg(long, value_name = "PEM")]
     coordinator_ca: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 #[derive(Args)]
@@ -179,6 +216,9 @@ fn coordinator_config(
         warehouse,
         max_message_bytes: cluster.max_message_bytes,
         local_cluster_listener: false,
+        limits: cluster.limits.limits(),
+        max_concurrent_queries: cluster.max_concurrent_queries,
+        max_queued_queries: cluster.max_queued_queries,
         listen: cluster.listen,
         tables,
         catalog: catalog.catalog,
@@ -236,6 +276,7 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
                 address_file: args.address_file,
                 target_partitions: args.target_partitions,
                 coordinator_ca: args.coordinator_ca,
+                limits: args.limits.limits(),
             })
             .await?;
             tokio::select! {

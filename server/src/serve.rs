@@ -80,6 +80,7 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
                 address_file: None,
                 target_partitions: config.coordinator.target_partitions,
                 coordinator_ca: None,
+                limits: config.coordinator.limits.clone(),
             })
             .await?,
         );

@@ -69,6 +69,7 @@ impl QueryEngine {
     /// Runs a `CREATE TABLE` or `INSERT` statement; returns the rows written.
     pub(crate) async fn run_write(&self, plan: &LogicalPlan) -> Result<u64> {
         let deadline = Deadline::start(self.query_timeout);
+        let _slot = deadline.run(self.admission.admit()).await??;
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) => {
                 deadline.run(self.create_table(cmd)).await?
@@ -153,6 +154,7 @@ impl QueryEngine {
         batches: impl Stream<Item = Result<RecordBatch>> + Send,
     ) -> Result<u64> {
         let warehouse = self.warehouse()?;
+        let _slot = self.admission.admit().await?;
         let existing = {
             let guard = self.catalog.lock().await;
             if guard.is_flag_table(table) {

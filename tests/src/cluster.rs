@@ -32,6 +32,8 @@ pub struct ClusterOptions {
     pub query_timeout_ms: u64,
     /// More coordinator flags (`--config`, ...). Every test cluster gets a warehouse directory.
     pub coordinator_args: Vec<String>,
+    /// More flags for every executor (`--memory-limit`, ...).
+    pub executor_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -46,6 +48,7 @@ impl Default for ClusterOptions {
             scan_bytes_per_partition: 64 * 1024,
             query_timeout_ms: 0,
             coordinator_args: Vec::new(),
+            executor_args: Vec::new(),
         }
     }
 }
@@ -124,13 +127,14 @@ impl TestCluster {
     /// Starts one more executor; returns its index.
     pub fn add_executor(&mut self) -> usize {
         let index = self.executors.len();
-        let args = vec![
+        let mut args = vec![
             "executor".to_string(),
             "--coordinator".to_string(),
             self.url(),
             "--listen".to_string(),
             "127.0.0.1:0".to_string(),
         ];
+        args.extend(self.options.executor_args.iter().cloned());
         let mut process =
             QuiverProcess::spawn(self.dir.path(), &format!("executor-{index}"), &args);
         let addr = process.wait_for_address(START_LIMIT);

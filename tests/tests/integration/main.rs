@@ -9,6 +9,7 @@ mod catalog;
 mod flight_sql_cli;
 mod frontdoor;
 mod jdbc_replay;
+mod limits;
 mod membership;
 mod object_store;
 mod python;

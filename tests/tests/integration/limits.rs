@@ -1,0 +1,155 @@
+//! Resource limits with real processes: the coordinator's admission control refuses queries past
+//! its concurrency and queue limits with `ResourceExhausted` and admits again once a slot frees;
+//! executors with a memory limit below a sort's size spill it (correct result, spills in EXPLAIN
+//! ANALYZE); below what the sort needs at all, the query fails with `ResourceExhausted` naming the
+//! largest consumers and the executors keep serving.
+
+use std::time::{Duration, Instant};
+
+use arrow::array::Int64Array;
+use quiver_tests::oracle::{self, tpch_dataset};
+use quiver_tests::{ClusterOptions, TestCluster, within};
+use tonic::Code;
+
+use crate::QUERY_LIMIT;
+
+const ENDLESS: &str = "SELECT count(*) FROM lineitem a, lineitem b WHERE a.l_comment < b.l_comment";
+
+fn args(pairs: &[&str]) -> Vec<String> {
+    pairs.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_control_refuses_beyond_its_limits() {
+    let cluster = TestCluster::start(ClusterOptions {
+        coordinator_args: args(&["--max-concurrent-queries", "1", "--max-queued-queries", "0"]),
+        ..ClusterOptions::tpch(&tpch_dataset())
+    })
+    .await;
+    let mut busy = cluster.client().await;
+    let running = tokio::spawn(async move { busy.query(ENDLESS).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!running.is_finished());
+
+    let mut client = cluster.client().await;
+    let err = within(
+        QUERY_LIMIT,
+        "refused query",
+        client.query("SELECT count(*) FROM nation"),
+    )
+    .await
+    .expect_err("the only slot is taken");
+    assert_eq!(
+        err.status().map(|s| s.code()),
+        Some(Code::ResourceExhausted),
+        "{err}"
+    );
+
+    // Hanging up frees the slot.
+    running.abort();
+    let started = Instant::now();
+    loop {
+        match within(
+            QUERY_LIMIT,
+            "query",
+            client.query("SELECT count(*) FROM nation"),
+        )
+        .await
+        {
+            Ok(result) => {
+                assert_eq!(result.num_rows(), 1);
+                break;
+            }
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                assert_eq!(
+                    e.status().map(|s| s.code()),
+                    Some(Code::ResourceExhausted),
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the slot was not released: {e}"),
+        }
+    }
+}
+
+async fn lineitem_rows() -> i64 {
+    let ctx = oracle::tpch_context(&tpch_dataset()).await;
+    let expected = oracle::run(&ctx, &["SELECT count(*) FROM lineitem".to_string()]).await;
+    expected[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("count")
+        .value(0)
+}
+
+/// Total of the `spill_count={task:n, ...}` metrics in an EXPLAIN ANALYZE text.
+fn spill_count(text: &str) -> u64 {
+    text.split("spill_count={")
+        .skip(1)
+        .filter_map(|rest| rest.split('}').next())
+        .flat_map(|tasks| tasks.split(", "))
+        .filter_map(|task| task.split(':').nth(1))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum()
+}
+
+const BIG_SORT: &str = "SELECT l_comment FROM lineitem ORDER BY l_comment";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_spill_a_sort_larger_than_their_memory_limit() {
+    let cluster = TestCluster::start(ClusterOptions {
+        executor_args: args(&["--memory-limit", "24MiB"]),
+        ..ClusterOptions::tpch(&tpch_dataset())
+    })
+    .await;
+    let mut client = cluster.client().await;
+    let sorted = within(QUERY_LIMIT, "big sort", client.query(BIG_SORT))
+        .await
+        .expect("the sort spills instead of failing");
+    assert_eq!(sorted.num_rows() as i64, lineitem_rows().await);
+    let analyzed = within(
+        QUERY_LIMIT,
+        "explain analyze",
+        client.query(&format!("EXPLAIN ANALYZE {BIG_SORT}")),
+    )
+    .await
+    .expect("explain analyze");
+    let text = format!("{:?}", analyzed.batches);
+    assert!(
+        spill_count(&text) > 0,
+        "the sort did not spill:
+{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_over_the_memory_limit_fail_cleanly() {
+    let cluster = TestCluster::start(ClusterOptions {
+        executor_args: args(&["--memory-limit", "2MiB"]),
+        ..ClusterOptions::tpch(&tpch_dataset())
+    })
+    .await;
+    let mut client = cluster.client().await;
+    let err = within(QUERY_LIMIT, "big sort", client.query(BIG_SORT))
+        .await
+        .expect_err("over the memory limit");
+    assert_eq!(
+        err.status().map(|s| s.code()),
+        Some(Code::ResourceExhausted),
+        "{err}"
+    );
+    assert!(err.to_string().contains("top memory consumers"), "{err}");
+
+    // The executors live on and serve the next query.
+    assert_eq!(cluster.live_executors().await.len(), 2);
+    let ok = within(
+        QUERY_LIMIT,
+        "next query",
+        client.query("SELECT count(*) FROM nation"),
+    )
+    .await
+    .expect("a query after the failed one");
+    assert_eq!(ok.num_rows(), 1);
+}
