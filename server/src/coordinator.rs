@@ -15,6 +15,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::auth::{AuthConfig, Authenticated, Authenticator};
 use crate::catalog::{Catalog, TableDef};
+use crate::cluster_auth::{ClusterAuth, Verified};
 use crate::distributed;
 use crate::engine::QueryEngine;
 use crate::error::{QuiverError, Result};
@@ -63,6 +64,8 @@ pub struct CoordinatorConfig {
     /// Queries running at once (0 = no limit) and queries waiting beyond that.
     pub max_concurrent_queries: usize,
     pub max_queued_queries: usize,
+    /// The cluster secret: required of executors' membership calls, signs calls to executors.
+    pub cluster_auth: ClusterAuth,
 }
 
 /// PEM files of a TLS identity.
@@ -95,6 +98,12 @@ impl CoordinatorConfig {
         if !self.listen.ip().is_loopback() && self.auth.is_none() && !self.insecure {
             return Err(QuiverError::InvalidArgument(format!(
                 "refusing to serve {} without authentication: add an [auth] section with users to --config, or pass --insecure if something else protects this address",
+                self.listen
+            )));
+        }
+        if !self.listen.ip().is_loopback() && self.cluster_auth.is_open() && !self.insecure {
+            return Err(QuiverError::InvalidArgument(format!(
+                "refusing to serve {} without --cluster-secret-file: anyone reaching it could join the cluster as an executor (pass --insecure if something else protects this address)",
                 self.listen
             )));
         }
@@ -155,7 +164,7 @@ const MIN_DISTRIBUTED_TARGET_PARTITIONS: usize = 2;
 
 pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
     config.validate()?;
-    let registry = ExecutorRegistry::new(config.executor_timeout);
+    let registry = ExecutorRegistry::new(config.executor_timeout, config.cluster_auth.clone());
     let reaper = registry.spawn_reaper();
 
     let mut target_partitions = config.target_partitions;
@@ -174,6 +183,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         runtime,
         Arc::clone(&registry),
         config.scan_bytes_per_partition,
+        config.cluster_auth.clone(),
     )?;
     let ctx = SessionContext::new_with_state(state);
 
@@ -229,13 +239,19 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
             front_door.into_service(config.max_message_bytes),
             authenticator,
         ))
-        .add_service(ClusterServiceServer::from_arc(Arc::clone(&cluster)));
+        .add_service(Verified::new(
+            ClusterServiceServer::from_arc(Arc::clone(&cluster)),
+            config.cluster_auth.clone(),
+        ));
     let server = ServerHandle::spawn("coordinator", router, incoming);
     let (local_cluster_server, local_cluster_addr) = if config.local_cluster_listener {
         let (incoming, addr) = net::bind(([127, 0, 0, 1], 0).into()).await?;
         let router = Server::builder()
             .tcp_nodelay(true)
-            .add_service(ClusterServiceServer::from_arc(cluster));
+            .add_service(Verified::new(
+                ClusterServiceServer::from_arc(cluster),
+                config.cluster_auth.clone(),
+            ));
         (
             Some(ServerHandle::spawn("cluster", router, incoming)),
             Some(addr),

@@ -4,7 +4,8 @@
 //! worker resolver reading the live executor set; Quiver's executors serve the crate's `Worker`
 //! gRPC service with a session builder that applies Quiver's settings. Stage splitting, network
 //! shuffle/coalesce/broadcast and the worker protocol are the crate's; task placement on live
-//! executors is ours (a route-tasks handler). What goes through this module is Quiver's own
+//! executors is ours (a route-tasks handler), and so are the channels between nodes, which sign
+//! every request with the cluster secret ([`crate::cluster_auth`]). What goes through this module is Quiver's own
 //! interface ([`coordinator_state`], [`worker_router`], [`running_tasks`], [`render_plan`],
 //! [`render_analyzed_plan`], [`stage_count`], [`TaskPlacements`]), so a new version or a
 //! replacement touches this file only.
@@ -20,16 +21,20 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
-use datafusion_distributed::grpc::{GetTaskProgressRequest, ObservabilityServiceClient};
+use datafusion_distributed::grpc::{
+    BoxCloneSyncChannel, DefaultChannelResolver, GetTaskProgressRequest,
+    ObservabilityServiceClient, create_worker_client,
+};
 use datafusion_distributed::{
-    DistributedExt, DistributedMetricsFormat, NetworkBoundaryExt, RouteTasksEvent,
+    ChannelResolver, DistributedExt, DistributedMetricsFormat, NetworkBoundaryExt, RouteTasksEvent,
     RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage, Worker,
-    WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use url::Url;
 
+use crate::cluster_auth::{ClusterAuth, Signed, Verified};
 use crate::membership::ExecutorRegistry;
 use crate::settings;
 
@@ -50,12 +55,14 @@ pub fn coordinator_state(
     runtime: Arc<RuntimeEnv>,
     registry: Arc<ExecutorRegistry>,
     scan_bytes_per_partition: usize,
+    auth: ClusterAuth,
 ) -> Result<SessionState> {
     Ok(SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_distributed_worker_resolver(LiveExecutors(Arc::clone(&registry)))
+        .with_distributed_channel_resolver(SignedChannels::new(auth))
         .with_distributed_planner()
         .with_distributed_route_tasks_handler(TaskRouter {
             registry,
@@ -150,10 +157,43 @@ pub trait TaskObserver: Send + Sync + 'static {
     fn task_started(&self, settings: &SessionConfig);
 }
 
-/// Builds every task session of an executor: the crate's defaults plus Quiver's settings.
+/// Channels to workers, reused per URL (the crate's default resolver), whose requests carry the
+/// cluster signature.
+#[derive(Clone)]
+struct SignedChannels {
+    channels: Arc<DefaultChannelResolver>,
+    auth: ClusterAuth,
+}
+
+impl SignedChannels {
+    fn new(auth: ClusterAuth) -> Self {
+        Self {
+            channels: Arc::new(DefaultChannelResolver::default()),
+            auth,
+        }
+    }
+}
+
+#[async_trait]
+impl ChannelResolver for SignedChannels {
+    async fn get_worker_client_for_url(
+        &self,
+        url: &Url,
+    ) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
+        let channel = self.channels.get_channel(url).await?;
+        Ok(create_worker_client(BoxCloneSyncChannel::new(Signed::new(
+            channel,
+            self.auth.clone(),
+        ))))
+    }
+}
+
+/// Builds every task session of an executor: the crate's defaults plus Quiver's settings, and
+/// signed channels to the other executors.
 struct ExecutorSessions {
     target_partitions: usize,
     observer: Arc<dyn TaskObserver>,
+    channels: SignedChannels,
 }
 
 #[async_trait]
@@ -165,6 +205,8 @@ impl WorkerSessionBuilder for ExecutorSessions {
         if self.target_partitions > 0 {
             config.options_mut().execution.target_partitions = self.target_partitions;
         }
+        ctx.builder
+            .set_distributed_channel_resolver(self.channels.clone());
         let state = ctx.builder.build();
         self.observer.task_started(state.config());
         Ok(state)
@@ -178,18 +220,20 @@ pub fn worker_router(
     runtime: Arc<RuntimeEnv>,
     target_partitions: usize,
     observer: Arc<dyn TaskObserver>,
+    auth: ClusterAuth,
 ) -> Router {
     let worker = Worker::from_session_builder(ExecutorSessions {
         target_partitions,
         observer,
+        channels: SignedChannels::new(auth.clone()),
     })
     .with_runtime_env(runtime)
     .with_version(env!("CARGO_PKG_VERSION"));
     // Executors resolve no workers themselves; the service is mounted for its task progress.
     let progress = worker.with_observability_service(Arc::new(NoWorkers));
     server
-        .add_service(progress)
-        .add_service(worker.into_worker_server())
+        .add_service(Verified::new(progress, auth.clone()))
+        .add_service(Verified::new(worker.into_worker_server(), auth))
 }
 
 struct NoWorkers;
@@ -201,10 +245,13 @@ impl WorkerResolver for NoWorkers {
 }
 
 /// Number of tasks the worker at `worker_url` holds for queries that have not ended.
-pub async fn running_tasks(worker_url: &Url) -> Result<u64> {
-    let mut client = ObservabilityServiceClient::connect(worker_url.to_string())
+pub async fn running_tasks(worker_url: &Url, auth: &ClusterAuth) -> Result<u64> {
+    let channel = tonic::transport::Endpoint::from_shared(worker_url.to_string())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
+        .connect()
         .await
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let mut client = ObservabilityServiceClient::new(Signed::new(channel, auth.clone()));
     let progress = client
         .get_task_progress(GetTaskProgressRequest {})
         .await

@@ -709,12 +709,16 @@ mod tests {
     use crate::settings;
 
     fn engine(dir: &std::path::Path) -> QueryEngine {
-        let registry = ExecutorRegistry::new(Duration::from_secs(10));
+        let registry = ExecutorRegistry::new(
+            Duration::from_secs(10),
+            crate::cluster_auth::ClusterAuth::open(),
+        );
         let state = distributed::coordinator_state(
             settings::session_config(2).unwrap(),
             Arc::new(RuntimeEnv::default()),
             Arc::clone(&registry),
             1 << 20,
+            crate::cluster_auth::ClusterAuth::open(),
         )
         .unwrap();
         let catalog = Catalog::load(Some(dir.join("catalog.toml")), vec![]).unwrap();

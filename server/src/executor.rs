@@ -26,6 +26,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server};
 use tonic::{Request, Response, Status};
 use url::Url;
 
+use crate::cluster_auth::{ClusterAuth, Signed, Verified};
 use crate::distributed::{self, LatestSettings, TaskObserver};
 use crate::error::{QuiverError, Result};
 use crate::membership::normalize_worker_url;
@@ -53,6 +54,9 @@ pub struct ExecutorConfig {
     pub coordinator_ca: Option<PathBuf>,
     /// Memory and spill limits of this executor's query execution.
     pub limits: ResourceLimits,
+    /// The cluster secret: signs this executor's internal calls and is required of every call
+    /// it serves.
+    pub cluster_auth: ClusterAuth,
 }
 
 /// What the executor knows about itself, shared by the status service and the task sessions.
@@ -62,6 +66,8 @@ struct ExecutorState {
     worker_url: Url,
     tasks_started: AtomicU64,
     latest_settings: LatestSettings,
+    /// Signs this executor's own internal calls.
+    auth: ClusterAuth,
 }
 
 impl TaskObserver for ExecutorState {
@@ -80,7 +86,7 @@ impl ExecutorService for StatusService {
         _request: Request<GetExecutorStatusRequest>,
     ) -> std::result::Result<Response<ExecutorStatus>, Status> {
         let state = &self.0;
-        let tasks_running = distributed::running_tasks(&state.worker_url)
+        let tasks_running = distributed::running_tasks(&state.worker_url, &state.auth)
             .await
             .map_err(|e| Status::unavailable(format!("reading task progress: {e}")))?;
         Ok(Response::new(ExecutorStatus {
@@ -131,6 +137,7 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
         worker_url: worker_url.clone(),
         tasks_started: AtomicU64::new(0),
         latest_settings: LatestSettings::default(),
+        auth: config.cluster_auth.clone(),
     });
     let runtime = config.limits.runtime_env()?;
 
@@ -140,10 +147,12 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
         Arc::clone(&runtime),
         config.target_partitions,
         Arc::clone(&state) as Arc<dyn TaskObserver>,
+        config.cluster_auth.clone(),
     )
-    .add_service(ExecutorServiceServer::new(StatusService(Arc::clone(
-        &state,
-    ))));
+    .add_service(Verified::new(
+        ExecutorServiceServer::new(StatusService(Arc::clone(&state))),
+        config.cluster_auth.clone(),
+    ));
     let server = ServerHandle::spawn("executor", router, incoming);
     if let Some(path) = &config.address_file {
         net::write_address_file(path, addr)?;
@@ -206,7 +215,10 @@ impl MembershipThread {
                     }
                 };
                 rt.block_on(async move {
-                    let client = ClusterServiceClient::new(coordinator.connect_lazy());
+                    let client = ClusterServiceClient::new(Signed::new(
+                        coordinator.connect_lazy(),
+                        state.auth.clone(),
+                    ));
                     tokio::select! {
                         _ = membership_loop(client, state, runtime) => {}
                         _ = stopped => {}
@@ -228,7 +240,7 @@ impl Drop for MembershipThread {
 
 /// Registers, then heartbeats forever; re-registers when the coordinator forgets us.
 async fn membership_loop(
-    mut client: ClusterServiceClient<Channel>,
+    mut client: ClusterServiceClient<Signed<Channel>>,
     state: Arc<ExecutorState>,
     runtime: Arc<RuntimeEnv>,
 ) {

@@ -26,7 +26,8 @@
 //! * [`frontdoor`]: Flight SQL protocol over [`engine`], the coordinator's query engine;
 //!   [`auth`]: client authentication in front of it; [`writes`] and [`warehouse`]: managed tables;
 //! * [`distributed`]: the only module that names datafusion-distributed types;
-//! * [`membership`]: the live executor set; [`catalog`] and [`object_stores`]: tables;
+//! * [`membership`]: the live executor set; [`cluster_auth`]: signatures of the internal plane;
+//!   [`catalog`] and [`object_stores`]: tables;
 //! * [`settings`]: DataFusion settings every node shares; [`arrow_compat`]: wire-safe types;
 //! * [`error`]: the error enum and its one mapping to gRPC codes;
 //! * [`resources`]: memory, spill and admission limits; [`placeholders`]: `?` parameters;
@@ -35,6 +36,7 @@
 pub mod arrow_compat;
 pub mod auth;
 pub mod catalog;
+pub mod cluster_auth;
 pub mod coordinator;
 pub mod distributed;
 pub mod engine;

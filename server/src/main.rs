@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use quiver_server::auth::ServerConfigFile;
 use quiver_server::catalog::TableDef;
+use quiver_server::cluster_auth::ClusterAuth;
 use quiver_server::coordinator::{self, CoordinatorConfig, TlsFiles};
 use quiver_server::error::QuiverError;
 use quiver_server::executor::{self, ExecutorConfig};
@@ -103,6 +104,25 @@ struct ClusterArgs {
     max_queued_queries: usize,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    cluster_secret: ClusterSecretArgs,
+}
+
+#[derive(Args)]
+struct ClusterSecretArgs {
+    /// File holding the secret (at least 32 bytes) every node of the cluster shares; internal
+    /// calls are signed with it and refused without it. Also QUIVER_CLUSTER_SECRET_FILE.
+    #[arg(long, value_name = "FILE", env = "QUIVER_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
+}
+
+impl ClusterSecretArgs {
+    fn auth(&self) -> Result<ClusterAuth, QuiverError> {
+        match &self.cluster_secret_file {
+            Some(path) => ClusterAuth::from_file(path),
+            None => Ok(ClusterAuth::open()),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -178,6 +198,11 @@ struct ExecutorArgs {
     coordinator_ca: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    cluster_secret: ClusterSecretArgs,
+    /// Allow listening beyond loopback without a cluster secret.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -219,6 +244,7 @@ fn coordinator_config(
         limits: cluster.limits.limits(),
         max_concurrent_queries: cluster.max_concurrent_queries,
         max_queued_queries: cluster.max_queued_queries,
+        cluster_auth: cluster.cluster_secret.auth()?,
         listen: cluster.listen,
         tables,
         catalog: catalog.catalog,
@@ -232,12 +258,14 @@ fn coordinator_config(
     })
 }
 
-/// Executors have no authentication of their own yet: binding them beyond loopback is a choice
-/// to make knowingly.
-fn warn_if_exposed(addr: SocketAddr) {
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "executor listening beyond loopback: the internal plane is not authenticated, restrict access with a firewall");
+/// An executor runs any plan it is sent: beyond loopback it needs the cluster secret.
+fn check_exposure(addr: SocketAddr, auth: &ClusterAuth, insecure: bool) -> Result<(), QuiverError> {
+    if !addr.ip().is_loopback() && auth.is_open() && !insecure {
+        return Err(QuiverError::InvalidArgument(format!(
+            "refusing to serve {addr} without --cluster-secret-file: anyone reaching an executor could run plans that read its files (pass --insecure if something else protects it)"
+        )));
     }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<(), QuiverError> {
@@ -268,7 +296,8 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
             }
         }
         Command::Executor(args) => {
-            warn_if_exposed(args.listen);
+            let cluster_auth = args.cluster_secret.auth()?;
+            check_exposure(args.listen, &cluster_auth, args.insecure)?;
             let running = executor::start(ExecutorConfig {
                 coordinator: args.coordinator,
                 listen: args.listen,
@@ -277,6 +306,7 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
                 target_partitions: args.target_partitions,
                 coordinator_ca: args.coordinator_ca,
                 limits: args.limits.limits(),
+                cluster_auth,
             })
             .await?;
             tokio::select! {

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use quiver_proto::cluster::cluster_service_server::ClusterService;
 use quiver_proto::cluster::executor_service_client::ExecutorServiceClient;
+
+use crate::cluster_auth::{ClusterAuth, Signed};
 use quiver_proto::cluster::{
     ExecutorInfo, GetExecutorStatusRequest, HeartbeatRequest, HeartbeatResponse,
     ListExecutorsRequest, ListExecutorsResponse, ObjectStoreConfig, RegisterExecutorRequest,
@@ -37,13 +39,16 @@ struct Member {
 pub struct ExecutorRegistry {
     members: RwLock<HashMap<String, Member>>,
     timeout: Duration,
+    /// Signs liveness probes to executors.
+    auth: ClusterAuth,
 }
 
 impl ExecutorRegistry {
-    pub fn new(timeout: Duration) -> Arc<Self> {
+    pub fn new(timeout: Duration, auth: ClusterAuth) -> Arc<Self> {
         Arc::new(Self {
             members: RwLock::new(HashMap::new()),
             timeout,
+            auth,
         })
     }
 
@@ -133,7 +138,7 @@ impl ExecutorRegistry {
     /// the next attempt does not wait for the heartbeat timeout.
     pub async fn evict_unreachable(&self) -> Vec<Url> {
         let probes = self.live_worker_urls().into_iter().map(|url| async move {
-            let alive = probe(&url).await;
+            let alive = probe(&url, &self.auth).await;
             (url, alive)
         });
         let mut lost = Vec::new();
@@ -168,7 +173,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether the executor at `url` answers a status request in time (a frozen process accepts the
 /// connection but never answers).
-async fn probe(url: &Url) -> bool {
+async fn probe(url: &Url, auth: &ClusterAuth) -> bool {
     let status = async {
         let channel = Endpoint::from_shared(url.to_string())
             .ok()?
@@ -176,7 +181,7 @@ async fn probe(url: &Url) -> bool {
             .connect()
             .await
             .ok()?;
-        ExecutorServiceClient::new(channel)
+        ExecutorServiceClient::new(Signed::new(channel, auth.clone()))
             .get_executor_status(GetExecutorStatusRequest {})
             .await
             .ok()
@@ -295,7 +300,7 @@ mod tests {
 
     #[test]
     fn executors_expire_and_rejoin() {
-        let registry = ExecutorRegistry::new(Duration::from_millis(100));
+        let registry = ExecutorRegistry::new(Duration::from_millis(100), ClusterAuth::open());
         registry.register("a", Url::parse("http://127.0.0.1:1").unwrap());
         registry.register("b", Url::parse("http://127.0.0.1:2").unwrap());
         assert_eq!(registry.live_worker_urls().len(), 2);

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::catalog::TableDef;
+use crate::cluster_auth::ClusterAuth;
 use crate::coordinator::{self, CoordinatorConfig, RunningCoordinator};
 use crate::error::{QuiverError, Result};
 use crate::executor::{self, ExecutorConfig, RunningExecutor};
@@ -68,6 +69,11 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
     }
     // In-process executors register over plaintext loopback when clients get TLS.
     coordinator_config.local_cluster_listener = coordinator_config.tls.is_some();
+    // The nodes of this process sign their internal calls with a secret only they know.
+    if coordinator_config.cluster_auth.is_open() {
+        coordinator_config.cluster_auth = ClusterAuth::random()?;
+    }
+    let cluster_auth = coordinator_config.cluster_auth.clone();
     let coordinator = coordinator::start(coordinator_config).await?;
 
     let mut executors = Vec::with_capacity(config.executors);
@@ -81,6 +87,7 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
                 target_partitions: config.coordinator.target_partitions,
                 coordinator_ca: None,
                 limits: config.coordinator.limits.clone(),
+                cluster_auth: cluster_auth.clone(),
             })
             .await?,
         );

@@ -11,6 +11,8 @@ use quiver_proto::cluster::{
 };
 use tempfile::TempDir;
 
+use quiver_server::cluster_auth::{ClusterAuth, Signed};
+
 use crate::process::QuiverProcess;
 use crate::within;
 
@@ -83,6 +85,7 @@ impl TestCluster {
             .prefix("quiver-cluster-")
             .tempdir()
             .expect("tempdir");
+        std::fs::write(secret_file(dir.path()), CLUSTER_SECRET).expect("write the cluster secret");
         let args = coordinator_args(&options, dir.path(), "127.0.0.1:0");
         let mut coordinator = QuiverProcess::spawn(dir.path(), "coordinator", &args);
         let coordinator_addr = coordinator.wait_for_address(START_LIMIT);
@@ -134,6 +137,16 @@ impl TestCluster {
             "--listen".to_string(),
             "127.0.0.1:0".to_string(),
         ];
+        // The cluster's secret, unless the test gives this executor its own.
+        if !self
+            .options
+            .executor_args
+            .iter()
+            .any(|a| a == "--cluster-secret-file")
+        {
+            args.push("--cluster-secret-file".to_string());
+            args.push(secret_file(self.dir.path()).display().to_string());
+        }
         args.extend(self.options.executor_args.iter().cloned());
         let mut process =
             QuiverProcess::spawn(self.dir.path(), &format!("executor-{index}"), &args);
@@ -159,13 +172,9 @@ impl TestCluster {
 
     /// The live set as the coordinator reports it.
     pub async fn live_executors(&self) -> Vec<ExecutorInfo> {
-        let mut client = within(
-            RPC_LIMIT,
-            "connect to cluster service",
-            ClusterServiceClient::connect(format!("http://{}", self.coordinator_addr)),
-        )
-        .await
-        .expect("connect to the cluster service");
+        let mut client = ClusterServiceClient::new(
+            signed_channel(format!("http://{}", self.coordinator_addr)).await,
+        );
         within(
             RPC_LIMIT,
             "list executors",
@@ -198,13 +207,7 @@ impl TestCluster {
     /// Executor `index`'s own status report.
     pub async fn executor_status(&self, index: usize) -> ExecutorStatus {
         let url = format!("http://{}", self.executor_addrs[index]);
-        let mut client = within(
-            RPC_LIMIT,
-            "connect to executor",
-            ExecutorServiceClient::connect(url),
-        )
-        .await
-        .expect("connect to the executor");
+        let mut client = ExecutorServiceClient::new(signed_channel(url).await);
         within(
             RPC_LIMIT,
             "executor status",
@@ -214,6 +217,32 @@ impl TestCluster {
         .expect("executor status")
         .into_inner()
     }
+}
+
+/// Every test cluster signs its internal calls; the harness signs its own calls to the internal
+/// services with the same secret.
+const CLUSTER_SECRET: &str = "quiver-test-cluster-secret-0123456789abcdef";
+
+fn secret_file(dir: &Path) -> PathBuf {
+    dir.join("cluster.secret")
+}
+
+/// The signing the harness's internal calls need.
+pub fn cluster_auth() -> ClusterAuth {
+    ClusterAuth::from_secret(CLUSTER_SECRET.as_bytes()).expect("test secret")
+}
+
+async fn signed_channel(url: String) -> Signed<tonic::transport::Channel> {
+    let channel = within(
+        RPC_LIMIT,
+        "connect",
+        tonic::transport::Endpoint::from_shared(url)
+            .expect("uri")
+            .connect(),
+    )
+    .await
+    .expect("connect");
+    Signed::new(channel, cluster_auth())
 }
 
 fn coordinator_args(options: &ClusterOptions, dir: &Path, listen: &str) -> Vec<String> {
@@ -233,6 +262,8 @@ fn coordinator_args(options: &ClusterOptions, dir: &Path, listen: &str) -> Vec<S
         options.query_timeout_ms.to_string(),
         "--warehouse".to_string(),
         dir.join("warehouse").display().to_string(),
+        "--cluster-secret-file".to_string(),
+        secret_file(dir).display().to_string(),
     ];
     args.extend(options.coordinator_args.iter().cloned());
     for (name, path) in &options.tables {

@@ -161,3 +161,82 @@ async fn non_loopback_without_auth_needs_insecure() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--insecure"), "{stderr}");
 }
+
+/// The internal plane: executors and the membership service refuse calls without the cluster's
+/// signature, and an executor with another secret never joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_calls_need_the_cluster_secret() {
+    use quiver_proto::cluster::cluster_service_client::ClusterServiceClient;
+    use quiver_proto::cluster::executor_service_client::ExecutorServiceClient;
+    use quiver_proto::cluster::{GetExecutorStatusRequest, ListExecutorsRequest};
+    use quiver_server::cluster_auth::{ClusterAuth, Signed};
+
+    let mut cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    let executor = format!("http://{}", cluster.executor_addrs[0]);
+    let coordinator = format!("http://{}", cluster.coordinator_addr);
+    let connect = |url: String| async move {
+        within(
+            QUERY_LIMIT,
+            "connect",
+            tonic::transport::Endpoint::from_shared(url)
+                .expect("uri")
+                .connect(),
+        )
+        .await
+        .expect("connect")
+    };
+    let stranger = ClusterAuth::from_secret(&[42u8; 32]).expect("secret");
+
+    // Unsigned and wrongly signed calls to an executor are refused.
+    let mut unsigned = ExecutorServiceClient::new(connect(executor.clone()).await);
+    let err = within(
+        QUERY_LIMIT,
+        "unsigned status",
+        unsigned.get_executor_status(GetExecutorStatusRequest {}),
+    )
+    .await
+    .expect_err("unsigned");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let mut forged =
+        ExecutorServiceClient::new(Signed::new(connect(executor).await, stranger.clone()));
+    let err = within(
+        QUERY_LIMIT,
+        "forged status",
+        forged.get_executor_status(GetExecutorStatusRequest {}),
+    )
+    .await
+    .expect_err("wrong secret");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+
+    // So are membership calls to the coordinator.
+    let mut membership =
+        ClusterServiceClient::new(Signed::new(connect(coordinator).await, stranger));
+    let err = within(
+        QUERY_LIMIT,
+        "forged membership",
+        membership.list_executors(ListExecutorsRequest {}),
+    )
+    .await
+    .expect_err("wrong secret");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+
+    // An executor with another secret never joins; queries keep running on the members.
+    let other = cluster.dir.path().join("other.secret");
+    std::fs::write(&other, "a-different-secret-of-enough-length-0123456789").expect("write");
+    cluster.options.executor_args = vec![
+        "--cluster-secret-file".to_string(),
+        other.display().to_string(),
+    ];
+    cluster.add_executor();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.live_executors().await.len(), 2);
+    let mut client = cluster.client().await;
+    let result = within(
+        QUERY_LIMIT,
+        "query",
+        client.query("SELECT count(*) FROM lineitem"),
+    )
+    .await
+    .expect("query on the members");
+    assert_eq!(result.num_rows(), 1);
+}
