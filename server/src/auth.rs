@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -84,24 +83,6 @@ impl std::fmt::Debug for UserConfig {
         f.debug_struct("UserConfig")
             .field("name", &self.name)
             .finish_non_exhaustive()
-    }
-}
-
-/// The server's `--config` file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfigFile {
-    #[serde(default)]
-    pub auth: Option<AuthConfig>,
-}
-
-impl ServerConfigFile {
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            QuiverError::InvalidArgument(format!("reading config {}: {e}", path.display()))
-        })?;
-        toml::from_str(&text)
-            .map_err(|e| QuiverError::InvalidArgument(format!("config {}: {e}", path.display())))
     }
 }
 
@@ -686,7 +667,7 @@ mod tests {
         })
         .unwrap_err();
         assert!(bad.to_string().contains("password_hash"), "{bad}");
-        let file: ServerConfigFile = toml::from_str(
+        let file: crate::config::ServerConfigFile = toml::from_str(
             "[auth]\ntoken_secret = \"0123456789abcdef0123456789abcdef\"\n[[auth.users]]\nname = \"u\"\npassword_hash = \"h\"\n",
         )
         .unwrap();

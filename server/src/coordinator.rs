@@ -16,6 +16,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::auth::{AuthConfig, Authenticated, Authenticator};
 use crate::catalog::{Catalog, TableDef};
 use crate::cluster_auth::{ClusterAuth, Verified};
+use crate::config::LocationPolicy;
 use crate::distributed;
 use crate::engine::QueryEngine;
 use crate::error::{QuiverError, Result};
@@ -47,6 +48,8 @@ pub struct CoordinatorConfig {
     pub query_timeout: Option<Duration>,
     /// Client authentication; `None` accepts every client (loopback only unless `insecure`).
     pub auth: Option<AuthConfig>,
+    /// Where `CREATE EXTERNAL TABLE` may point; `None` allows any location.
+    pub locations: Option<LocationPolicy>,
     /// Serve TLS with this certificate chain and key (PEM).
     pub tls: Option<TlsFiles>,
     /// Allow a non-loopback listen address without authentication.
@@ -210,6 +213,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         config.query_timeout,
         warehouse,
         Admission::new(config.max_concurrent_queries, config.max_queued_queries),
+        config.locations.clone(),
     ));
     let authenticator = config
         .auth

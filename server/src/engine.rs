@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::arrow_compat::{cast_batch, plain_schema, plain_type};
 use crate::catalog::{Catalog, TableDef};
+use crate::config::LocationPolicy;
 use crate::distributed::{self, TaskPlacements};
 use crate::error::{QuiverError, Result, datafusion_status};
 use crate::membership::ExecutorRegistry;
@@ -105,6 +106,8 @@ pub struct QueryEngine {
     pub(crate) warehouse: Option<Warehouse>,
     /// Bounds the queries and writes running at once.
     pub(crate) admission: Admission,
+    /// Where `CREATE EXTERNAL TABLE` may point; `None` allows any location.
+    locations: Option<LocationPolicy>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -121,6 +124,7 @@ impl QueryEngine {
         query_timeout: Option<Duration>,
         warehouse: Option<Warehouse>,
         admission: Admission,
+        locations: Option<LocationPolicy>,
     ) -> Self {
         Self {
             ctx,
@@ -129,6 +133,7 @@ impl QueryEngine {
             query_timeout,
             warehouse,
             admission,
+            locations,
         }
     }
 
@@ -498,6 +503,9 @@ impl QueryEngine {
                 "LOCATION '{location}' must be an absolute path or a URL: every executor resolves it"
             )));
         }
+        if let Some(policy) = &self.locations {
+            policy.check(location)?;
+        }
         Ok(location.clone())
     }
 }
@@ -729,6 +737,7 @@ mod tests {
             None,
             None,
             Admission::new(0, 0),
+            None,
         )
     }
 

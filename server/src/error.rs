@@ -33,6 +33,9 @@ pub enum QuiverError {
     /// The query was cancelled by a client request.
     #[error("{0}")]
     Cancelled(String),
+    /// The request is valid but not allowed here (e.g. a table location outside the policy).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A limit was reached (concurrent queries, memory).
     #[error("{0}")]
     ResourceExhausted(String),
@@ -85,6 +88,7 @@ impl QuiverError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Cancelled(_) => Code::Cancelled,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unsupported(_) => Code::Unimplemented,
             Self::Unavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,

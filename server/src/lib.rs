@@ -29,7 +29,7 @@
 //! * [`membership`]: the live executor set; [`cluster_auth`]: signatures of the internal plane;
 //!   [`catalog`] and [`object_stores`]: tables;
 //! * [`settings`]: DataFusion settings every node shares; [`arrow_compat`]: wire-safe types;
-//! * [`error`]: the error enum and its one mapping to gRPC codes;
+//! * [`error`]: the error enum and its one mapping to gRPC codes; [`config`]: the `--config` file;
 //! * [`resources`]: memory, spill and admission limits; [`placeholders`]: `?` parameters;
 //!   [`tpch`]: the demo dataset; [`net`], [`task`]: plumbing.
 
@@ -37,6 +37,7 @@ pub mod arrow_compat;
 pub mod auth;
 pub mod catalog;
 pub mod cluster_auth;
+pub mod config;
 pub mod coordinator;
 pub mod distributed;
 pub mod engine;

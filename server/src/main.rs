@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use quiver_server::auth::ServerConfigFile;
 use quiver_server::catalog::TableDef;
 use quiver_server::cluster_auth::ClusterAuth;
+use quiver_server::config::ServerConfigFile;
 use quiver_server::coordinator::{self, CoordinatorConfig, TlsFiles};
 use quiver_server::error::QuiverError;
 use quiver_server::executor::{self, ExecutorConfig};
@@ -236,6 +236,7 @@ fn coordinator_config(
         .transpose()?;
     Ok(CoordinatorConfig {
         auth: file.auth,
+        locations: file.locations,
         tls,
         insecure: cluster.insecure,
         warehouse,

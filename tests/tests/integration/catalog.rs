@@ -114,3 +114,58 @@ async fn created_tables_survive_a_coordinator_restart() {
         .expect_err("dropped table");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
 }
+
+/// With `[locations] external_tables` in the config, SQL can point tables only under those
+/// prefixes; other locations (and `..` escapes) are PERMISSION_DENIED, and files cannot be read
+/// as URL tables at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_tables_only_where_the_config_allows() {
+    let dataset = tpch_dataset();
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let config = config_dir.path().join("quiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[locations]\nexternal_tables = [\"{}/\"]\n",
+            dataset.display()
+        ),
+    )
+    .expect("write config");
+    let cluster = TestCluster::start(ClusterOptions {
+        coordinator_args: vec!["--config".to_string(), config.display().to_string()],
+        ..ClusterOptions::tpch(&dataset)
+    })
+    .await;
+
+    let inside = format!(
+        "CREATE EXTERNAL TABLE nation_copy STORED AS PARQUET LOCATION '{}/'",
+        dataset.join("nation").display()
+    );
+    execute(&cluster, &inside)
+        .await
+        .expect("inside the allowed prefix");
+    let rows = query(&cluster, "SELECT count(*) FROM nation_copy")
+        .await
+        .expect("read it");
+    assert_eq!(rows.num_rows(), 1);
+
+    let secret_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(secret_dir.path().join("secret.csv"), "a\n1\n").expect("write");
+    for location in [
+        format!("{}/secret.csv", secret_dir.path().display()),
+        format!("{}/../../etc/", dataset.display()),
+    ] {
+        let sql = format!("CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '{location}'");
+        let err = execute(&cluster, &sql).await.expect_err(&location);
+        assert_eq!(
+            err.code(),
+            tonic::Code::PermissionDenied,
+            "{location}: {err}"
+        );
+    }
+    let url_table = format!("SELECT * FROM '{}/secret.csv'", secret_dir.path().display());
+    let err = query(&cluster, &url_table)
+        .await
+        .expect_err("no URL tables");
+    assert_ne!(err.code(), tonic::Code::Internal, "{err}");
+}
