@@ -673,4 +673,22 @@ mod tests {
         .unwrap();
         assert_eq!(file.auth.unwrap().users[0].name, "u");
     }
+
+    proptest::proptest! {
+        // Whatever a client puts in its authorization header is refused or accepted, never a
+        // panic, and never anything but Unauthenticated when refused.
+        #[test]
+        fn arbitrary_authorization_headers(value in "[ -~]{0,200}") {
+            let auth = authenticator(60);
+            if let Ok(header) = HeaderValue::from_str(&value) {
+                let mut headers = HeaderMap::new();
+                headers.insert(http::header::AUTHORIZATION, header);
+                for handshake in [false, true] {
+                    if let Err(e) = decide(Some(&auth), &headers, handshake) {
+                        proptest::prop_assert_eq!(e.to_status().code(), tonic::Code::Unauthenticated);
+                    }
+                }
+            }
+        }
+    }
 }

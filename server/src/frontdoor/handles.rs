@@ -86,6 +86,50 @@ fn encode_parameters(parameters: Option<&RecordBatch>) -> Result<Vec<u8>> {
     Ok(writer.into_inner()?)
 }
 
+/// Whether `bytes` is a sequence of well-formed IPC stream messages whose declared metadata and
+/// body lengths lie within `bytes`.
+fn ipc_framing_fits(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    let take_i32 = |rest: &mut &[u8]| -> Option<i32> {
+        let (head, tail) = rest.split_first_chunk::<4>()?;
+        *rest = tail;
+        Some(i32::from_le_bytes(*head))
+    };
+    while !rest.is_empty() {
+        let Some(mut length) = take_i32(&mut rest) else {
+            return false;
+        };
+        if length == -1 {
+            // Continuation marker, then the real length.
+            let Some(next) = take_i32(&mut rest) else {
+                return false;
+            };
+            length = next;
+        }
+        if length == 0 {
+            return true; // end of stream
+        }
+        let Ok(length) = usize::try_from(length) else {
+            return false;
+        };
+        if length > rest.len() {
+            return false;
+        }
+        let (metadata, tail) = rest.split_at(length);
+        let Ok(message) = arrow::ipc::root_as_message(metadata) else {
+            return false;
+        };
+        let Ok(body) = usize::try_from(message.bodyLength()) else {
+            return false;
+        };
+        if body > tail.len() {
+            return false;
+        }
+        rest = &tail[body..];
+    }
+    true
+}
+
 /// Values bound through DoPut, by prepared-statement id: for clients that keep executing the
 /// handle they got at prepare time. Entries expire after an hour without use and are bounded in
 /// number, so leaked handles cost nothing for long; ClosePreparedStatement frees them at once.
@@ -144,12 +188,22 @@ fn decode_parameters(bytes: &[u8]) -> Result<Option<RecordBatch>> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    let malformed = |_| QuiverError::InvalidArgument("malformed parameters in handle".into());
-    let mut reader = StreamReader::try_new(bytes, None).map_err(malformed)?;
-    match reader.next() {
-        Some(batch) => Ok(Some(batch.map_err(malformed)?)),
-        None => Ok(None),
+    let malformed = || QuiverError::InvalidArgument("malformed parameters in handle".into());
+    // arrow's IPC reader allocates what a message header declares before reading it, and a
+    // failed allocation aborts the process: check the framing against the bytes we have first.
+    if !ipc_framing_fits(bytes) {
+        return Err(malformed());
     }
+    // It can also panic on crafted buffers: a client's bytes must not take a handler down, so a
+    // panic here is just a malformed handle.
+    let read = std::panic::catch_unwind(|| {
+        let mut reader = StreamReader::try_new(bytes, None).ok()?;
+        match reader.next() {
+            Some(batch) => batch.ok().map(Some),
+            None => Some(None),
+        }
+    });
+    read.ok().flatten().ok_or_else(malformed)
 }
 
 #[cfg(test)]
@@ -192,5 +246,34 @@ mod tests {
             decode_ticket(&bad_params.encode_to_vec()),
             Err(QuiverError::InvalidArgument(_))
         ));
+    }
+
+    // Fuzzing of what clients control: any bytes as a ticket or handle decode to a statement or
+    // to InvalidArgument, never a panic; valid ones round-trip.
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            for result in [decode_ticket(&bytes), decode_prepared(&bytes)] {
+                if let Err(e) = result {
+                    proptest::prop_assert_eq!(e.to_status().code(), tonic::Code::InvalidArgument);
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_handles_never_panic(sql in ".{0,64}", flip in 0usize..256, value in proptest::prelude::any::<u8>()) {
+            let values =
+                RecordBatch::try_from_iter(vec![("0", Arc::new(Int64Array::from(vec![7])) as _)])
+                    .unwrap();
+            let bound = BoundSql { sql: sql.clone(), parameters: Some(values), id: "id".into() };
+            let mut bytes = encode_prepared(&bound).unwrap().to_vec();
+            let decoded = decode_prepared(&bytes).unwrap();
+            proptest::prop_assert_eq!(decoded.sql, sql);
+            let at = flip % bytes.len();
+            bytes[at] = value;
+            if let Err(e) = decode_prepared(&bytes) {
+                proptest::prop_assert_eq!(e.to_status().code(), tonic::Code::InvalidArgument);
+            }
+        }
     }
 }

@@ -311,3 +311,86 @@ async fn bulk_ingest_creates_appends_and_replaces() {
     assert!(missing.is_err());
     assert!(files(&cluster, "nowhere").is_empty());
 }
+
+/// Durability: a coordinator SIGKILLed in the middle of an ingest restarts with the table as it
+/// was before the ingest (the write never committed), and the table takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_ingest_keeps_all_or_nothing() {
+    let mut cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    cluster.options.catalog = Some(cluster.dir.path().join("catalog.toml"));
+    cluster.restart_coordinator();
+    cluster.wait_for_live(2).await;
+    let mut sql = sql_client(&cluster).await;
+    within(
+        QUERY_LIMIT,
+        "ingest create",
+        sql.execute_ingest(
+            ingest_command(
+                "durable",
+                TableNotExistOption::Create,
+                TableExistsOption::Fail,
+            ),
+            stream::iter(vec![Ok(batch(10, 0))]),
+        ),
+    )
+    .await
+    .expect("ingest create");
+
+    // An append that streams slowly, killed halfway.
+    let slow = futures::StreamExt::then(stream::iter(0..100), |i| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Ok(batch(1_000, 1_000_000 + i * 1_000))
+    });
+    let append = tokio::spawn(async move {
+        sql.execute_ingest(
+            ingest_command(
+                "durable",
+                TableNotExistOption::Fail,
+                TableExistsOption::Append,
+            ),
+            slow,
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert!(!append.is_finished(), "the append finished before the kill");
+    cluster.restart_coordinator();
+    let outcome = within(QUERY_LIMIT, "interrupted append", append)
+        .await
+        .expect("join");
+    assert!(
+        outcome.is_err(),
+        "an append whose coordinator died cannot succeed"
+    );
+    cluster.wait_for_live(2).await;
+
+    let mut client = cluster.client().await;
+    assert_eq!(
+        count(&mut client, "durable").await,
+        10,
+        "none of the append"
+    );
+    let mut sql = sql_client(&cluster).await;
+    let appended = within(
+        QUERY_LIMIT,
+        "append after restart",
+        sql.execute_ingest(
+            ingest_command(
+                "durable",
+                TableNotExistOption::Fail,
+                TableExistsOption::Append,
+            ),
+            stream::iter(vec![Ok(batch(5, 100))]),
+        ),
+    )
+    .await
+    .expect("append after the restart");
+    assert_eq!(appended, 5);
+    assert_eq!(count(&mut client, "durable").await, 15);
+    // Readers only ever see committed files; the killed write left at most a hidden temp file.
+    let visible: Vec<String> = files(&cluster, "durable")
+        .into_iter()
+        .filter(|f| !f.starts_with('.'))
+        .collect();
+    assert_eq!(visible.len(), 2, "{visible:?}");
+}
