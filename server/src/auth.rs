@@ -31,13 +31,13 @@ use futures::future::BoxFuture;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hmac, pbkdf2};
 use serde::Deserialize;
-use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::server::NamedService;
 
 use crate::error::{QuiverError, Result};
+use crate::net;
 
 /// The `Handshake` method's path: the one call that may log in with a password.
 const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
@@ -499,20 +499,15 @@ where
         let handshake = request.uri().path() == HANDSHAKE_PATH;
         let decision = match decide(self.auth.as_deref(), request.headers(), handshake) {
             Ok(decision) => decision,
-            Err(e) => {
-                let status: Status = e.to_status();
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
+            Err(e) => return net::refuse(e.to_status()),
         };
         request.extensions_mut().insert(decision.identity);
         if let Some(token) = &decision.token {
             request.extensions_mut().insert(IssuedToken(token.clone()));
         }
-        // The clone is ready only after poll_ready; call the one that was polled.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let response = net::call_readied(&mut self.inner, request);
         Box::pin(async move {
-            let mut response = inner.call(request).await?;
+            let mut response = response.await?;
             if let Some(token) = decision.token
                 && let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}"))
             {

@@ -19,13 +19,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::server::NamedService;
 
 use crate::error::{QuiverError, Result};
+use crate::net;
 
 /// The header that carries the signature.
 pub const HEADER: &str = "x-quiver-cluster-auth";
@@ -207,12 +207,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if let Err(e) = self.auth.check(request.headers()) {
-            let status: Status = e.to_status();
-            return Box::pin(async move { Ok(status.into_http()) });
+            return net::refuse(e.to_status());
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move { inner.call(request).await })
+        Box::pin(net::call_readied(&mut self.inner, request))
     }
 }
 

@@ -11,6 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::Service;
+use tonic::codegen::http;
 use tonic::transport::server::Router;
 
 use crate::catalog::write_atomically;
@@ -39,6 +43,21 @@ pub fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
     }
     s.parse()
         .map_err(|_| format!("'{s}' is not HOST:PORT (e.g. 127.0.0.1:50051)"))
+}
+
+/// Answers a gRPC request with `status` without calling the service (for wrappers that check
+/// requests before a service sees them).
+pub fn refuse<E: 'static>(
+    status: Status,
+) -> futures::future::BoxFuture<'static, std::result::Result<http::Response<Body>, E>> {
+    Box::pin(async move { Ok(status.into_http()) })
+}
+
+/// Calls `inner`, which the wrapper's `poll_ready` readied: the readied instance takes the
+/// request and a clone stays for the next one (tower's rule for services that are cloned).
+pub fn call_readied<S: Service<R> + Clone, R>(inner: &mut S, request: R) -> S::Future {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone).call(request)
 }
 
 /// A gRPC server running on its own task. Dropping the handle shuts the server down gracefully.

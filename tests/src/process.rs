@@ -110,3 +110,26 @@ impl Drop for QuiverProcess {
         self.kill();
     }
 }
+
+/// Starts `quiver serve` (two in-process executors, TPC-H at the test scale factor generated
+/// under `data`) with `extra` flags; its log and address file go to `dir`.
+pub fn spawn_serve(dir: &Path, data: &Path, extra: &[String]) -> QuiverProcess {
+    let mut args: Vec<String> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--executors",
+        "2",
+        "--data-dir",
+        &data.display().to_string(),
+        "--tpch-sf",
+        &crate::oracle::TEST_SCALE_FACTOR.to_string(),
+        "--scan-bytes-per-partition",
+        "65536",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().cloned());
+    QuiverProcess::spawn(dir, "serve", &args)
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use arrow::ipc::writer::FileWriter;
 use quiver_server::arrow_compat::{cast_batch, plain_schema};
 use quiver_tests::oracle::{self, tpch_dataset};
-use quiver_tests::process::QuiverProcess;
+use quiver_tests::process::spawn_serve;
 use quiver_tests::secure::Security;
 use quiver_tests::{
     ClusterOptions, TestCluster, python, tpch_queries_dir, tpch_query, within, workspace_root,
@@ -79,24 +79,7 @@ async fn python_clients_against_a_cluster() {
 async fn python_clients_against_serve_with_auth_and_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let security = Security::create(dir.path());
-    let mut args: Vec<String> = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--executors",
-        "2",
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-        "--tpch-sf",
-        "0.01",
-        "--scan-bytes-per-partition",
-        "65536",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(security.args(true));
-    let mut server = QuiverProcess::spawn(dir.path(), "serve", &args);
+    let mut server = spawn_serve(dir.path(), &dir.path().join("data"), &security.args(true));
     let addr = server.wait_for_address(Duration::from_secs(120));
     pytest(
         &[

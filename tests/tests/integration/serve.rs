@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use quiver_tests::process::{QuiverProcess, quiver_bin};
+use quiver_tests::process::{QuiverProcess, quiver_bin, spawn_serve};
 use quiver_tests::{oracle, tpch_queries_dir, within};
 
 const START_LIMIT: Duration = Duration::from_secs(120);
@@ -23,23 +23,7 @@ async fn quiver_sql(url: &str, args: &[&str]) -> std::process::Output {
 }
 
 fn serve(dir: &std::path::Path, data: &std::path::Path) -> QuiverProcess {
-    let args: Vec<String> = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--executors",
-        "2",
-        "--data-dir",
-        &data.display().to_string(),
-        "--tpch-sf",
-        "0.01",
-        "--scan-bytes-per-partition",
-        "65536",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    QuiverProcess::spawn(dir, "serve", &args)
+    spawn_serve(dir, data, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
