@@ -6,19 +6,30 @@ use std::time::{Duration, Instant};
 
 /// The `quiver` binary under test: `QUIVER_BIN`, or `quiver` next to the test's target dir.
 pub fn quiver_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("QUIVER_BIN") {
+    built_binary(
+        "quiver",
+        "QUIVER_BIN",
+        "build it first with `cargo build -p quiver-server --bin quiver` (scripts/test does)",
+    )
+}
+
+/// A binary the tests drive: the path in `env_override`, or `name` in `target/<profile>/` of the
+/// target directory this test was built in (so `CARGO_TARGET_DIR` is respected). Fails the test
+/// with `how_to_build` if it is missing.
+pub fn built_binary(name: &str, env_override: &str, how_to_build: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(env_override) {
         return PathBuf::from(bin);
     }
-    // target/<profile>/deps/integration-<hash> -> target/<profile>/quiver
+    // target/<profile>/deps/integration-<hash> -> target/<profile>/<name>
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join(format!("quiver{}", std::env::consts::EXE_SUFFIX));
+    let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} not found: build it first with `cargo build -p quiver-server --bin quiver` (scripts/test does)",
+        "{} not found: {how_to_build}, or point {env_override} at it",
         bin.display()
     );
     bin

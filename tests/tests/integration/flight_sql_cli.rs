@@ -6,37 +6,26 @@
 //! --features quiver-flight-sql-cli/cli --bin flight_sql_client`) into the same target directory
 //! as this test; `QUIVER_FLIGHT_SQL_CLIENT` overrides where it is looked for.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use quiver_tests::oracle::{self, tpch_dataset};
+use quiver_tests::process::built_binary;
 use quiver_tests::secure::Security;
 use quiver_tests::{ClusterOptions, TestCluster, within};
 
 const CLI_LIMIT: Duration = Duration::from_secs(60);
 
-/// `flight_sql_client` next to the `quiver` binary: `target/<profile>/` of the target directory
-/// this test was built in (so `CARGO_TARGET_DIR` is respected).
+/// arrow-flight's `flight_sql_client`, built next to the `quiver` binary.
 fn cli_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("QUIVER_FLIGHT_SQL_CLIENT") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join(format!("flight_sql_client{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not found: build arrow-flight's Flight SQL CLI into the same target directory first with \
+    built_binary(
+        "flight_sql_client",
+        "QUIVER_FLIGHT_SQL_CLIENT",
+        "build arrow-flight's Flight SQL CLI into the same target directory first with \
          `cargo build --locked -p quiver-flight-sql-cli -p arrow-flight --features \
-         quiver-flight-sql-cli/cli --bin flight_sql_client` (scripts/test does), or point \
-         QUIVER_FLIGHT_SQL_CLIENT at it",
-        bin.display()
-    );
-    bin
+         quiver-flight-sql-cli/cli --bin flight_sql_client` (scripts/test does)",
+    )
 }
 
 /// Runs `flight_sql_client --host .. --port .. <auth> <args>`.
