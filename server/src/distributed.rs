@@ -35,6 +35,7 @@ use tonic::transport::server::Router;
 use url::Url;
 
 use crate::cluster_auth::{ClusterAuth, Signed, Verified};
+use crate::cooperative::YieldingJoins;
 use crate::membership::ExecutorRegistry;
 use crate::settings;
 
@@ -63,6 +64,7 @@ pub fn coordinator_state(
         .with_runtime_env(runtime)
         .with_distributed_worker_resolver(LiveExecutors(Arc::clone(&registry)))
         .with_distributed_channel_resolver(SignedChannels::new(auth))
+        .with_physical_optimizer_rule(Arc::new(YieldingJoins))
         .with_distributed_planner()
         .with_distributed_route_tasks_handler(TaskRouter {
             registry,

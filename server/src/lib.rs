@@ -38,6 +38,7 @@ pub mod auth;
 pub mod catalog;
 pub mod cluster_auth;
 pub mod config;
+pub mod cooperative;
 pub mod coordinator;
 pub mod distributed;
 pub mod engine;

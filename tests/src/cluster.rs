@@ -170,6 +170,23 @@ impl TestCluster {
         assert_eq!(addr, self.coordinator_addr);
     }
 
+    /// CPU time executor `index` has used so far (user + system), from `/proc/<pid>/stat`.
+    pub fn executor_cpu_time(&self, index: usize) -> Duration {
+        let pid = self.executors[index].pid().expect("executor is running");
+        crate::process::cpu_time(pid)
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to executor `index`.
+    pub fn signal_executor(&self, index: usize, signal: &str) {
+        let pid = self.executors[index].pid().expect("executor is running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// The live set as the coordinator reports it.
     pub async fn live_executors(&self) -> Vec<ExecutorInfo> {
         let mut client = ClusterServiceClient::new(

@@ -144,3 +144,16 @@ pub fn spawn_serve(dir: &Path, data: &Path, extra: &[String]) -> QuiverProcess {
     args.extend(extra.iter().cloned());
     QuiverProcess::spawn(dir, "serve", &args)
 }
+
+/// CPU time (user + system) process `pid` has used, from `/proc/<pid>/stat` (Linux).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/pid/stat");
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the command name.
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // Clock ticks are 100 per second on every Linux platform Quiver targets.
+    Duration::from_millis(ticks * 10)
+}
