@@ -46,6 +46,8 @@ pub struct CoordinatorConfig {
     pub scan_bytes_per_partition: usize,
     /// How long a query may run before it is cancelled with `DeadlineExceeded`; `None`: no limit.
     pub query_timeout: Option<Duration>,
+    /// How long each stage of a query may run on an executor; `None`: no limit.
+    pub stage_timeout: Option<Duration>,
     /// Client authentication; `None` accepts every client (loopback only unless `insecure`).
     pub auth: Option<AuthConfig>,
     /// Where `CREATE EXTERNAL TABLE` may point; `None` allows any location.
@@ -186,6 +188,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         runtime,
         Arc::clone(&registry),
         config.scan_bytes_per_partition,
+        config.stage_timeout,
         config.cluster_auth.clone(),
     )?;
     let ctx = SessionContext::new_with_state(state);

@@ -13,6 +13,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -38,6 +39,7 @@ use crate::cluster_auth::{ClusterAuth, Signed, Verified};
 use crate::cooperative::YieldingJoins;
 use crate::membership::ExecutorRegistry;
 use crate::settings;
+use crate::stage_deadline::{self, StageDeadlines};
 
 /// Resolves workers from the live executor set, re-read on every query.
 struct LiveExecutors(Arc<ExecutorRegistry>);
@@ -56,9 +58,10 @@ pub fn coordinator_state(
     runtime: Arc<RuntimeEnv>,
     registry: Arc<ExecutorRegistry>,
     scan_bytes_per_partition: usize,
+    stage_timeout: Option<Duration>,
     auth: ClusterAuth,
 ) -> Result<SessionState> {
-    Ok(SessionStateBuilder::new()
+    let mut builder = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -70,8 +73,11 @@ pub fn coordinator_state(
             registry,
             next: AtomicUsize::new(0),
         })
-        .with_distributed_file_scan_config_bytes_per_partition(scan_bytes_per_partition.max(1))?
-        .build())
+        .with_distributed_file_scan_config_bytes_per_partition(scan_bytes_per_partition.max(1))?;
+    if let Some(timeout) = stage_timeout {
+        builder.set_distributed_passthrough_headers(stage_deadline::headers(timeout))?;
+    }
+    Ok(builder.build())
 }
 
 /// Places each stage's tasks on live executors, right before the stage starts.
@@ -209,6 +215,11 @@ impl WorkerSessionBuilder for ExecutorSessions {
         }
         ctx.builder
             .set_distributed_channel_resolver(self.channels.clone());
+        // Requests this task makes to other executors carry the coordinator's stage timeout.
+        if let Some(timeout) = stage_deadline::timeout_of(&ctx.headers) {
+            ctx.builder
+                .set_distributed_passthrough_headers(stage_deadline::headers(timeout))?;
+        }
         let state = ctx.builder.build();
         self.observer.task_started(state.config());
         Ok(state)
@@ -235,7 +246,10 @@ pub fn worker_router(
     let progress = worker.with_observability_service(Arc::new(NoWorkers));
     server
         .add_service(Verified::new(progress, auth.clone()))
-        .add_service(Verified::new(worker.into_worker_server(), auth))
+        .add_service(Verified::new(
+            StageDeadlines::new(worker.into_worker_server()),
+            auth,
+        ))
 }
 
 struct NoWorkers;

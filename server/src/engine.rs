@@ -726,6 +726,7 @@ mod tests {
             Arc::new(RuntimeEnv::default()),
             Arc::clone(&registry),
             1 << 20,
+            None,
             crate::cluster_auth::ClusterAuth::open(),
         )
         .unwrap();

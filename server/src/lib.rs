@@ -52,6 +52,7 @@ pub mod placeholders;
 pub mod resources;
 pub mod serve;
 pub mod settings;
+pub mod stage_deadline;
 pub mod task;
 pub mod tpch;
 pub mod warehouse;

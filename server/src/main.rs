@@ -76,6 +76,10 @@ struct ClusterArgs {
     /// Milliseconds a query may run before it is cancelled with DEADLINE_EXCEEDED (0 = no limit).
     #[arg(long, default_value_t = 0)]
     query_timeout_ms: u64,
+    /// Milliseconds each stage of a query may run on an executor before the query fails with
+    /// DEADLINE_EXCEEDED (0 = no limit).
+    #[arg(long, default_value_t = 3_600_000)]
+    stage_timeout_ms: u64,
     /// TOML server config: `[auth]` with token_secret, token_ttl_secs and [[auth.users]]
     /// (name, password_hash from `quiver hash-password`).
     #[arg(long, value_name = "FILE")]
@@ -256,6 +260,8 @@ fn coordinator_config(
         scan_bytes_per_partition: cluster.scan_bytes_per_partition,
         query_timeout: (cluster.query_timeout_ms > 0)
             .then(|| Duration::from_millis(cluster.query_timeout_ms)),
+        stage_timeout: (cluster.stage_timeout_ms > 0)
+            .then(|| Duration::from_millis(cluster.stage_timeout_ms)),
     })
 }
 

@@ -1,5 +1,6 @@
-//! Long queries: a query running past `--query-timeout-ms` answers `DeadlineExceeded` promptly (a
-//! streaming DoGet is not bounded by gRPC timeouts) and the next query runs normally; executors
+//! Long queries: a query running past `--query-timeout-ms`, or with a stage running past
+//! `--stage-timeout-ms`, answers `DeadlineExceeded` promptly (a streaming DoGet is not bounded by
+//! gRPC timeouts) and the next query runs normally; executors
 //! whose cores a query saturates keep heartbeating and stay in the cluster; `CancelFlightInfo`
 //! ends a running query's stream with `Cancelled` and refuses its ticket afterwards; whether the
 //! client drops its stream or cancels, every executor stops the query's tasks (status RPC: no
@@ -53,6 +54,41 @@ async fn queries_past_their_deadline_fail_with_deadline_exceeded() {
     )
     .await
     .expect("a quick query after the cancelled one");
+    assert_eq!(ok.num_rows(), 1);
+}
+
+/// A stage running past `--stage-timeout-ms` fails the query with `DeadlineExceeded` (no query
+/// timeout is set), names the stage deadline, and frees the executors for the next query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_past_their_deadline_fail_with_deadline_exceeded() {
+    let options = ClusterOptions {
+        coordinator_args: vec!["--stage-timeout-ms".to_string(), "1500".to_string()],
+        ..ClusterOptions::tpch(&tpch_dataset())
+    };
+    let cluster = TestCluster::start(options).await;
+    let mut client = cluster.client().await;
+
+    let started = Instant::now();
+    let err = within(QUERY_LIMIT, "endless query", client.query(ENDLESS))
+        .await
+        .expect_err("past its stage deadline");
+    let elapsed = started.elapsed();
+    let status = err.status().expect("a gRPC status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{err}");
+    assert!(status.message().contains("stage"), "{err}");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "took {elapsed:?} to give up"
+    );
+
+    // A query with short stages runs; so does everything after the failed one.
+    let ok = within(
+        QUERY_LIMIT,
+        "quick query",
+        client.query("SELECT count(*) FROM lineitem JOIN orders ON l_orderkey = o_orderkey"),
+    )
+    .await
+    .expect("a quick query after the failed one");
     assert_eq!(ok.num_rows(), 1);
 }
 
