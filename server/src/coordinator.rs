@@ -18,12 +18,12 @@ use crate::catalog::{Catalog, TableDef};
 use crate::cluster_auth::{ClusterAuth, Verified};
 use crate::config::LocationPolicy;
 use crate::distributed;
-use crate::engine::QueryEngine;
+use crate::engine::{QueryEngine, QueryLimits};
 use crate::error::{QuiverError, Result};
 use crate::frontdoor::FrontDoor;
 use crate::membership::{ClusterServiceImpl, ExecutorRegistry};
 use crate::net::{self, ServerHandle};
-use crate::resources::{Admission, ResourceLimits};
+use crate::resources::{Admission, QueryMemory, ResourceLimits};
 use crate::settings;
 use crate::task::AbortOnDrop;
 use crate::warehouse::Warehouse;
@@ -183,12 +183,15 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
     }
     let session_config = settings::session_config(target_partitions)?;
     let runtime = config.limits.runtime_env()?;
+    let memory = Arc::new(QueryMemory::new(
+        Arc::clone(&runtime),
+        config.limits.query_memory_limit,
+    ));
     let state = distributed::coordinator_state(
         session_config,
         runtime,
         Arc::clone(&registry),
         config.scan_bytes_per_partition,
-        config.stage_timeout,
         config.cluster_auth.clone(),
     )?;
     let ctx = SessionContext::new_with_state(state);
@@ -213,7 +216,11 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         ctx,
         Arc::clone(&catalog),
         Arc::clone(&registry),
-        config.query_timeout,
+        QueryLimits {
+            timeout: config.query_timeout,
+            stage_timeout: config.stage_timeout,
+            memory,
+        },
         warehouse,
         Admission::new(config.max_concurrent_queries, config.max_queued_queries),
         config.locations.clone(),

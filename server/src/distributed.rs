@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::grpc::{
@@ -31,6 +31,7 @@ use datafusion_distributed::{
     RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage, Worker,
     WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
+use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use url::Url;
@@ -38,6 +39,7 @@ use url::Url;
 use crate::cluster_auth::{ClusterAuth, Signed, Verified};
 use crate::cooperative::YieldingJoins;
 use crate::membership::ExecutorRegistry;
+use crate::resources::QueryMemory;
 use crate::settings;
 use crate::stage_deadline::{self, StageDeadlines};
 
@@ -58,10 +60,9 @@ pub fn coordinator_state(
     runtime: Arc<RuntimeEnv>,
     registry: Arc<ExecutorRegistry>,
     scan_bytes_per_partition: usize,
-    stage_timeout: Option<Duration>,
     auth: ClusterAuth,
 ) -> Result<SessionState> {
-    let mut builder = SessionStateBuilder::new()
+    Ok(SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -73,11 +74,44 @@ pub fn coordinator_state(
             registry,
             next: AtomicUsize::new(0),
         })
-        .with_distributed_file_scan_config_bytes_per_partition(scan_bytes_per_partition.max(1))?;
-    if let Some(timeout) = stage_timeout {
-        builder.set_distributed_passthrough_headers(stage_deadline::headers(timeout))?;
-    }
-    Ok(builder.build())
+        .with_distributed_file_scan_config_bytes_per_partition(scan_bytes_per_partition.max(1))?
+        .build())
+}
+
+/// Names the query on every request to a worker, so that an executor gives all the query's
+/// tasks one memory pool.
+const QUERY_ID_HEADER: &str = "x-quiver-query-id";
+
+/// The task context one query executes with on the coordinator: `state`'s, with the query's
+/// `runtime` (its memory pool) and headers that carry the query's id and stage deadline to every
+/// executor it runs on.
+pub fn query_task_ctx(
+    state: &SessionState,
+    runtime: Arc<RuntimeEnv>,
+    query_id: &str,
+    stage_timeout: Option<Duration>,
+) -> Result<Arc<TaskContext>> {
+    let mut headers = stage_timeout
+        .map(stage_deadline::headers)
+        .unwrap_or_default();
+    let id = HeaderValue::from_str(query_id)
+        .map_err(|e| DataFusionError::Internal(format!("query id '{query_id}': {e}")))?;
+    headers.insert(QUERY_ID_HEADER, id);
+    let mut config = state.config().clone();
+    config.set_distributed_passthrough_headers(headers)?;
+    Ok(Arc::new(
+        TaskContext::from(state)
+            .with_session_config(config)
+            .with_runtime(runtime),
+    ))
+}
+
+/// The headers of a worker request that Quiver forwards to the task's own requests.
+fn quiver_headers(headers: &HeaderMap) -> HeaderMap {
+    [QUERY_ID_HEADER, stage_deadline::HEADER]
+        .into_iter()
+        .filter_map(|name| Some((HeaderName::from_static(name), headers.get(name)?.clone())))
+        .collect()
 }
 
 /// Places each stage's tasks on live executors, right before the stage starts.
@@ -200,6 +234,7 @@ impl ChannelResolver for SignedChannels {
 /// signed channels to the other executors.
 struct ExecutorSessions {
     target_partitions: usize,
+    memory: Arc<QueryMemory>,
     observer: Arc<dyn TaskObserver>,
     channels: SignedChannels,
 }
@@ -215,10 +250,19 @@ impl WorkerSessionBuilder for ExecutorSessions {
         }
         ctx.builder
             .set_distributed_channel_resolver(self.channels.clone());
-        // Requests this task makes to other executors carry the coordinator's stage timeout.
-        if let Some(timeout) = stage_deadline::timeout_of(&ctx.headers) {
-            ctx.builder
-                .set_distributed_passthrough_headers(stage_deadline::headers(timeout))?;
+        // Requests this task makes to other executors carry the query's id and stage deadline.
+        ctx.builder
+            .set_distributed_passthrough_headers(quiver_headers(&ctx.headers))?;
+        if let Some(query_id) = ctx
+            .headers
+            .get(QUERY_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            let runtime = self
+                .memory
+                .for_query_id(query_id)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            ctx.builder = std::mem::take(&mut ctx.builder).with_runtime_env(runtime);
         }
         let state = ctx.builder.build();
         self.observer.task_started(state.config());
@@ -230,13 +274,15 @@ impl WorkerSessionBuilder for ExecutorSessions {
 /// and the crate's task-progress service (read by [`running_tasks`]) to an executor's gRPC server.
 pub fn worker_router(
     server: &mut Server,
-    runtime: Arc<RuntimeEnv>,
+    memory: Arc<QueryMemory>,
     target_partitions: usize,
     observer: Arc<dyn TaskObserver>,
     auth: ClusterAuth,
 ) -> Router {
+    let runtime = Arc::clone(memory.node());
     let worker = Worker::from_session_builder(ExecutorSessions {
         target_partitions,
+        memory,
         observer,
         channels: SignedChannels::new(auth.clone()),
     })

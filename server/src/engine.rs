@@ -21,6 +21,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan, WriteOp};
 use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
 use datafusion::prelude::SessionContext;
@@ -35,7 +36,7 @@ use crate::error::{QuiverError, Result, datafusion_status};
 use crate::membership::ExecutorRegistry;
 use crate::object_stores;
 use crate::placeholders::number_placeholders;
-use crate::resources::Admission;
+use crate::resources::{Admission, QueryMemory};
 use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
 use crate::warehouse::Warehouse;
 
@@ -102,12 +103,27 @@ pub struct QueryEngine {
     registry: Arc<ExecutorRegistry>,
     /// How long a query may run, from planning to its last batch; `None` is no limit.
     pub(crate) query_timeout: Option<Duration>,
+    /// How long each stage of a query may run on an executor; `None` is no limit.
+    stage_timeout: Option<Duration>,
+    /// Each query's runtime (memory pool) on the coordinator.
+    memory: Arc<QueryMemory>,
     /// Where managed tables keep their files; `None` refuses writes.
     pub(crate) warehouse: Option<Warehouse>,
     /// Bounds the queries and writes running at once.
     pub(crate) admission: Admission,
     /// Where `CREATE EXTERNAL TABLE` may point; `None` allows any location.
     locations: Option<LocationPolicy>,
+}
+
+/// What bounds each query the engine runs.
+#[derive(Debug)]
+pub struct QueryLimits {
+    /// From planning to the last batch; `None` is no limit.
+    pub timeout: Option<Duration>,
+    /// Each stage on an executor; `None` is no limit.
+    pub stage_timeout: Option<Duration>,
+    /// Each query's runtime and memory pool on the coordinator.
+    pub memory: Arc<QueryMemory>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -121,7 +137,7 @@ impl QueryEngine {
         ctx: SessionContext,
         catalog: Arc<Catalog>,
         registry: Arc<ExecutorRegistry>,
-        query_timeout: Option<Duration>,
+        limits: QueryLimits,
         warehouse: Option<Warehouse>,
         admission: Admission,
         locations: Option<LocationPolicy>,
@@ -130,7 +146,9 @@ impl QueryEngine {
             ctx,
             catalog,
             registry,
-            query_timeout,
+            query_timeout: limits.timeout,
+            stage_timeout: limits.stage_timeout,
+            memory: limits.memory,
             warehouse,
             admission,
             locations,
@@ -279,6 +297,10 @@ impl QueryEngine {
         let ctx = self.ctx.clone();
         let registry = Arc::clone(&self.registry);
         let plan = statement.plan.clone();
+        let memory = Arc::clone(&self.memory);
+        let stage_timeout = self.stage_timeout;
+        // Every attempt is a query of its own on the executors.
+        let task_ctx = move |state: &SessionState| query_task_ctx(state, &memory, stage_timeout);
         let started = stream::once(async move {
             let mut physical = Some(physical);
             let mut retried = false;
@@ -287,7 +309,8 @@ impl QueryEngine {
                     Some(p) => p,
                     None => ctx.state().create_physical_plan(&plan).await?,
                 };
-                let mut stream = execute_stream(physical, ctx.task_ctx())?;
+                let mut stream =
+                    execute_stream(physical, task_ctx(&ctx.state()).map_err(to_datafusion)?)?;
                 let first = deadline.run(stream.next()).await.map_err(to_datafusion)?;
                 if let Some(Err(e)) = &first
                     && !retried
@@ -322,6 +345,11 @@ impl QueryEngine {
         ))
     }
 
+    /// The task context of one new query planned in `state`.
+    pub(crate) fn task_ctx(&self, state: &SessionState) -> Result<Arc<TaskContext>> {
+        query_task_ctx(state, &self.memory, self.stage_timeout)
+    }
+
     async fn explain(&self, plan: &LogicalPlan, analyze: bool) -> Result<RecordBatch> {
         let _slot = if analyze {
             self.require_executors(plan)?;
@@ -336,7 +364,7 @@ impl QueryEngine {
         let stages = distributed::stage_count(&physical);
         let rendered = if analyze {
             // Run to completion, discarding rows, then show the per-task metrics.
-            collect(Arc::clone(&physical), state.task_ctx()).await?;
+            collect(Arc::clone(&physical), self.task_ctx(&state)?).await?;
             distributed::render_analyzed_plan(physical).await?
         } else {
             distributed::render_plan(physical.as_ref())
@@ -597,6 +625,20 @@ fn conform(
 }
 
 /// Carries a Quiver error (with its status code) through DataFusion's error type.
+fn query_task_ctx(
+    state: &SessionState,
+    memory: &QueryMemory,
+    stage_timeout: Option<Duration>,
+) -> Result<Arc<TaskContext>> {
+    let query_id = uuid::Uuid::new_v4().to_string();
+    Ok(distributed::query_task_ctx(
+        state,
+        memory.for_query()?,
+        &query_id,
+        stage_timeout,
+    )?)
+}
+
 fn to_datafusion(e: QuiverError) -> DataFusionError {
     DataFusionError::External(Box::new(e.to_status()))
 }
@@ -726,7 +768,6 @@ mod tests {
             Arc::new(RuntimeEnv::default()),
             Arc::clone(&registry),
             1 << 20,
-            None,
             crate::cluster_auth::ClusterAuth::open(),
         )
         .unwrap();
@@ -735,7 +776,11 @@ mod tests {
             SessionContext::new_with_state(state),
             Arc::new(catalog),
             registry,
-            None,
+            QueryLimits {
+                timeout: None,
+                stage_timeout: None,
+                memory: Arc::new(QueryMemory::new(Arc::new(RuntimeEnv::default()), None)),
+            },
             None,
             Admission::new(0, 0),
             None,

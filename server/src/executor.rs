@@ -32,7 +32,7 @@ use crate::error::{QuiverError, Result};
 use crate::membership::normalize_worker_url;
 use crate::net::{self, ServerHandle};
 use crate::object_stores;
-use crate::resources::ResourceLimits;
+use crate::resources::{QueryMemory, ResourceLimits};
 
 /// How long to wait before retrying an unreachable coordinator.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -140,11 +140,15 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
         auth: config.cluster_auth.clone(),
     });
     let runtime = config.limits.runtime_env()?;
+    let memory = Arc::new(QueryMemory::new(
+        Arc::clone(&runtime),
+        config.limits.query_memory_limit,
+    ));
 
     let mut server = Server::builder().tcp_nodelay(true);
     let router = distributed::worker_router(
         &mut server,
-        Arc::clone(&runtime),
+        memory,
         config.target_partitions,
         Arc::clone(&state) as Arc<dyn TaskObserver>,
         config.cluster_auth.clone(),

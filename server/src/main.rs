@@ -135,6 +135,10 @@ struct LimitArgs {
     /// others fail the query with RESOURCE_EXHAUSTED. Default: no limit.
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     memory_limit: Option<u64>,
+    /// Memory one query may use on this node (e.g. 1GiB), within --memory-limit; beyond it the
+    /// query spills or fails with RESOURCE_EXHAUSTED while other queries go on. Default: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    query_memory_limit: Option<u64>,
     /// Directory for spill files (default: the OS temp directory).
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
@@ -148,6 +152,9 @@ impl LimitArgs {
         ResourceLimits {
             memory_limit: self
                 .memory_limit
+                .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+            query_memory_limit: self
+                .query_memory_limit
                 .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
             spill_dir: self.spill_dir.clone(),
             spill_limit: self.spill_limit,

@@ -7,17 +7,24 @@
 //!   (an allocation that does not fit fails with `ResourceExhausted` naming the five largest
 //!   consumers). Sorts and aggregations spill to `--spill-dir`, itself capped by `--spill-limit`;
 //!   operators that cannot spill fail the query, never the process;
+//! * `--query-memory-limit` bounds what one query reserves on this node ([`QueryMemory`]): each
+//!   query gets a pool of its own (fair spill, tracked consumers) that also draws from the node's
+//!   pool, so one query cannot starve the others and all of them together stay under
+//!   `--memory-limit`. On an executor, every task of a query shares the query's pool;
 //! * the coordinator admits at most `--max-concurrent-queries` queries at once and queues at most
 //!   `--max-queued-queries` more; beyond that a query is refused with `ResourceExhausted` at once.
 //!   A query holds its slot until its result stream ends or is dropped.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
+};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -26,8 +33,10 @@ use crate::error::{QuiverError, Result};
 /// Memory and spill limits of one node.
 #[derive(Debug, Clone, Default)]
 pub struct ResourceLimits {
-    /// Bytes of memory for query execution; `None`: unbounded.
+    /// Bytes of memory for query execution on this node; `None`: unbounded.
     pub memory_limit: Option<usize>,
+    /// Bytes of memory one query may use on this node; `None`: only the node's limit applies.
+    pub query_memory_limit: Option<usize>,
     /// Where spill files go; `None`: the OS temp directory.
     pub spill_dir: Option<PathBuf>,
     /// Most bytes of spill files at once; `None`: DataFusion's default (100 GiB).
@@ -42,11 +51,7 @@ impl ResourceLimits {
     pub fn runtime_env(&self) -> Result<Arc<RuntimeEnv>> {
         let mut builder = RuntimeEnvBuilder::new();
         if let Some(limit) = self.memory_limit {
-            let top = NonZeroUsize::new(REPORTED_CONSUMERS).unwrap_or(NonZeroUsize::MIN);
-            builder = builder.with_memory_pool(Arc::new(TrackConsumersPool::new(
-                FairSpillPool::new(limit),
-                top,
-            )));
+            builder = builder.with_memory_pool(Arc::new(tracked_fair_pool(limit)));
         }
         let mut disk = DiskManagerBuilder::default();
         if let Some(dir) = &self.spill_dir {
@@ -58,6 +63,136 @@ impl ResourceLimits {
             disk = disk.with_max_temp_directory_size(limit);
         }
         Ok(builder.with_disk_manager_builder(disk).build_arc()?)
+    }
+}
+
+fn tracked_fair_pool(limit: usize) -> TrackConsumersPool<FairSpillPool> {
+    let top = NonZeroUsize::new(REPORTED_CONSUMERS).unwrap_or(NonZeroUsize::MIN);
+    TrackConsumersPool::new(FairSpillPool::new(limit), top)
+}
+
+/// Hands out the runtime each query executes with on this node: the node's runtime (disk
+/// manager, caches, object stores) with, under `--query-memory-limit`, a memory pool of the
+/// query's own.
+#[derive(Debug)]
+pub struct QueryMemory {
+    node: Arc<RuntimeEnv>,
+    query_limit: Option<usize>,
+    /// Runtimes of the queries that still hold one, by query id (executors).
+    live: Mutex<HashMap<String, Weak<RuntimeEnv>>>,
+}
+
+impl QueryMemory {
+    pub fn new(node: Arc<RuntimeEnv>, query_limit: Option<usize>) -> Self {
+        Self {
+            node,
+            query_limit,
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The node's runtime, shared by every query.
+    pub fn node(&self) -> &Arc<RuntimeEnv> {
+        &self.node
+    }
+
+    /// A runtime for one new query.
+    pub fn for_query(&self) -> Result<Arc<RuntimeEnv>> {
+        let Some(limit) = self.query_limit else {
+            return Ok(Arc::clone(&self.node));
+        };
+        let pool = QueryPool {
+            query: tracked_fair_pool(limit),
+            node: Arc::clone(&self.node.memory_pool),
+        };
+        Ok(RuntimeEnvBuilder::from_runtime_env(&self.node)
+            .with_memory_pool(Arc::new(pool))
+            .build_arc()?)
+    }
+
+    /// The runtime of query `query_id`, shared by all of its tasks on this node while any of them
+    /// runs.
+    pub fn for_query_id(&self, query_id: &str) -> Result<Arc<RuntimeEnv>> {
+        if self.query_limit.is_none() {
+            return Ok(Arc::clone(&self.node));
+        }
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(runtime) = live.get(query_id).and_then(Weak::upgrade) {
+            return Ok(runtime);
+        }
+        live.retain(|_, runtime| runtime.strong_count() > 0);
+        let runtime = self.for_query()?;
+        live.insert(query_id.to_string(), Arc::downgrade(&runtime));
+        Ok(runtime)
+    }
+}
+
+/// One query's memory on one node: every reservation must fit the query's own pool and the
+/// node's.
+#[derive(Debug)]
+struct QueryPool {
+    query: TrackConsumersPool<FairSpillPool>,
+    node: Arc<dyn MemoryPool>,
+}
+
+impl std::fmt::Display for QueryPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}(query: {}, node: {})",
+            self.name(),
+            self.query,
+            self.node
+        )
+    }
+}
+
+impl MemoryPool for QueryPool {
+    fn name(&self) -> &str {
+        "quiver_query"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.query.register(consumer);
+        self.node.register(consumer);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.query.unregister(consumer);
+        self.node.unregister(consumer);
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.query.grow(reservation, additional);
+        self.node.grow(reservation, additional);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.query.shrink(reservation, shrink);
+        self.node.shrink(reservation, shrink);
+    }
+
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::error::Result<()> {
+        self.query
+            .try_grow(reservation, additional)
+            .map_err(|e| e.context("the query's memory limit (--query-memory-limit)"))?;
+        if let Err(e) = self.node.try_grow(reservation, additional) {
+            self.query.shrink(reservation, additional);
+            return Err(e.context("the node's memory limit (--memory-limit)"));
+        }
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.query.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.query.memory_limit()
     }
 }
 
@@ -157,6 +292,48 @@ mod tests {
         assert_eq!(parse_bytes("2g").unwrap(), 2 << 30);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn queries_get_pools_of_their_own_inside_the_node_pool() {
+        let node = ResourceLimits {
+            memory_limit: Some(1000),
+            ..Default::default()
+        }
+        .runtime_env()
+        .unwrap();
+        let memory = QueryMemory::new(Arc::clone(&node), Some(600));
+
+        // Tasks of one query share its pool while any holds it; other queries get their own.
+        let a = memory.for_query_id("a").unwrap();
+        assert!(Arc::ptr_eq(&a, &memory.for_query_id("a").unwrap()));
+        let b = memory.for_query_id("b").unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+
+        let in_a = MemoryConsumer::new("sort").register(&a.memory_pool);
+        in_a.try_grow(500).unwrap();
+        // Over the query's limit, though the node has room.
+        let err = in_a.try_grow(200).unwrap_err().to_string();
+        assert!(err.contains("--query-memory-limit"), "{err}");
+        // Within b's limit but over what the node has left: refused, and b's pool stays empty.
+        let in_b = MemoryConsumer::new("join").register(&b.memory_pool);
+        let err = in_b.try_grow(550).unwrap_err().to_string();
+        assert!(err.contains("--memory-limit"), "{err}");
+        assert_eq!(b.memory_pool.reserved(), 0);
+        assert_eq!(node.memory_pool.reserved(), 500);
+        in_b.try_grow(450).unwrap();
+        drop(in_a);
+        drop(in_b);
+        assert_eq!(node.memory_pool.reserved(), 0);
+
+        // A query's pool goes when its last task does.
+        drop(a);
+        let again = memory.for_query_id("a").unwrap();
+        assert_eq!(again.memory_pool.reserved(), 0);
+        assert!(!Arc::ptr_eq(&again, &b));
+        // Without a per-query limit every query uses the node's runtime.
+        let shared = QueryMemory::new(Arc::clone(&node), None);
+        assert!(Arc::ptr_eq(&shared.for_query().unwrap(), &node));
     }
 
     #[tokio::test]

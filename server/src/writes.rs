@@ -258,8 +258,9 @@ impl QueryEngine {
         schema: SchemaRef,
     ) -> Result<impl Stream<Item = Result<RecordBatch>> + Send + use<>> {
         self.require_executors(plan)?;
-        let physical = self.ctx.state().create_physical_plan(plan).await?;
-        let stream = execute_stream(physical, self.ctx.task_ctx())?;
+        let state = self.ctx.state();
+        let physical = state.create_physical_plan(plan).await?;
+        let stream = execute_stream(physical, self.task_ctx(&state)?)?;
         Ok(stream
             .map_err(QuiverError::from)
             .map(move |batch| Ok(cast_batch(&batch?, &schema)?)))

@@ -3,7 +3,8 @@
 //! executors under a memory limit complete a sort correctly; below what the sort needs at all,
 //! the query fails with `ResourceExhausted` naming the largest consumers and the executors keep
 //! serving. (Whether a sort spills depends on which tasks land on which executor, so spilling
-//! itself is not asserted.)
+//! itself is not asserted.) `--query-memory-limit` gives each query a pool of its own inside the
+//! node's, and the error names whichever limit was hit.
 
 use std::time::{Duration, Instant};
 
@@ -147,4 +148,52 @@ async fn queries_over_the_memory_limit_fail_cleanly() {
     .await
     .expect("a query after the failed one");
     assert_eq!(ok.num_rows(), 1);
+}
+
+/// `--query-memory-limit` binds one query even where the node has room, and `--memory-limit`
+/// still binds all queries together; either way the error names the limit that was hit and the
+/// next query runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_query_memory_limits_bind_within_the_node_limit() {
+    for (limits, named) in [
+        (
+            ["--memory-limit", "512MiB", "--query-memory-limit", "2MiB"],
+            "--query-memory-limit",
+        ),
+        (
+            ["--memory-limit", "2MiB", "--query-memory-limit", "512MiB"],
+            "--memory-limit",
+        ),
+    ] {
+        let cluster = TestCluster::start(ClusterOptions {
+            executor_args: args(&limits),
+            coordinator_args: args(&limits),
+            ..ClusterOptions::tpch(&tpch_dataset())
+        })
+        .await;
+        let mut client = cluster.client().await;
+        let err = within(QUERY_LIMIT, "big sort", client.query(BIG_SORT))
+            .await
+            .expect_err("over a memory limit");
+        assert_eq!(
+            err.status().map(|s| s.code()),
+            Some(Code::ResourceExhausted),
+            "{limits:?}: {err}"
+        );
+        let message = err.to_string();
+        assert!(message.contains(named), "{limits:?}: {err}");
+        assert!(
+            message.contains("top memory consumers"),
+            "{limits:?}: {err}"
+        );
+
+        let ok = within(
+            QUERY_LIMIT,
+            "next query",
+            client.query("SELECT count(*) FROM lineitem JOIN orders ON l_orderkey = o_orderkey"),
+        )
+        .await
+        .expect("a small query after the failed one");
+        assert_eq!(ok.num_rows(), 1);
+    }
 }
