@@ -10,7 +10,7 @@
 //! [`render_analyzed_plan`], [`stage_count`], [`TaskPlacements`]), so a new version or a
 //! replacement touches this file only.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,8 +23,7 @@ use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::grpc::{
-    BoxCloneSyncChannel, DefaultChannelResolver, GetTaskProgressRequest,
-    ObservabilityServiceClient, create_worker_client,
+    BoxCloneSyncChannel, GetTaskProgressRequest, ObservabilityServiceClient, create_worker_client,
 };
 use datafusion_distributed::{
     ChannelResolver, DistributedExt, DistributedMetricsFormat, NetworkBoundaryExt, RouteTasksEvent,
@@ -32,8 +31,8 @@ use datafusion_distributed::{
     WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
-use tonic::transport::Server;
 use tonic::transport::server::Router;
+use tonic::transport::{Channel, Endpoint, Server};
 use url::Url;
 
 use crate::cluster_auth::{ClusterAuth, Signed, Verified};
@@ -199,20 +198,46 @@ pub trait TaskObserver: Send + Sync + 'static {
     fn task_started(&self, settings: &SessionConfig);
 }
 
-/// Channels to workers, reused per URL (the crate's default resolver), whose requests carry the
-/// cluster signature.
+/// How long connecting to a worker may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on every connection between nodes, even idle ones...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// ...and a connection whose ping goes unanswered this long is dead: its streams fail, so a
+/// query reading from a frozen or unreachable executor fails over instead of waiting forever.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Channels to workers, one per URL, reused by every query; their requests carry the cluster
+/// signature, and HTTP/2 keepalive bounds how long a silent peer can stall a stream.
 #[derive(Clone)]
 struct SignedChannels {
-    channels: Arc<DefaultChannelResolver>,
+    channels: Arc<Mutex<HashMap<Url, Channel>>>,
     auth: ClusterAuth,
 }
 
 impl SignedChannels {
     fn new(auth: ClusterAuth) -> Self {
         Self {
-            channels: Arc::new(DefaultChannelResolver::default()),
+            channels: Arc::default(),
             auth,
         }
+    }
+
+    fn channel(&self, url: &Url) -> Result<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(url) {
+            return Ok(channel.clone());
+        }
+        // Lazy: connects on first use and reconnects after a failure.
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| DataFusionError::Configuration(format!("worker URL '{url}': {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(url.clone(), channel.clone());
+        Ok(channel)
     }
 }
 
@@ -222,7 +247,7 @@ impl ChannelResolver for SignedChannels {
         &self,
         url: &Url,
     ) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
-        let channel = self.channels.get_channel(url).await?;
+        let channel = self.channel(url)?;
         Ok(create_worker_client(BoxCloneSyncChannel::new(Signed::new(
             channel,
             self.auth.clone(),

@@ -309,6 +309,7 @@ impl QueryEngine {
                     Some(p) => p,
                     None => ctx.state().create_physical_plan(&plan).await?,
                 };
+                let live_at_start = registry.live_worker_urls();
                 let mut stream =
                     execute_stream(physical, task_ctx(&ctx.state()).map_err(to_datafusion)?)?;
                 let first = deadline.run(stream.next()).await.map_err(to_datafusion)?;
@@ -316,11 +317,18 @@ impl QueryEngine {
                     && !retried
                     && may_be_lost_executor(e)
                 {
-                    let lost = registry.evict_unreachable().await;
+                    // Lost: executors that stopped answering, whether the probe finds them now or
+                    // their missed heartbeats already took them out of the live set.
+                    registry.evict_unreachable().await;
+                    let live = registry.live_worker_urls();
+                    let lost: Vec<_> = live_at_start
+                        .iter()
+                        .filter(|url| !live.contains(url))
+                        .collect();
                     if !lost.is_empty() {
                         tracing::warn!(?lost, error = %e, "executor lost before the first row: running the query again");
                         retried = true;
-                        if registry.live_worker_urls().is_empty() {
+                        if live.is_empty() {
                             return Err(to_datafusion(QuiverError::Unavailable(
                                 "no live executors left to run the query on".into(),
                             )));

@@ -121,18 +121,53 @@ pub fn datafusion_status(e: &DataFusionError) -> Status {
     if let Some(status) = find_status(e) {
         return Status::new(status.code(), status.message().to_string());
     }
-    Status::new(datafusion_code(e), e.to_string())
+    let message = e.to_string();
+    let code = match datafusion_code(e) {
+        // An executor's error reaches the coordinator re-encoded, a status inside it as text.
+        Code::Internal => code_in_message(&message).unwrap_or(Code::Internal),
+        code => code,
+    };
+    Status::new(code, message)
+}
+
+/// The code of a gRPC status rendered into an error message (`code: '<description>'`).
+fn code_in_message(message: &str) -> Option<Code> {
+    const MARK: &str = "code: '";
+    let start = message.find(MARK)? + MARK.len();
+    let description = &message[start..start + message[start..].find('\'')?];
+    (1..=16)
+        .map(Code::from_i32)
+        .find(|code| code.description() == description)
 }
 
 fn find_status(e: &DataFusionError) -> Option<&Status> {
     match e {
-        DataFusionError::External(inner) => inner.downcast_ref::<Status>(),
+        DataFusionError::External(inner) => find_status_in(inner.as_ref()),
+        DataFusionError::ArrowError(inner, _) => find_status_in(inner.as_ref()),
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
             find_status(inner)
         }
         DataFusionError::Shared(inner) => find_status(inner),
         _ => None,
     }
+}
+
+/// A status inside an error from the network path: datafusion-distributed and arrow-flight wrap
+/// a stream's status in `FlightError`, `ArrowError` or another `DataFusionError`.
+fn find_status_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Status> {
+    if let Some(status) = e.downcast_ref::<Status>() {
+        return Some(status);
+    }
+    if let Some(FlightError::Tonic(status)) = e.downcast_ref::<FlightError>() {
+        return Some(status);
+    }
+    if let Some(inner) = e.downcast_ref::<DataFusionError>() {
+        return find_status(inner);
+    }
+    if let Some(ArrowError::ExternalError(inner)) = e.downcast_ref::<ArrowError>() {
+        return find_status_in(inner.as_ref());
+    }
+    None
 }
 
 fn datafusion_code(e: &DataFusionError) -> Code {
@@ -206,6 +241,17 @@ fn arrow_code(e: &ArrowError) -> Code {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn statuses_rendered_into_messages_keep_their_code() {
+        let e = DataFusionError::Internal(format!(
+            "External error: {}",
+            Status::unavailable("http2 error")
+        ));
+        assert_eq!(datafusion_status(&e).code(), Code::Unavailable);
+        let plain = DataFusionError::Internal("code: 'nonsense'".into());
+        assert_eq!(datafusion_status(&plain).code(), Code::Internal);
+    }
+
     use super::*;
 
     #[test]

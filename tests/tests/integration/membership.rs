@@ -1,7 +1,8 @@
 //! Cluster membership with real processes: an executor killed between queries leaves the live
 //! set within the timeout and the next query succeeds on the others; an executor that joins later
 //! gets work from the next query on; a query that meets a just-killed executor before its first
-//! row is run again on the others; with no executor, queries over tables are `Unavailable`.
+//! row is run again on the others; a frozen (SIGSTOP) executor is treated as lost and rejoins when
+//! thawed; with no executor, queries over tables are `Unavailable`.
 
 use std::time::{Duration, Instant};
 
@@ -107,4 +108,60 @@ async fn without_executors_table_queries_are_unavailable() {
         .await
         .expect("select 1");
     assert_eq!(one.num_rows(), 1);
+}
+
+/// A frozen executor (SIGSTOP) keeps its connections open but answers nothing: a query placed on
+/// it right after the freeze fails over to the others (HTTP/2 keepalive notices the silence, the
+/// liveness probe evicts the executor) instead of hanging; its heartbeats stop, so it leaves the
+/// live set; thawed (SIGCONT), it registers again and gets work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_executor_is_treated_as_lost() {
+    let options = ClusterOptions {
+        executor_timeout_ms: 3_000,
+        heartbeat_interval_ms: 200,
+        ..ClusterOptions::tpch(&tpch_dataset())
+    };
+    let cluster = TestCluster::start(options).await;
+    let ctx = oracle::tpch_context(&tpch_dataset()).await;
+    let q3 = tpch_query(3);
+    let expected = oracle::run(&ctx, &q3).await;
+    let mut client = cluster.client().await;
+    let warm = run_statements(&mut client, &q3, false)
+        .await
+        .expect("q3 with two executors");
+    compare(&expected, &warm, true).expect("q3 with two executors");
+
+    cluster.signal_executor(0, "STOP");
+    let frozen_at = Instant::now();
+    let during = run_statements(&mut client, &q3, false)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "q3 right after an executor froze: {e}\ncoordinator log:\n{}",
+                cluster.coordinator.log_text()
+            )
+        });
+    compare(&expected, &during, true).expect("q3 right after an executor froze");
+    let took = frozen_at.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "q3 took {took:?} to get past the frozen executor"
+    );
+    cluster.wait_for_live(1).await;
+
+    cluster.signal_executor(0, "CONT");
+    let rejoined = cluster.wait_for_live(2).await;
+    assert!(
+        rejoined < Duration::from_secs(10),
+        "rejoined after {rejoined:?}"
+    );
+    let before = cluster.executor_status(0).await.tasks_started;
+    let after_thaw = run_statements(&mut client, &q3, false)
+        .await
+        .expect("q3 after the executor thawed");
+    compare(&expected, &after_thaw, true).expect("q3 after the executor thawed");
+    assert!(
+        cluster.executor_status(0).await.tasks_started > before,
+        "the thawed executor got no task"
+    );
 }
