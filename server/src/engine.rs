@@ -13,7 +13,7 @@
 //! cluster.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::{RecordBatch, StringArray};
@@ -21,12 +21,13 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::execution::{SessionState, TaskContext};
+use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
 use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan, WriteOp};
 use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
 use datafusion::prelude::SessionContext;
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
 use tokio::time::Instant;
+use url::Url;
 
 use crate::arrow_compat::{cast_batch, plain_schema, plain_type};
 use crate::catalog::{Catalog, TableDef};
@@ -301,6 +302,9 @@ impl QueryEngine {
         let stage_timeout = self.stage_timeout;
         // Every attempt is a query of its own on the executors.
         let task_ctx = move |state: &SessionState| query_task_ctx(state, &memory, stage_timeout);
+        // The executors live when the current attempt started, for naming lost ones.
+        let attempt_executors = Arc::new(Mutex::new(Vec::new()));
+        let executors = Arc::clone(&attempt_executors);
         let started = stream::once(async move {
             let mut physical = Some(physical);
             let mut retried = false;
@@ -310,25 +314,23 @@ impl QueryEngine {
                     None => ctx.state().create_physical_plan(&plan).await?,
                 };
                 let live_at_start = registry.live_worker_urls();
-                let mut stream =
-                    execute_stream(physical, task_ctx(&ctx.state()).map_err(to_datafusion)?)?;
+                *attempt_executors.lock().unwrap_or_else(|e| e.into_inner()) =
+                    live_at_start.clone();
+                let mut stream = fail_on_departure(
+                    execute_stream(physical, task_ctx(&ctx.state()).map_err(to_datafusion)?)?,
+                    Arc::clone(&registry),
+                    live_at_start.clone(),
+                );
                 let first = deadline.run(stream.next()).await.map_err(to_datafusion)?;
                 if let Some(Err(e)) = &first
                     && !retried
                     && may_be_lost_executor(e)
                 {
-                    // Lost: executors that stopped answering, whether the probe finds them now or
-                    // their missed heartbeats already took them out of the live set.
-                    registry.evict_unreachable().await;
-                    let live = registry.live_worker_urls();
-                    let lost: Vec<_> = live_at_start
-                        .iter()
-                        .filter(|url| !live.contains(url))
-                        .collect();
+                    let lost = registry.lost_since(&live_at_start).await;
                     if !lost.is_empty() {
                         tracing::warn!(?lost, error = %e, "executor lost before the first row: running the query again");
                         retried = true;
-                        if live.is_empty() {
+                        if registry.live_worker_urls().is_empty() {
                             return Err(to_datafusion(QuiverError::Unavailable(
                                 "no live executors left to run the query on".into(),
                             )));
@@ -350,6 +352,7 @@ impl QueryEngine {
             batches,
             statement.schema,
             Arc::clone(&self.registry),
+            executors,
         ))
     }
 
@@ -601,17 +604,21 @@ fn conform(
     stream: impl Stream<Item = DFResult<RecordBatch>> + Send + 'static,
     schema: SchemaRef,
     registry: Arc<ExecutorRegistry>,
+    executors: Arc<Mutex<Vec<Url>>>,
 ) -> QueryStream {
     let target = Arc::clone(&schema);
     let batches = stream
         .then(move |batch| {
             let target = Arc::clone(&target);
             let registry = Arc::clone(&registry);
+            let executors = Arc::clone(&executors);
             async move {
                 match batch {
                     Ok(batch) => Ok(cast_batch(&batch, &target)?),
                     Err(e) if may_be_lost_executor(&e) => {
-                        let lost = registry.evict_unreachable().await;
+                        let live_at_start =
+                            executors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let lost = registry.lost_since(&live_at_start).await;
                         if lost.is_empty() {
                             return Err(e.into());
                         }
@@ -632,7 +639,53 @@ fn conform(
     QueryStream { schema, batches }
 }
 
-/// Carries a Quiver error (with its status code) through DataFusion's error type.
+/// Ends a query's stream with `Unavailable` as soon as one of `executors` leaves the live set
+/// (missed heartbeats or a failed probe), whatever the data path noticed: a dead executor must
+/// never leave the query waiting. Dropping the stream stops the query's remaining tasks.
+fn fail_on_departure(
+    stream: SendableRecordBatchStream,
+    registry: Arc<ExecutorRegistry>,
+    executors: Vec<Url>,
+) -> BoxStream<'static, DFResult<RecordBatch>> {
+    let departures = registry.departures();
+    stream::unfold(Some((stream, departures)), move |state| {
+        let registry = Arc::clone(&registry);
+        let executors = executors.clone();
+        async move {
+            let (mut stream, mut departures) = state?;
+            loop {
+                tokio::select! {
+                    item = stream.next() => return item.map(|item| (item, Some((stream, departures)))),
+                    changed = departures.changed() => {
+                        if changed.is_err() {
+                            // The registry is gone (shutdown): just run the query out.
+                            let item = stream.next().await;
+                            return item.map(|item| (item, None));
+                        }
+                        let live = registry.live_worker_urls();
+                        let lost: Vec<&str> = executors
+                            .iter()
+                            .filter(|url| !live.contains(url))
+                            .map(|url| url.as_str().trim_end_matches('/'))
+                            .collect();
+                        if !lost.is_empty() {
+                            let e = QuiverError::Unavailable(format!(
+                                "executor {} left the cluster while the query ran",
+                                lost.join(", ")
+                            ));
+                            return Some((Err(to_datafusion(e)), None));
+                        }
+                    }
+                }
+            }
+        }
+    })
+    // The first-row logic polls again after the end.
+    .fuse()
+    .boxed()
+}
+
+/// The task context of one new query: its own id and runtime.
 fn query_task_ctx(
     state: &SessionState,
     memory: &QueryMemory,
@@ -647,6 +700,7 @@ fn query_task_ctx(
     )?)
 }
 
+/// Carries a Quiver error (with its status code) through DataFusion's error type.
 fn to_datafusion(e: QuiverError) -> DataFusionError {
     DataFusionError::External(Box::new(e.to_status()))
 }

@@ -62,7 +62,7 @@ struct ClusterArgs {
     #[arg(long, value_name = "PATH")]
     address_file: Option<PathBuf>,
     /// Milliseconds without a heartbeat after which an executor leaves the live set.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 4_000)]
     executor_timeout_ms: u64,
     /// Milliseconds between executor heartbeats.
     #[arg(long, default_value_t = 1_000)]

@@ -21,6 +21,7 @@ use quiver_proto::cluster::{
     ListExecutorsRequest, ListExecutorsResponse, ObjectStoreConfig, RegisterExecutorRequest,
     RegisterExecutorResponse,
 };
+use tokio::sync::watch;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use url::Url;
@@ -41,6 +42,8 @@ pub struct ExecutorRegistry {
     timeout: Duration,
     /// Signs liveness probes to executors.
     auth: ClusterAuth,
+    /// Bumped whenever an executor leaves, so running queries can check theirs.
+    departures: watch::Sender<u64>,
 }
 
 impl ExecutorRegistry {
@@ -49,7 +52,17 @@ impl ExecutorRegistry {
             members: RwLock::new(HashMap::new()),
             timeout,
             auth,
+            departures: watch::Sender::new(0),
         })
+    }
+
+    /// Changes whenever an executor leaves the live set.
+    pub fn departures(&self) -> watch::Receiver<u64> {
+        self.departures.subscribe()
+    }
+
+    fn departed(&self) {
+        self.departures.send_modify(|n| *n += 1);
     }
 
     /// Adds or refreshes an executor.
@@ -97,6 +110,7 @@ impl ExecutorRegistry {
     /// Drops executors that missed their deadline.
     pub fn reap(&self) {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let before = members.len();
         members.retain(|executor_id, m| {
             let live = m.last_seen.elapsed() <= self.timeout;
             if !live {
@@ -104,6 +118,9 @@ impl ExecutorRegistry {
             }
             live
         });
+        if members.len() < before {
+            self.departed();
+        }
     }
 
     pub fn snapshot(&self) -> Vec<ExecutorInfo> {
@@ -124,6 +141,7 @@ impl ExecutorRegistry {
     /// Drops the executor serving `worker_url`; it must register again to come back.
     pub fn evict(&self, worker_url: &Url) {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let before = members.len();
         members.retain(|executor_id, m| {
             let keep = &m.worker_url != worker_url;
             if !keep {
@@ -131,6 +149,21 @@ impl ExecutorRegistry {
             }
             keep
         });
+        if members.len() < before {
+            self.departed();
+        }
+    }
+
+    /// Which of `live_at_start` are lost now: evicts executors that do not answer a probe, and
+    /// counts those whose missed heartbeats already took them out of the live set.
+    pub async fn lost_since(&self, live_at_start: &[Url]) -> Vec<Url> {
+        self.evict_unreachable().await;
+        let live = self.live_worker_urls();
+        live_at_start
+            .iter()
+            .filter(|url| !live.contains(url))
+            .cloned()
+            .collect()
     }
 
     /// Asks every live executor for its status and evicts those that do not answer in time;

@@ -165,3 +165,92 @@ async fn frozen_executor_is_treated_as_lost() {
         "the thawed executor got no task"
     );
 }
+
+/// An executor SIGKILLed while a query streams rows the client already started reading: the
+/// client gets `Unavailable` naming the lost executor within 5 s (no silent rerun: rows were
+/// sent), the next query succeeds, and a restarted executor joins and gets work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_killed_mid_stream_is_named_in_unavailable() {
+    use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
+    use arrow_flight::{FlightClient, FlightDescriptor};
+    use futures::StreamExt;
+    use prost::Message;
+
+    let mut cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    let mut flight = FlightClient::new(cluster.channel().await);
+    // Rows from both executors for far longer than the test runs.
+    let command = CommandStatementQuery {
+        query: "SELECT a.l_orderkey, b.l_orderkey FROM lineitem a, lineitem b \
+                WHERE a.l_comment < b.l_comment"
+            .to_string(),
+        transaction_id: None,
+    };
+    let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+    let info = within(
+        QUERY_LIMIT,
+        "get_flight_info",
+        flight.get_flight_info(descriptor),
+    )
+    .await
+    .expect("flight info");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = within(QUERY_LIMIT, "do_get", flight.do_get(ticket))
+        .await
+        .expect("do_get");
+    let first = within(QUERY_LIMIT, "first batch", stream.next())
+        .await
+        .expect("a batch")
+        .expect("rows before the kill");
+    assert!(first.num_rows() > 0);
+    let killed = format!("http://{}", cluster.executor_addrs[0]);
+
+    cluster.kill_executor(0);
+    let killed_at = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return e,
+                None => panic!("the stream ended cleanly after its executor died"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the stream went on 8 s after its executor died\ncoordinator log:\n{}",
+            cluster.coordinator.log_text()
+        )
+    });
+    let took = killed_at.elapsed();
+    let arrow_flight::error::FlightError::Tonic(status) = &error else {
+        panic!("not a gRPC status: {error}");
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains(&killed),
+        "the status does not name {killed}: {status:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} after the kill"
+    );
+
+    let mut client = cluster.client().await;
+    let ok = within(
+        QUERY_LIMIT,
+        "next query",
+        client.query("SELECT count(*) FROM lineitem JOIN orders ON l_orderkey = o_orderkey"),
+    )
+    .await
+    .expect("the next query");
+    assert_eq!(ok.num_rows(), 1);
+
+    let restarted = cluster.add_executor();
+    cluster.wait_for_live(2).await;
+    let q5 = tpch_query(5);
+    run_statements(&mut client, &q5, false)
+        .await
+        .expect("q5 with the restarted executor");
+    assert!(cluster.executor_status(restarted).await.tasks_started > 0);
+}
