@@ -45,6 +45,7 @@ pub mod engine;
 pub mod error;
 pub mod executor;
 pub mod frontdoor;
+pub mod ipc_guard;
 pub mod membership;
 pub mod net;
 pub mod object_stores;

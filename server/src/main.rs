@@ -98,7 +98,7 @@ struct ClusterArgs {
     #[arg(long, value_name = "DIR_OR_URL")]
     warehouse: Option<String>,
     /// Largest message a client may send, in bytes (ingest and parameter batches).
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, default_value_t = quiver_server::frontdoor::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
     /// Queries (and writes) running at once; 0 = no limit.
     #[arg(long, default_value_t = 32)]

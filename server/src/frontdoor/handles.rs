@@ -19,6 +19,7 @@ use prost::Message;
 use quiver_proto::frontdoor::{PreparedStatementHandle, StatementTicket};
 
 use crate::error::{QuiverError, Result};
+use crate::ipc_guard;
 
 /// A statement and the parameter values bound to it.
 #[derive(Debug, Clone)]
@@ -86,8 +87,11 @@ fn encode_parameters(parameters: Option<&RecordBatch>) -> Result<Vec<u8>> {
     Ok(writer.into_inner()?)
 }
 
+/// Most bytes the parameters in a handle may decode to.
+const MAX_PARAMETER_BYTES: usize = 64 * 1024 * 1024;
+
 /// Whether `bytes` is a sequence of well-formed IPC stream messages whose declared metadata and
-/// body lengths lie within `bytes`.
+/// body lengths lie within `bytes`, and whose batches pass [`ipc_guard::check_message`].
 fn ipc_framing_fits(bytes: &[u8]) -> bool {
     let mut rest = bytes;
     let take_i32 = |rest: &mut &[u8]| -> Option<i32> {
@@ -123,6 +127,9 @@ fn ipc_framing_fits(bytes: &[u8]) -> bool {
             return false;
         };
         if body > tail.len() {
+            return false;
+        }
+        if ipc_guard::check_message(metadata, &tail[..body], MAX_PARAMETER_BYTES).is_err() {
             return false;
         }
         rest = &tail[body..];

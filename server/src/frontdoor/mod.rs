@@ -77,6 +77,7 @@ use crate::arrow_compat::plain_schema;
 use crate::auth::{Identity, IssuedToken, SESSION_COOKIE, random_id};
 use crate::engine::{QueryEngine, QueryStream, Statement};
 use crate::error::{QuiverError, Result};
+use crate::ipc_guard;
 use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
 use crate::writes::{IfExists, IfMissing};
 
@@ -90,7 +91,15 @@ pub struct FrontDoor {
     sessions: Sessions,
     running: RunningQueries,
     bindings: Bindings,
+    /// Most bytes one client IPC message may decode to (decompressed buffers included).
+    max_decoded_bytes: usize,
 }
+
+/// `--max-message-bytes` by default.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How far past `--max-message-bytes` a compressed client batch may inflate.
+const MAX_COMPRESSION_RATIO: usize = 16;
 
 impl std::fmt::Debug for FrontDoor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,6 +116,7 @@ impl FrontDoor {
             sessions: Sessions::default(),
             running: RunningQueries::default(),
             bindings: Bindings::default(),
+            max_decoded_bytes: DEFAULT_MAX_MESSAGE_BYTES * MAX_COMPRESSION_RATIO,
         })
     }
 
@@ -123,7 +133,8 @@ impl FrontDoor {
     /// The tonic service to mount on the coordinator's server.
     /// `max_message_bytes` bounds what a client may send in one message (ingest and parameter
     /// batches); results are split into small messages by the encoder.
-    pub fn into_service(self, max_message_bytes: usize) -> FlightServiceServer<Self> {
+    pub fn into_service(mut self, max_message_bytes: usize) -> FlightServiceServer<Self> {
+        self.max_decoded_bytes = max_message_bytes.saturating_mul(MAX_COMPRESSION_RATIO);
         FlightServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(usize::MAX)
@@ -363,12 +374,27 @@ fn transactions_unsupported() -> QuiverError {
 }
 
 /// Every Arrow batch a DoPut carries.
-async fn read_batches(request: Request<PeekableFlightDataStream>) -> Result<Vec<RecordBatch>> {
-    Ok(FlightRecordBatchStream::new_from_flight_data(
-        request.into_inner().map_err(FlightError::from),
-    )
-    .try_collect()
-    .await?)
+/// The batches of a client's DoPut stream, each message checked ([`ipc_guard`]) before arrow
+/// decodes it.
+fn client_batches(
+    request: Request<PeekableFlightDataStream>,
+    max_decoded_bytes: usize,
+) -> FlightRecordBatchStream {
+    FlightRecordBatchStream::new_from_flight_data(request.into_inner().map(move |data| {
+        let data = data?;
+        ipc_guard::check_message(&data.data_header, &data.data_body, max_decoded_bytes)
+            .map_err(|e| FlightError::Tonic(Box::new(e.to_status())))?;
+        Ok(data)
+    }))
+}
+
+async fn read_batches(
+    request: Request<PeekableFlightDataStream>,
+    max_decoded_bytes: usize,
+) -> Result<Vec<RecordBatch>> {
+    Ok(client_batches(request, max_decoded_bytes)
+        .try_collect()
+        .await?)
 }
 
 fn table_type_name(table: &dyn TableProvider) -> &'static str {
@@ -613,7 +639,7 @@ impl FlightSqlService for FrontDoor {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let bound = self.resolve_prepared(&command.prepared_statement_handle)?;
-        let values = read_batches(request).await?;
+        let values = read_batches(request, self.max_decoded_bytes).await?;
         Ok(self.run_update(bound, values).await?)
     }
 
@@ -657,9 +683,7 @@ impl FlightSqlService for FrontDoor {
             Ok(TableExistsOption::Replace) => IfExists::Replace,
             _ => IfExists::Fail,
         };
-        let mut batches = FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        );
+        let mut batches = client_batches(request, self.max_decoded_bytes);
         let first = batches
             .next()
             .await
@@ -693,7 +717,7 @@ impl FlightSqlService for FrontDoor {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let mut bound = handles::decode_prepared(&query.prepared_statement_handle)?;
-        let batches = read_batches(request).await?;
+        let batches = read_batches(request, self.max_decoded_bytes).await?;
         let values = match batches.as_slice() {
             [] => None,
             [first, ..] => {

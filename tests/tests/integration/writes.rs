@@ -394,3 +394,86 @@ async fn a_coordinator_killed_mid_ingest_keeps_all_or_nothing() {
         .collect();
     assert_eq!(visible.len(), 2, "{visible:?}");
 }
+
+/// A compressed batch whose buffers claim to inflate to a petabyte is refused with
+/// `InvalidArgument` before arrow allocates anything (the allocation would abort the
+/// coordinator); the same batch with honest sizes is ingested, and the coordinator serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_refuses_batches_that_claim_huge_decompressed_sizes() {
+    use arrow::ipc::CompressionType;
+    use arrow::ipc::writer::IpcWriteOptions;
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    use arrow_flight::sql::ProstMessageExt;
+    use arrow_flight::{FlightClient, FlightData, FlightDescriptor};
+    use futures::TryStreamExt;
+    use prost::Message;
+
+    let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    let messages = |table: &str| {
+        let command = ingest_command(table, TableNotExistOption::Create, TableExistsOption::Fail);
+        let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+        let options = IpcWriteOptions::default()
+            .try_with_compression(Some(CompressionType::LZ4_FRAME))
+            .expect("lz4");
+        FlightDataEncoderBuilder::new()
+            .with_options(options)
+            .with_flight_descriptor(Some(descriptor))
+            .build(stream::iter(vec![Ok(batch(1000, 0))]))
+            .try_collect::<Vec<FlightData>>()
+    };
+    let put = |messages: Vec<FlightData>| async {
+        let mut flight = FlightClient::new(cluster.channel().await);
+        let result: Result<Vec<_>, _> = match flight
+            .do_put(stream::iter(messages.into_iter().map(Ok)))
+            .await
+        {
+            Ok(responses) => responses.try_collect().await,
+            Err(e) => Err(e),
+        };
+        result
+    };
+
+    let mut crafted = within(QUERY_LIMIT, "encode", messages("inflated"))
+        .await
+        .expect("encode");
+    let mut patched = 0;
+    for data in crafted.iter_mut().filter(|d| !d.data_body.is_empty()) {
+        let header = arrow::ipc::root_as_message(&data.data_header).expect("IPC header");
+        let buffers = header
+            .header_as_record_batch()
+            .and_then(|b| b.buffers())
+            .expect("batch buffers");
+        let mut body = data.data_body.to_vec();
+        for buffer in buffers.iter().filter(|b| b.length() >= 8) {
+            let at = buffer.offset() as usize;
+            body[at..at + 8].copy_from_slice(&(1i64 << 50).to_le_bytes());
+            patched += 1;
+        }
+        data.data_body = body.into();
+    }
+    assert!(patched > 0, "no compressed buffer to patch");
+    let err = within(QUERY_LIMIT, "crafted ingest", put(crafted))
+        .await
+        .expect_err("a petabyte batch is refused");
+    let arrow_flight::error::FlightError::Tonic(status) = &err else {
+        panic!("not a status: {err}");
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    let honest = within(QUERY_LIMIT, "encode", messages("compressed"))
+        .await
+        .expect("encode");
+    within(QUERY_LIMIT, "honest ingest", put(honest))
+        .await
+        .expect("a compressed batch with honest sizes is ingested");
+    let mut client = cluster.client().await;
+    assert_eq!(count(&mut client, "compressed").await, 1000);
+    let missing = within(
+        QUERY_LIMIT,
+        "refused table",
+        client.query("SELECT count(*) FROM inflated"),
+    )
+    .await
+    .expect_err("the refused ingest created nothing");
+    assert_eq!(missing.status().map(|s| s.code()), Some(Code::NotFound));
+}
