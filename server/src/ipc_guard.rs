@@ -91,7 +91,7 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use arrow::ipc::CompressionType;
     use arrow::ipc::writer::{
-        CompressionContext, DictionaryTracker, IpcDataGenerator, IpcWriteOptions,
+        DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
     };
 
     use super::*;
@@ -112,7 +112,7 @@ mod tests {
                 &batch,
                 &mut DictionaryTracker::new(false),
                 &options,
-                &mut CompressionContext::default(),
+                &mut IpcWriteContext::default(),
             )
             .unwrap();
         (encoded.ipc_message, encoded.arrow_data)
