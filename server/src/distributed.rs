@@ -200,11 +200,12 @@ pub trait TaskObserver: Send + Sync + 'static {
 
 /// How long connecting to a worker may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// HTTP/2 pings on every connection between nodes, even idle ones...
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// HTTP/2 pings on every connection between nodes, even idle ones (lenient: a peer whose runtime
+/// is saturated answers late; frozen and dead executors are caught sooner by their heartbeats)...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// ...and a connection whose ping goes unanswered this long is dead: its streams fail, so a
-/// query reading from a frozen or unreachable executor fails over instead of waiting forever.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// connection to a host that vanished (no reset ever arrives) does not hold a query forever.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Channels to workers, one per URL, reused by every query; their requests carry the cluster
 /// signature, and HTTP/2 keepalive bounds how long a silent peer can stall a stream.

@@ -202,7 +202,7 @@ impl ExecutorRegistry {
 }
 
 /// How long an executor may take to answer a liveness probe.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether the executor at `url` answers a status request in time (a frozen process accepts the
 /// connection but never answers).

@@ -111,9 +111,9 @@ async fn without_executors_table_queries_are_unavailable() {
 }
 
 /// A frozen executor (SIGSTOP) keeps its connections open but answers nothing: a query placed on
-/// it right after the freeze fails over to the others (HTTP/2 keepalive notices the silence, the
-/// liveness probe evicts the executor) instead of hanging; its heartbeats stop, so it leaves the
-/// live set; thawed (SIGCONT), it registers again and gets work.
+/// it right after the freeze does not hang: its heartbeats stop, it leaves the live set, and the
+/// query, which has sent no row yet, runs again on the others; thawed (SIGCONT), the executor
+/// registers again and gets work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_executor_is_treated_as_lost() {
     let options = ClusterOptions {
