@@ -41,6 +41,7 @@ use crate::membership::ExecutorRegistry;
 use crate::resources::QueryMemory;
 use crate::settings;
 use crate::stage_deadline::{self, StageDeadlines};
+use crate::window_sorts::SortWindowPartitions;
 
 /// Resolves workers from the live executor set, re-read on every query.
 struct LiveExecutors(Arc<ExecutorRegistry>);
@@ -68,6 +69,7 @@ pub fn coordinator_state(
         .with_distributed_worker_resolver(LiveExecutors(Arc::clone(&registry)))
         .with_distributed_channel_resolver(SignedChannels::new(auth))
         .with_physical_optimizer_rule(Arc::new(YieldingJoins))
+        .with_physical_optimizer_rule(Arc::new(SortWindowPartitions))
         .with_distributed_planner()
         .with_distributed_route_tasks_handler(TaskRouter {
             registry,

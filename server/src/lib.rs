@@ -57,4 +57,5 @@ pub mod stage_deadline;
 pub mod task;
 pub mod tpch;
 pub mod warehouse;
+pub mod window_sorts;
 pub mod writes;

@@ -128,3 +128,29 @@ async fn tpch_queries_match_with_one_target_partition() {
         failures.join("\n")
     );
 }
+
+/// Windows partitioned by a column a filter pins to one value: DataFusion drops that column from
+/// the sort below the window, and the window runs a stage later, past an exchange that forgets it
+/// was constant (found by the random-SQL test: "Expects PARTITION BY expression to be ordered").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_partitioned_by_filtered_columns_match_single_node_datafusion() {
+    let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    let ctx = oracle::tpch_context(&tpch_dataset()).await;
+    let mut client = cluster.client().await;
+    for sql in [
+        "SELECT o_orderkey, row_number() OVER (PARTITION BY o_custkey ORDER BY o_orderkey) AS w \
+         FROM orders WHERE o_custkey = 370",
+        "SELECT l_orderkey, l_linenumber, sum(l_quantity) OVER (PARTITION BY l_suppkey) AS w \
+         FROM lineitem WHERE l_suppkey = 35",
+        "SELECT * FROM (SELECT l_orderkey, l_linenumber, rank() OVER (PARTITION BY l_suppkey, \
+         l_returnflag ORDER BY l_extendedprice DESC, l_orderkey, l_linenumber) AS r FROM lineitem \
+         WHERE l_suppkey = 35) WHERE r <= 4",
+    ] {
+        let statements = vec![sql.to_string()];
+        let expected = within(QUERY_LIMIT, "oracle", oracle::run(&ctx, &statements)).await;
+        let actual = run_statements(&mut client, &statements, false)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        compare(&expected, &actual, false).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
