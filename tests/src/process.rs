@@ -157,3 +157,15 @@ pub fn cpu_time(pid: u32) -> Duration {
     // Clock ticks are 100 per second on every Linux platform Quiver targets.
     Duration::from_millis(ticks * 10)
 }
+
+/// Resident memory of process `pid` in bytes, from `/proc/<pid>/status` (Linux).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/pid/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/pid/status");
+    kib * 1024
+}

@@ -197,3 +197,79 @@ async fn per_query_memory_limits_bind_within_the_node_limit() {
         assert_eq!(ok.num_rows(), 1);
     }
 }
+
+/// A client that stops reading holds the whole cluster back instead of making it buffer: while
+/// it pauses, the coordinator's and executors' resident memory grows by far less than the
+/// result, and reading on afterwards still yields every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_never_makes_nodes_buffer_its_result() {
+    use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
+    use arrow_flight::{FlightClient, FlightDescriptor};
+    use futures::StreamExt;
+    use prost::Message;
+    use quiver_tests::process::rss_bytes;
+
+    let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
+    let pids: Vec<u32> = std::iter::once(&cluster.coordinator)
+        .chain(&cluster.executors)
+        .map(|p| p.pid().expect("running"))
+        .collect();
+    // Every lineitem column, 125 times over: ~7.5 M rows, over 1 GB on the wire.
+    let sql = "SELECT l.*, n_name, r_name FROM lineitem l CROSS JOIN nation CROSS JOIN region";
+    let expected_rows = lineitem_rows().await * 125;
+
+    let mut flight = FlightClient::new(cluster.channel().await);
+    let command = CommandStatementQuery {
+        query: sql.to_string(),
+        transaction_id: None,
+    };
+    let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+    let info = within(
+        QUERY_LIMIT,
+        "get_flight_info",
+        flight.get_flight_info(descriptor),
+    )
+    .await
+    .expect("flight info");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = within(QUERY_LIMIT, "do_get", flight.do_get(ticket))
+        .await
+        .expect("do_get");
+    let mut rows = 0usize;
+    let first = within(QUERY_LIMIT, "first batch", stream.next())
+        .await
+        .expect("a batch")
+        .expect("rows");
+    rows += first.num_rows();
+    let before: Vec<u64> = pids.iter().map(|&pid| rss_bytes(pid)).collect();
+
+    // Pause long enough for unbounded producers to have made the whole result.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let grown: Vec<u64> = pids
+        .iter()
+        .zip(&before)
+        .map(|(&pid, before)| rss_bytes(pid).saturating_sub(*before))
+        .collect();
+
+    within(QUERY_LIMIT, "read the rest", async {
+        while let Some(batch) = stream.next().await {
+            let batch = batch.expect("batch");
+            rows += batch.num_rows();
+        }
+    })
+    .await;
+    assert_eq!(rows as i64, expected_rows);
+    // Each node may hold a few batches per partition and stream in flight, not the result.
+    let bound = 192 << 20;
+    for (node, grown) in ["coordinator", "executor 0", "executor 1"]
+        .iter()
+        .zip(&grown)
+    {
+        assert!(
+            *grown < bound,
+            "{node} grew by {} MiB while the client paused ({rows} rows, bound {} MiB)",
+            grown >> 20,
+            bound >> 20
+        );
+    }
+}
