@@ -22,7 +22,9 @@ use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
-use datafusion::logical_expr::{DdlStatement, DropTable, DropView, LogicalPlan, WriteOp};
+use datafusion::logical_expr::{
+    DdlStatement, DropTable, DropView, LogicalPlan, Statement as LogicalStatement, WriteOp,
+};
 use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
 use datafusion::prelude::SessionContext;
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
@@ -740,9 +742,20 @@ fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
         ) => Ok(StatementKind::Ddl),
         LogicalPlan::Ddl(other) => unsupported(other.name()),
         LogicalPlan::Dml(dml) => unsupported(&dml.op.to_string()),
-        LogicalPlan::Copy(_) => unsupported("COPY"),
+        // COPY writes files wherever the server can, and SET changes the shared session's
+        // runtime settings for every client: neither is a client's to do.
+        LogicalPlan::Copy(_) => Err(QuiverError::PermissionDenied(
+            "COPY writes files on the server and is not allowed; read results through Flight SQL, or write tables with CREATE TABLE AS / INSERT".into(),
+        )),
+        LogicalPlan::Statement(
+            LogicalStatement::SetVariable(_) | LogicalStatement::ResetVariable(_),
+        ) => {
+            Err(QuiverError::PermissionDenied(
+                "changing runtime settings with SET/RESET is not allowed; the server's settings apply to every query".into(),
+            ))
+        }
         LogicalPlan::Statement(_) => {
-            unsupported("SET / PREPARE / EXECUTE / transaction statements")
+            unsupported("PREPARE / EXECUTE / transaction statements")
         }
         LogicalPlan::Explain(_) => Ok(StatementKind::Explain { analyze: false }),
         LogicalPlan::Analyze(_) => Ok(StatementKind::Explain { analyze: true }),

@@ -168,4 +168,17 @@ async fn external_tables_only_where_the_config_allows() {
         .await
         .expect_err("no URL tables");
     assert_ne!(err.code(), tonic::Code::Internal, "{err}");
+
+    // COPY would write files anywhere the server can; SET would change every client's settings.
+    let target = secret_dir.path().join("copied.csv");
+    let copy = format!("COPY (SELECT 1 AS a) TO '{}'", target.display());
+    for sql in [
+        copy.as_str(),
+        "SET datafusion.execution.batch_size = 1",
+        "RESET datafusion.execution.batch_size",
+    ] {
+        let err = execute(&cluster, sql).await.expect_err(sql);
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{sql}: {err}");
+    }
+    assert!(!target.exists(), "COPY wrote a file");
 }
