@@ -381,7 +381,17 @@ fn client_batches(
     max_decoded_bytes: usize,
 ) -> FlightRecordBatchStream {
     FlightRecordBatchStream::new_from_flight_data(request.into_inner().map(move |data| {
-        let data = data?;
+        let data = data.map_err(|status| match status.code() {
+            // tonic's decoder refusing a message over `max_decoding_message_size`.
+            tonic::Code::OutOfRange => FlightError::Tonic(Box::new(Status::resource_exhausted(
+                format!(
+                    "a message is larger than this server accepts (--max-message-bytes, {} bytes): send smaller batches ({})",
+                    max_decoded_bytes / MAX_COMPRESSION_RATIO,
+                    status.message()
+                ),
+            ))),
+            _ => FlightError::Tonic(Box::new(status)),
+        })?;
         ipc_guard::check_message(&data.data_header, &data.data_body, max_decoded_bytes)
             .map_err(|e| FlightError::Tonic(Box::new(e.to_status())))?;
         Ok(data)

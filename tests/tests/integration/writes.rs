@@ -477,3 +477,71 @@ async fn ingest_refuses_batches_that_claim_huge_decompressed_sizes() {
     .expect_err("the refused ingest created nothing");
     assert_eq!(missing.status().map(|s| s.code()), Some(Code::NotFound));
 }
+
+/// A message over `--max-message-bytes` is refused with `ResourceExhausted` naming the flag;
+/// arrow-flight's usual 2 MiB messages go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_refuses_messages_over_the_size_limit() {
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    use arrow_flight::sql::ProstMessageExt;
+    use arrow_flight::{FlightClient, FlightData, FlightDescriptor};
+    use futures::TryStreamExt;
+    use prost::Message;
+
+    let cluster = TestCluster::start(ClusterOptions {
+        coordinator_args: vec!["--max-message-bytes".to_string(), "4194304".to_string()],
+        ..ClusterOptions::tpch(&tpch_dataset())
+    })
+    .await;
+    let big = batch(200_000, 0);
+    assert!(big.get_array_memory_size() > 8 << 20);
+    let command = ingest_command(
+        "oversized",
+        TableNotExistOption::Create,
+        TableExistsOption::Fail,
+    );
+    let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+    // One message for the whole batch, not arrow-flight's default 2 MiB pieces.
+    let messages: Vec<FlightData> = within(
+        QUERY_LIMIT,
+        "encode",
+        FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(usize::MAX)
+            .with_flight_descriptor(Some(descriptor))
+            .build(stream::iter(vec![Ok(big.clone())]))
+            .try_collect(),
+    )
+    .await
+    .expect("encode");
+    let mut flight = FlightClient::new(cluster.channel().await);
+    let err = within(QUERY_LIMIT, "oversized ingest", async {
+        match flight
+            .do_put(stream::iter(messages.into_iter().map(Ok)))
+            .await
+        {
+            Ok(responses) => responses.try_collect::<Vec<_>>().await.map(|_| ()),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .expect_err("over the message limit");
+    let arrow_flight::error::FlightError::Tonic(status) = &err else {
+        panic!("not a status: {err}");
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--max-message-bytes"),
+        "{status:?}"
+    );
+
+    // The same rows in arrow-flight's default pieces go through.
+    let mut sql = sql_client(&cluster).await;
+    let rows = within(
+        QUERY_LIMIT,
+        "chunked ingest",
+        sql.execute_ingest(command, stream::iter(vec![Ok(big)])),
+    )
+    .await
+    .expect("the same batch in 2 MiB messages");
+    assert_eq!(rows, 200_000);
+}
