@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::arrow::ipc::CompressionType;
 use datafusion::prelude::SessionContext;
 use quiver_proto::cluster::cluster_service_server::ClusterServiceServer;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -44,6 +45,8 @@ pub struct CoordinatorConfig {
     /// Bytes of input each partition of a distributed scan reads; decides how many executors a
     /// scan is spread over.
     pub scan_bytes_per_partition: usize,
+    /// Compression of batches between nodes; `None` sends them uncompressed.
+    pub shuffle_compression: Option<CompressionType>,
     /// How long a query may run before it is cancelled with `DeadlineExceeded`; `None`: no limit.
     pub query_timeout: Option<Duration>,
     /// How long each stage of a query may run on an executor; `None`: no limit.
@@ -192,6 +195,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         runtime,
         Arc::clone(&registry),
         config.scan_bytes_per_partition,
+        config.shuffle_compression,
         config.cluster_auth.clone(),
     )?;
     let ctx = SessionContext::new_with_state(state);

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::arrow::ipc::CompressionType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -60,6 +61,7 @@ pub fn coordinator_state(
     runtime: Arc<RuntimeEnv>,
     registry: Arc<ExecutorRegistry>,
     scan_bytes_per_partition: usize,
+    shuffle_compression: Option<CompressionType>,
     auth: ClusterAuth,
 ) -> Result<SessionState> {
     Ok(SessionStateBuilder::new()
@@ -76,7 +78,22 @@ pub fn coordinator_state(
             next: AtomicUsize::new(0),
         })
         .with_distributed_file_scan_config_bytes_per_partition(scan_bytes_per_partition.max(1))?
+        // Bytes a node buffers per connection to another before it stops pulling: what a slow
+        // consumer can make it hold (the crate's 64 MiB put the coordinator near 300 MiB).
+        .with_distributed_worker_connection_buffer_budget_bytes(CONNECTION_BUFFER_BYTES)?
+        .with_distributed_compression(shuffle_compression)?
+        // Per-task metrics travel back only for EXPLAIN ANALYZE ([`with_metrics`]).
+        .with_distributed_metrics_collection(false)?
         .build())
+}
+
+/// See [`coordinator_state`].
+const CONNECTION_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+
+/// `state` collecting per-task metrics from the executors (EXPLAIN ANALYZE).
+pub fn with_metrics(mut state: SessionState) -> Result<SessionState> {
+    state.set_distributed_metrics_collection(true)?;
+    Ok(state)
 }
 
 /// Names the query on every request to a worker, so that an executor gives all the query's

@@ -370,7 +370,11 @@ impl QueryEngine {
         } else {
             None
         };
-        let mut state = self.ctx.state();
+        let mut state = if analyze {
+            distributed::with_metrics(self.ctx.state())?
+        } else {
+            self.ctx.state()
+        };
         let placements = Arc::new(TaskPlacements::default());
         state.config_mut().set_extension(Arc::clone(&placements));
         let physical: Arc<dyn ExecutionPlan> = state.create_physical_plan(plan).await?;
@@ -843,6 +847,7 @@ mod tests {
             Arc::new(RuntimeEnv::default()),
             Arc::clone(&registry),
             1 << 20,
+            None,
             crate::cluster_auth::ClusterAuth::open(),
         )
         .unwrap();

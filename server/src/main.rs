@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use datafusion::arrow::ipc::CompressionType;
 use quiver_server::catalog::TableDef;
 use quiver_server::cluster_auth::ClusterAuth;
 use quiver_server::config::ServerConfigFile;
@@ -73,6 +74,10 @@ struct ClusterArgs {
     /// Bytes of file input per scan partition; smaller spreads scans over more executors.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     scan_bytes_per_partition: usize,
+    /// How batches are compressed between nodes: lz4 (cheap, the default), zstd (smaller, for
+    /// slow networks) or none (for fast networks where CPU is the limit).
+    #[arg(long, value_enum, env = "QUIVER_SHUFFLE_COMPRESSION", default_value_t = Compression::Lz4)]
+    shuffle_compression: Compression,
     /// Milliseconds a query may run before it is cancelled with DEADLINE_EXCEEDED (0 = no limit).
     #[arg(long, default_value_t = 0)]
     query_timeout_ms: u64,
@@ -127,6 +132,13 @@ impl ClusterSecretArgs {
             None => Ok(ClusterAuth::open()),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Compression {
+    Lz4,
+    Zstd,
+    None,
 }
 
 #[derive(Args)]
@@ -265,6 +277,11 @@ fn coordinator_config(
         heartbeat_interval: Duration::from_millis(cluster.heartbeat_interval_ms),
         target_partitions: cluster.target_partitions,
         scan_bytes_per_partition: cluster.scan_bytes_per_partition,
+        shuffle_compression: match cluster.shuffle_compression {
+            Compression::Lz4 => Some(CompressionType::LZ4_FRAME),
+            Compression::Zstd => Some(CompressionType::ZSTD),
+            Compression::None => None,
+        },
         query_timeout: (cluster.query_timeout_ms > 0)
             .then(|| Duration::from_millis(cluster.query_timeout_ms)),
         stage_timeout: (cluster.stage_timeout_ms > 0)

@@ -10,25 +10,29 @@ use std::path::Path;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http;
 use tonic::transport::server::Router;
+use tonic::transport::server::TcpIncoming;
 
 use crate::catalog::write_atomically;
 use crate::error::{QuiverError, Result};
 
 /// Binds `addr`; returns the incoming-connection stream and the bound address.
-pub async fn bind(addr: SocketAddr) -> Result<(TcpListenerStream, SocketAddr)> {
+///
+/// Accepted sockets get TCP_NODELAY: gRPC replies are small writes, and with Nagle's algorithm
+/// each one waited for the peer's delayed ACK (~40 ms; `SELECT 1` took 88 ms). tonic's
+/// `Server::tcp_nodelay` does not apply to connections a server is handed, so it is set here.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpIncoming, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| QuiverError::io(format!("binding {addr}"), e))?;
     let bound = listener
         .local_addr()
         .map_err(|e| QuiverError::io("reading the bound address", e))?;
-    Ok((TcpListenerStream::new(listener), bound))
+    Ok((TcpIncoming::from(listener).with_nodelay(Some(true)), bound))
 }
 
 pub fn write_address_file(path: &Path, addr: SocketAddr) -> Result<()> {
@@ -69,7 +73,7 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    pub fn spawn(name: &'static str, router: Router, incoming: TcpListenerStream) -> Self {
+    pub fn spawn(name: &'static str, router: Router, incoming: TcpIncoming) -> Self {
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;
