@@ -1,0 +1,453 @@
+//! The benchmark report: what was measured, on what, and how to print it (tables, or `--json`).
+//!
+//! Contract: every figure here comes from this run; medians are of the timed runs (the warm-up
+//! is never counted); totals are sums of per-query medians over the queries that succeeded on
+//! every engine; a ratio is Quiver's figure over the baseline's (for time: below 1 is faster).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::Options;
+use crate::cluster::Rss;
+
+/// Progress goes to stderr, so `--json` output stays clean.
+pub(crate) fn progress(line: impl AsRef<str>) {
+    eprintln!("[quiver-bench] {}", line.as_ref());
+}
+
+/// The middle value (the mean of the two middle ones for an even count; 0 for none).
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let sorted = sorted(values);
+    match sorted.len() {
+        0 => 0.0,
+        n if n.is_multiple_of(2) => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        n => sorted[n / 2],
+    }
+}
+
+/// Nearest-rank percentile, `p` in (0, 1] (0 for no values).
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
+    let sorted = sorted(values);
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn sorted(values: &[f64]) -> Vec<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) cpus: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) memory_bytes: u64,
+}
+
+impl Machine {
+    fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_bytes = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or_default();
+        Self {
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu_model,
+            memory_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) machine: Machine,
+    pub(crate) scale_factor: f64,
+    pub(crate) dataset: String,
+    pub(crate) executors: usize,
+    pub(crate) target_partitions: usize,
+    pub(crate) runs: usize,
+    pub(crate) tpch: Option<TpchReport>,
+    pub(crate) micro: Option<MicroReport>,
+}
+
+impl Report {
+    pub(crate) fn new(options: &Options, dataset: &Path) -> Self {
+        Self {
+            machine: Machine::detect(),
+            scale_factor: options.scale_factor,
+            dataset: dataset.display().to_string(),
+            executors: options.executors,
+            target_partitions: options.target_partitions,
+            runs: options.runs,
+            tpch: None,
+            micro: None,
+        }
+    }
+
+    pub(crate) fn has_mismatches(&self) -> bool {
+        self.tpch
+            .as_ref()
+            .is_some_and(|t| t.queries.iter().any(|q| q.rows_differ))
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "machine: {} CPUs ({}), {:.1} GiB; TPC-H SF{}; {} executors; target_partitions {}; warm-up + {} runs",
+            m.cpus,
+            m.cpu_model,
+            m.memory_bytes as f64 / (1u64 << 30) as f64,
+            self.scale_factor,
+            self.executors,
+            if self.target_partitions == 0 {
+                "one per core".to_string()
+            } else {
+                self.target_partitions.to_string()
+            },
+            self.runs
+        );
+        if let Some(tpch) = &self.tpch {
+            out.push('\n');
+            tpch.render(&mut out);
+        }
+        if let Some(micro) = &self.micro {
+            out.push('\n');
+            micro.render(&mut out);
+        }
+        out
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct QueryFigures {
+    pub(crate) query: usize,
+    /// Per engine: rows of the statement that returns rows (None until it ran).
+    pub(crate) rows: Vec<Option<u64>>,
+    /// Per engine: every timed run, ms.
+    pub(crate) times_ms: Vec<Vec<f64>>,
+    /// Per engine: median of `times_ms`.
+    pub(crate) median_ms: Vec<f64>,
+    pub(crate) errors: Vec<Option<String>>,
+    /// Row counts differ between engines, or between runs of one engine.
+    pub(crate) rows_differ: bool,
+}
+
+impl QueryFigures {
+    pub(crate) fn new(query: usize, engines: usize) -> Self {
+        Self {
+            query,
+            rows: vec![None; engines],
+            times_ms: vec![Vec::new(); engines],
+            median_ms: vec![0.0; engines],
+            errors: vec![None; engines],
+            rows_differ: false,
+        }
+    }
+
+    pub(crate) fn record_rows(&mut self, engine: usize, rows: u64) {
+        if self.rows.iter().flatten().any(|&r| r != rows) {
+            self.rows_differ = true;
+        }
+        self.rows[engine].get_or_insert(rows);
+    }
+
+    fn ok(&self) -> bool {
+        self.errors.iter().all(Option::is_none)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Ratio {
+    pub(crate) baseline: String,
+    /// Quiver's total over the baseline's total.
+    pub(crate) total: f64,
+    /// Geometric mean of the per-query ratios.
+    pub(crate) geomean: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TpchReport {
+    /// Engine 0 is Quiver; the others are baselines.
+    pub(crate) engines: Vec<String>,
+    pub(crate) queries: Vec<QueryFigures>,
+    pub(crate) total_ms: Vec<f64>,
+    /// Per timed run, per engine: the sum of that run's times (shows the spread between runs).
+    pub(crate) run_total_ms: Vec<Vec<f64>>,
+    pub(crate) ratios: Vec<Ratio>,
+    /// RSS of each Quiver process after the runs.
+    pub(crate) memory: Vec<(String, Rss)>,
+}
+
+impl TpchReport {
+    pub(crate) fn new(
+        engines: Vec<String>,
+        mut queries: Vec<QueryFigures>,
+        memory: Vec<(String, Rss)>,
+    ) -> Self {
+        for q in &mut queries {
+            q.median_ms = q.times_ms.iter().map(|t| median(t)).collect();
+        }
+        let total_ms: Vec<f64> = (0..engines.len())
+            .map(|e| {
+                queries
+                    .iter()
+                    .filter(|q| q.ok())
+                    .map(|q| q.median_ms[e])
+                    .sum()
+            })
+            .collect();
+        let ok: Vec<&QueryFigures> = queries.iter().filter(|q| q.ok()).collect();
+        let runs = ok
+            .iter()
+            .flat_map(|q| q.times_ms.iter().map(Vec::len))
+            .min()
+            .unwrap_or(0);
+        let run_total_ms = (0..runs)
+            .map(|r| {
+                (0..engines.len())
+                    .map(|e| ok.iter().map(|q| q.times_ms[e][r]).sum())
+                    .collect()
+            })
+            .collect();
+        let ratios = (1..engines.len())
+            .map(|b| {
+                let per_query: Vec<f64> = queries
+                    .iter()
+                    .filter(|q| q.ok() && q.median_ms[b] > 0.0)
+                    .map(|q| q.median_ms[0] / q.median_ms[b])
+                    .collect();
+                let geomean = if per_query.is_empty() {
+                    0.0
+                } else {
+                    (per_query.iter().map(|r| r.ln()).sum::<f64>() / per_query.len() as f64).exp()
+                };
+                Ratio {
+                    baseline: engines[b].clone(),
+                    total: total_ms[0] / total_ms[b],
+                    geomean,
+                }
+            })
+            .collect();
+        Self {
+            engines,
+            queries,
+            total_ms,
+            run_total_ms,
+            ratios,
+            memory,
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "TPC-H, median ms per query (DF-quiver: single-node DataFusion with Quiver's settings; \
+             DF-stock: with DataFusion's defaults; Q/x: Quiver / x; ! marks differing row counts)"
+        );
+        let mut header = format!("{:<6}{:>10}", "query", "rows");
+        for e in &self.engines {
+            let _ = write!(header, "{:>14}", e);
+        }
+        for e in &self.engines[1..] {
+            let _ = write!(header, "{:>14}", format!("Q/{e}"));
+        }
+        let _ = writeln!(out, "{header}");
+        for q in &self.queries {
+            let rows = q.rows[0]
+                .or(q.rows.iter().flatten().next().copied())
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into());
+            let mark = if q.rows_differ { "!" } else { "" };
+            let mut line = format!("{:<6}{:>10}", format!("q{}{mark}", q.query), rows);
+            for (e, median) in q.median_ms.iter().enumerate() {
+                let cell = if q.errors[e].is_some() {
+                    "error".to_string()
+                } else {
+                    format!("{median:.1}")
+                };
+                let _ = write!(line, "{cell:>14}");
+            }
+            for b in 1..self.engines.len() {
+                let cell = if q.ok() && q.median_ms[b] > 0.0 {
+                    format!("{:.2}", q.median_ms[0] / q.median_ms[b])
+                } else {
+                    "-".into()
+                };
+                let _ = write!(line, "{cell:>14}");
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        let mut line = format!("{:<16}", "total");
+        for t in &self.total_ms {
+            let _ = write!(line, "{t:>14.1}");
+        }
+        for r in &self.ratios {
+            let _ = write!(line, "{:>14.3}", r.total);
+        }
+        let _ = writeln!(out, "{line}");
+        for r in &self.ratios {
+            let _ = writeln!(
+                out,
+                "Quiver / {}: total {:.3}, geometric mean of per-query ratios {:.3}",
+                r.baseline, r.total, r.geomean
+            );
+        }
+        for (r, totals) in self.run_total_ms.iter().enumerate() {
+            let ratios: Vec<String> = totals[1..]
+                .iter()
+                .zip(&self.engines[1..])
+                .map(|(t, e)| format!("Quiver / {e} {:.3}", totals[0] / t))
+                .collect();
+            let _ = writeln!(out, "run {}: {}", r + 1, ratios.join(", "));
+        }
+        for q in &self.queries {
+            for (e, err) in q.errors.iter().enumerate() {
+                if let Some(err) = err {
+                    let _ = writeln!(out, "q{} failed on {}: {err}", q.query, self.engines[e]);
+                }
+            }
+            if q.rows_differ {
+                let _ = writeln!(out, "q{}: row counts differ: {:?}", q.query, q.rows);
+            }
+        }
+        for (node, rss) in &self.memory {
+            let _ = writeln!(
+                out,
+                "{node}: peak RSS {:.0} MiB after the TPC-H runs",
+                mib(rss.peak_bytes)
+            );
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Latency {
+    pub(crate) iterations: usize,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) mean_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+impl Latency {
+    pub(crate) fn from_samples(samples: Vec<f64>) -> Self {
+        Self {
+            iterations: samples.len(),
+            p50_ms: median(&samples),
+            p99_ms: percentile(&samples, 0.99),
+            mean_ms: samples.iter().sum::<f64>() / samples.len().max(1) as f64,
+            max_ms: samples.iter().copied().fold(0.0, f64::max),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct DoGetFigures {
+    pub(crate) sql: String,
+    pub(crate) rows: u64,
+    pub(crate) ipc_bytes: u64,
+    pub(crate) plain_ipc_bytes: u64,
+    pub(crate) quiver_gb_per_s: f64,
+    pub(crate) plain_gb_per_s: f64,
+    /// Quiver / plain.
+    pub(crate) ratio: f64,
+    pub(crate) quiver_runs: Vec<f64>,
+    pub(crate) plain_runs: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct NodeMemory {
+    pub(crate) node: String,
+    pub(crate) peak_rss_bytes: u64,
+    pub(crate) current_rss_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SlowClientFigures {
+    pub(crate) sql_copies_of_lineitem: u64,
+    pub(crate) rows: u64,
+    pub(crate) ipc_bytes: u64,
+    pub(crate) seconds: f64,
+    pub(crate) client_mb_per_s: f64,
+    pub(crate) coordinator_idle_rss_bytes: u64,
+    pub(crate) coordinator_peak_rss_bytes: u64,
+    pub(crate) nodes: Vec<NodeMemory>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct MicroReport {
+    pub(crate) select1: Latency,
+    pub(crate) doget: DoGetFigures,
+    pub(crate) slow_client: SlowClientFigures,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+impl MicroReport {
+    fn render(&self, out: &mut String) {
+        let s = &self.select1;
+        let _ = writeln!(
+            out,
+            "SELECT 1 round trip ({} iterations): p50 {:.2} ms, p99 {:.2} ms, mean {:.2} ms, max {:.2} ms",
+            s.iterations, s.p50_ms, s.p99_ms, s.mean_ms, s.max_ms
+        );
+        let d = &self.doget;
+        let _ = writeln!(
+            out,
+            "DoGet `{}` ({} rows, {:.2} GB of Arrow IPC): Quiver {:.2} GB/s, plain arrow-flight {:.2} GB/s, ratio {:.2}",
+            d.sql,
+            d.rows,
+            d.ipc_bytes as f64 / 1e9,
+            d.quiver_gb_per_s,
+            d.plain_gb_per_s,
+            d.ratio
+        );
+        let c = &self.slow_client;
+        let _ = writeln!(
+            out,
+            "Slow client: {} rows, {:.2} GB of Arrow IPC ({} copies of lineitem) in {:.1} s ({:.0} MB/s)",
+            c.rows,
+            c.ipc_bytes as f64 / 1e9,
+            c.sql_copies_of_lineitem,
+            c.seconds,
+            c.client_mb_per_s
+        );
+        let _ = writeln!(
+            out,
+            "  coordinator RSS idle {:.0} MiB",
+            mib(c.coordinator_idle_rss_bytes)
+        );
+        for n in &c.nodes {
+            let _ = writeln!(
+                out,
+                "  {}: peak RSS {:.0} MiB (now {:.0} MiB)",
+                n.node,
+                mib(n.peak_rss_bytes),
+                mib(n.current_rss_bytes)
+            );
+        }
+    }
+}
