@@ -890,17 +890,22 @@ mod tests {
         assert_eq!(explain.kind, StatementKind::Explain { analyze: false });
         assert_eq!(explain.schema.fields().len(), 2);
 
-        for unsupported in [
-            "COPY (SELECT 1) TO '/tmp/never.parquet'",
-            "SET datafusion.execution.batch_size = 1",
-            "CREATE TEMPORARY TABLE m AS SELECT 1",
-        ] {
-            let err = engine.prepare(unsupported).await.unwrap_err();
-            assert_eq!(
-                err.to_status().code(),
+        for (statement, code) in [
+            (
+                "COPY (SELECT 1) TO '/tmp/never.parquet'",
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                "SET datafusion.execution.batch_size = 1",
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                "CREATE TEMPORARY TABLE m AS SELECT 1",
                 tonic::Code::Unimplemented,
-                "{unsupported}"
-            );
+            ),
+        ] {
+            let err = engine.prepare(statement).await.unwrap_err();
+            assert_eq!(err.to_status().code(), code, "{statement}");
         }
         let select = engine.prepare("SELECT 1").await.unwrap();
         let err = engine.execute_update(&select).await.unwrap_err();
