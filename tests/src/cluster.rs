@@ -3,6 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
+use arrow_flight::{FlightClient, FlightDescriptor, FlightInfo, Ticket};
+use prost::Message;
 use quiver_client::QuiverClient;
 use quiver_proto::cluster::cluster_service_client::ClusterServiceClient;
 use quiver_proto::cluster::executor_service_client::ExecutorServiceClient;
@@ -66,6 +70,15 @@ impl ClusterOptions {
             ..Self::default()
         }
     }
+}
+
+/// A statement started by [`TestCluster::start_statement`].
+pub struct RawStatement {
+    /// The client that started it (for `CancelFlightInfo`, or another `DoGet`).
+    pub flight: FlightClient,
+    pub info: FlightInfo,
+    pub ticket: Ticket,
+    pub stream: FlightRecordBatchStream,
 }
 
 #[derive(Debug)]
@@ -168,6 +181,34 @@ impl TestCluster {
         self.coordinator = QuiverProcess::spawn(self.dir.path(), "coordinator-restarted", &args);
         let addr = self.coordinator.wait_for_address(START_LIMIT);
         assert_eq!(addr, self.coordinator_addr);
+    }
+
+    /// Starts `sql` with raw Flight calls (`GetFlightInfo`, then `DoGet` of its ticket), for tests
+    /// that read, drop or cancel the stream themselves.
+    pub async fn start_statement(&self, sql: &str) -> RawStatement {
+        let mut flight = FlightClient::new(self.channel().await);
+        let command = CommandStatementQuery {
+            query: sql.to_string(),
+            transaction_id: None,
+        };
+        let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+        let info = within(
+            START_LIMIT,
+            "get_flight_info",
+            flight.get_flight_info(descriptor),
+        )
+        .await
+        .expect("flight info");
+        let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+        let stream = within(START_LIMIT, "do_get", flight.do_get(ticket.clone()))
+            .await
+            .expect("do_get");
+        RawStatement {
+            flight,
+            info,
+            ticket,
+            stream,
+        }
     }
 
     /// CPU time executor `index` has used so far (user + system), from `/proc/<pid>/stat`.

@@ -9,11 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
-use arrow_flight::{CancelFlightInfoRequest, CancelStatus, FlightClient, FlightDescriptor};
+use arrow_flight::{CancelFlightInfoRequest, CancelStatus};
 use futures::StreamExt;
-use prost::Message;
 
+use quiver_tests::cluster::RawStatement;
 use quiver_tests::oracle::tpch_dataset;
 use quiver_tests::{ClusterOptions, TestCluster, within};
 use tonic::Code;
@@ -120,24 +119,12 @@ async fn busy_executors_keep_heartbeating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_flight_info_stops_a_running_query() {
     let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
-    let channel = cluster.channel().await;
-    let mut flight = FlightClient::new(channel);
-    let command = CommandStatementQuery {
-        query: ENDLESS.to_string(),
-        transaction_id: None,
-    };
-    let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
-    let info = within(
-        QUERY_LIMIT,
-        "get_flight_info",
-        flight.get_flight_info(descriptor),
-    )
-    .await
-    .expect("flight info");
-    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
-    let mut stream = within(QUERY_LIMIT, "do_get", flight.do_get(ticket.clone()))
-        .await
-        .expect("do_get");
+    let RawStatement {
+        mut flight,
+        info,
+        ticket,
+        mut stream,
+    } = cluster.start_statement(ENDLESS).await;
     let reader = tokio::spawn(async move {
         let mut last = None;
         while let Some(item) = stream.next().await {
@@ -199,23 +186,12 @@ enum GiveUp {
 async fn executors_stop_a_cancelled_query_within_5_seconds() {
     let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
     for how in [GiveUp::DropStream, GiveUp::CancelFlightInfo] {
-        let mut flight = FlightClient::new(cluster.channel().await);
-        let command = CommandStatementQuery {
-            query: ENDLESS.to_string(),
-            transaction_id: None,
-        };
-        let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
-        let info = within(
-            QUERY_LIMIT,
-            "get_flight_info",
-            flight.get_flight_info(descriptor),
-        )
-        .await
-        .expect("flight info");
-        let ticket = info.endpoint[0].ticket.clone().expect("ticket");
-        let mut stream = within(QUERY_LIMIT, "do_get", flight.do_get(ticket))
-            .await
-            .expect("do_get");
+        let RawStatement {
+            mut flight,
+            info,
+            mut stream,
+            ..
+        } = cluster.start_statement(ENDLESS).await;
         let reader = tokio::spawn(async move { while stream.next().await.is_some() {} });
 
         // Wait until the query runs on both executors.

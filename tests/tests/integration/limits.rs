@@ -203,10 +203,7 @@ async fn per_query_memory_limits_bind_within_the_node_limit() {
 /// result, and reading on afterwards still yields every row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_never_makes_nodes_buffer_its_result() {
-    use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
-    use arrow_flight::{FlightClient, FlightDescriptor};
     use futures::StreamExt;
-    use prost::Message;
     use quiver_tests::process::rss_bytes;
 
     let cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
@@ -218,23 +215,7 @@ async fn a_slow_client_never_makes_nodes_buffer_its_result() {
     let sql = "SELECT l.*, n_name, r_name FROM lineitem l CROSS JOIN nation CROSS JOIN region";
     let expected_rows = lineitem_rows().await * 125;
 
-    let mut flight = FlightClient::new(cluster.channel().await);
-    let command = CommandStatementQuery {
-        query: sql.to_string(),
-        transaction_id: None,
-    };
-    let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
-    let info = within(
-        QUERY_LIMIT,
-        "get_flight_info",
-        flight.get_flight_info(descriptor),
-    )
-    .await
-    .expect("flight info");
-    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
-    let mut stream = within(QUERY_LIMIT, "do_get", flight.do_get(ticket))
-        .await
-        .expect("do_get");
+    let mut stream = cluster.start_statement(sql).await.stream;
     let mut rows = 0usize;
     let first = within(QUERY_LIMIT, "first batch", stream.next())
         .await

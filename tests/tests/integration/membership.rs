@@ -171,32 +171,17 @@ async fn frozen_executor_is_treated_as_lost() {
 /// sent), the next query succeeds, and a restarted executor joins and gets work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_killed_mid_stream_is_named_in_unavailable() {
-    use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
-    use arrow_flight::{FlightClient, FlightDescriptor};
     use futures::StreamExt;
-    use prost::Message;
 
     let mut cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
-    let mut flight = FlightClient::new(cluster.channel().await);
     // Rows from both executors for far longer than the test runs.
-    let command = CommandStatementQuery {
-        query: "SELECT a.l_orderkey, b.l_orderkey FROM lineitem a, lineitem b \
-                WHERE a.l_comment < b.l_comment"
-            .to_string(),
-        transaction_id: None,
-    };
-    let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
-    let info = within(
-        QUERY_LIMIT,
-        "get_flight_info",
-        flight.get_flight_info(descriptor),
-    )
-    .await
-    .expect("flight info");
-    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
-    let mut stream = within(QUERY_LIMIT, "do_get", flight.do_get(ticket))
+    let mut stream = cluster
+        .start_statement(
+            "SELECT a.l_orderkey, b.l_orderkey FROM lineitem a, lineitem b \
+             WHERE a.l_comment < b.l_comment",
+        )
         .await
-        .expect("do_get");
+        .stream;
     let first = within(QUERY_LIMIT, "first batch", stream.next())
         .await
         .expect("a batch")
