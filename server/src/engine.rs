@@ -315,7 +315,12 @@ impl QueryEngine {
                     Some(p) => p,
                     None => ctx.state().create_physical_plan(&plan).await?,
                 };
-                let live_at_start = registry.live_worker_urls();
+                // A plan that stays on the coordinator depends on no executor.
+                let live_at_start = if distributed::stage_count(&physical) > 1 {
+                    registry.live_worker_urls()
+                } else {
+                    Vec::new()
+                };
                 *attempt_executors.lock().unwrap_or_else(|e| e.into_inner()) =
                     live_at_start.clone();
                 let mut stream = fail_on_departure(
