@@ -518,18 +518,27 @@ impl<'c> Generator<'c> {
         self.simple_predicate(scope)
     }
 
+    /// A column of `scope` with a foreign-key link, and the (table, key) it links to; `None`
+    /// if no column has one.
+    fn pick_linked(
+        &mut self,
+        scope: &Scope<'c>,
+    ) -> Option<(&'c Column, (&'static str, &'static str))> {
+        let linked: Vec<(&'c Column, (&'static str, &'static str))> = scope
+            .iter()
+            .filter_map(|c| linked_key(&c.name).map(|k| (*c, k)))
+            .collect();
+        if linked.is_empty() {
+            return None;
+        }
+        Some(*self.rng.pick(&linked))
+    }
+
     fn subquery_predicate(&mut self, scope: &Scope<'c>) -> Option<String> {
         match self.rng.below(4) {
             3 => {
                 // Correlated [NOT] EXISTS along a foreign key (decorrelated into a semi join).
-                let linked: Vec<(&'c Column, (&'static str, &'static str))> = scope
-                    .iter()
-                    .filter_map(|c| linked_key(&c.name).map(|k| (*c, k)))
-                    .collect();
-                if linked.is_empty() {
-                    return None;
-                }
-                let (column, (table, key)) = *self.rng.pick(&linked);
+                let (column, (table, key)) = self.pick_linked(scope)?;
                 let inner = self.scope(&[table]);
                 let filter = self.predicate(&inner, 1, false);
                 let not = if self.rng.chance(25) { "NOT " } else { "" };
@@ -540,16 +549,7 @@ impl<'c> Generator<'c> {
             }
             0 => {
                 // column [NOT] IN (SELECT referenced key ...), along a foreign key either way.
-                let (column, (table, key)) = {
-                    let linked: Vec<(&'c Column, (&'static str, &'static str))> = scope
-                        .iter()
-                        .filter_map(|c| linked_key(&c.name).map(|k| (*c, k)))
-                        .collect();
-                    if linked.is_empty() {
-                        return None;
-                    }
-                    *self.rng.pick(&linked)
-                };
+                let (column, (table, key)) = self.pick_linked(scope)?;
                 let inner = self.scope(&[table]);
                 let filter = self.predicate(&inner, 1, false);
                 let not = if self.rng.chance(25) { "NOT " } else { "" };
