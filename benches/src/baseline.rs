@@ -3,7 +3,7 @@
 //! Contract: tables are registered exactly as Quiver's catalog registers `--table NAME=DIR`
 //! (`CREATE EXTERNAL TABLE name STORED AS PARQUET LOCATION '<absolute dir>/'`), with the same
 //! `target_partitions` as the Quiver nodes. Two flavours:
-//! * [`Flavour::Quiver`]: `quiver_server::settings::session_config`, the settings every Quiver
+//! * [`Flavour::Quiver`]: `quiver_server::session_config`, the settings every Quiver
 //!   node runs with (dynamic filter pushdown off, no physical scalar subqueries, plain Utf8
 //!   strings). This isolates the cost of distribution and the front door.
 //! * [`Flavour::Stock`]: DataFusion's defaults, what a user of DataFusion would get; the gap to
@@ -41,7 +41,7 @@ pub(crate) async fn context(
     target_partitions: usize,
 ) -> Result<SessionContext> {
     let config = match flavour {
-        Flavour::Quiver => quiver_server::settings::session_config(target_partitions)?,
+        Flavour::Quiver => quiver_server::session_config(target_partitions)?,
         Flavour::Stock => {
             let config = SessionConfig::new();
             if target_partitions > 0 {
@@ -54,7 +54,7 @@ pub(crate) async fn context(
     let ctx = SessionContext::new_with_config(config);
     for table in quiver_server::tpch::TABLES {
         let location =
-            quiver_server::catalog::absolute_location(&dataset.join(table).display().to_string())?;
+            quiver_server::absolute_location(&dataset.join(table).display().to_string())?;
         let ddl = format!("CREATE EXTERNAL TABLE {table} STORED AS PARQUET LOCATION '{location}'");
         ctx.sql(&ddl)
             .await

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use quiver_proto::cluster::ListExecutorsRequest;
 use quiver_proto::cluster::cluster_service_client::ClusterServiceClient;
-use quiver_server::cluster_auth::{ClusterAuth, Signed};
+use quiver_server::{ClusterAuth, Signed};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 

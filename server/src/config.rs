@@ -1,7 +1,7 @@
 //! The server's `--config` file (TOML): client authentication and where SQL may point tables.
 //!
 //! ```toml
-//! [auth]                       # see crate::auth
+//! [auth]                       # see crate::security::auth
 //! token_secret = "..."
 //! [[auth.users]]
 //! name = "analyst"
@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::auth::AuthConfig;
+use crate::security::auth::AuthConfig;
 use crate::error::{QuiverError, Result};
 
 #[derive(Debug, Clone, Default, Deserialize)]

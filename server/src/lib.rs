@@ -4,58 +4,72 @@
 //!   ADBC / JDBC / pyarrow / quiver sql
 //!              │  Flight SQL (gRPC)
 //!              ▼
-//!   ┌───────────────────────────────────────────┐
-//!   │ coordinator                               │
-//!   │  frontdoor ─► engine ─► DataFusion +      │
-//!   │  (Flight SQL)  │        distributed planner│
-//!   │  catalog ◄─────┘        (head stage here) │
-//!   │  membership (ClusterService) ◄──────┐     │
-//!   └──────────────┬──────────────────────┼─────┘
-//!      plan fragments, Arrow IPC streams  │ register / heartbeat
-//!         ┌────────┴─────────┐            │
-//!         ▼                  ▼            │
-//!   ┌───────────┐ shuffle ┌───────────┐   │
-//!   │ executor  │◄───────►│ executor  │───┘
-//!   │ (worker)  │         │ (worker)  │
+//!   ┌────────────────────────────────────────────────────────┐
+//!   │ coordinator (node::coordinator)                        │
+//!   │  security::auth ─► frontdoor ──QueryService──► engine  │
+//!   │                    (Flight SQL)   (Quiver's    │  run: │
+//!   │                                    own types)  │  supervised runs
+//!   │  storage::catalog / warehouse ◄────────────────┤  writes: one commit
+//!   │  planner (settings, rules) ◄───────────────────┘       │
+//!   │  cluster::membership ◄──── register / heartbeat ────┐  │
+//!   │  cluster::distributed (datafusion-distributed seam) │  │
+//!   └──────────────┬──────────────────────────────────────┼──┘
+//!      plan fragments, Arrow IPC streams (signed:          │
+//!      security::cluster_auth)                             │
+//!         ┌────────┴─────────┐                             │
+//!         ▼                  ▼                             │
+//!   ┌───────────┐ shuffle ┌───────────┐                    │
+//!   │ executor  │◄───────►│ executor  │────────────────────┘
+//!   │ (worker)  │         │ (worker)  │  node::executor
 //!   └─────┬─────┘         └─────┬─────┘
-//!         └──── Parquet / CSV / JSON: local disk or S3 ────┘
+//!         └──── Parquet / CSV / JSON: local disk or S3 (storage::object_stores) ────┘
 //! ```
 //!
-//! Modules, one concern each:
-//! * [`coordinator`], [`executor`], [`serve`]: the three server shapes of the `quiver` binary;
-//! * [`frontdoor`]: Flight SQL protocol over [`engine`], the coordinator's query engine;
-//!   [`auth`]: client authentication in front of it; [`writes`] and [`warehouse`]: managed tables;
-//! * [`distributed`]: the only module that names datafusion-distributed types;
-//! * [`membership`]: the live executor set; [`cluster_auth`]: signatures of the internal plane;
-//!   [`catalog`] and [`object_stores`]: tables;
-//! * [`settings`]: DataFusion settings every node shares; [`arrow_compat`]: wire-safe types;
-//! * [`error`]: the error enum and its one mapping to gRPC codes; [`config`]: the `--config` file;
-//! * [`resources`]: memory, spill and admission limits; [`placeholders`]: `?` parameters;
-//!   [`tpch`]: the demo dataset; [`net`], [`task`]: plumbing.
+//! Folders by concern, each module private, its contract in its own `//!` doc:
+//! * `node`: the process shapes of the binary (coordinator, executor, `serve`) and sockets;
+//! * `frontdoor`: the Flight SQL protocol; it reaches the engine only through
+//!   [`QueryService`], in Quiver's own types, so it is tested without a cluster;
+//! * `engine`: statements (prepare, bind, classify), the one supervised run of a physical plan
+//!   (admission, deadlines, the departure watchdog, reruns), EXPLAIN, catalog DDL and writes
+//!   with their one uninterruptible commit;
+//! * `cluster`: membership and the seam to datafusion-distributed (the only module naming it),
+//!   stage deadlines;
+//! * `storage`: catalog, warehouse, object stores, the demo dataset;
+//! * `planner`: the settings every node plans with and Quiver's optimizer rules;
+//! * `security`: client auth, cluster signatures, the IPC guard;
+//! * `error` (one error enum, one mapping to gRPC codes), `ids` (typed ids), `task` (owned
+//!   tasks), `resources` (memory and admission), `config`, `arrow_compat` (wire-safe types).
+//!
+//! What the binary, the tests and the benches use is re-exported below; nothing else is public.
 
-pub mod arrow_compat;
-pub mod auth;
-pub mod catalog;
-pub mod cluster_auth;
-pub mod config;
-pub mod cooperative;
-pub mod coordinator;
-pub mod distributed;
-pub mod engine;
-pub mod error;
-pub mod executor;
-pub mod frontdoor;
-pub mod ipc_guard;
-pub mod membership;
-pub mod net;
-pub mod object_stores;
-pub mod placeholders;
-pub mod resources;
-pub mod serve;
-pub mod settings;
-pub mod stage_deadline;
-pub mod task;
-pub mod tpch;
-pub mod warehouse;
-pub mod window_sorts;
-pub mod writes;
+mod arrow_compat;
+mod cluster;
+mod config;
+mod engine;
+mod error;
+mod frontdoor;
+mod ids;
+mod node;
+mod planner;
+mod resources;
+mod security;
+mod storage;
+mod task;
+
+pub use arrow_compat::{cast_batch, plain_schema};
+pub use config::ServerConfigFile;
+pub use error::{QuiverError, Result};
+pub use frontdoor::DEFAULT_MAX_MESSAGE_BYTES;
+pub use ids::{AttemptId, QueryId, StatementId};
+pub use node::coordinator::{
+    CoordinatorConfig, RunningCoordinator, TlsFiles, start as start_coordinator,
+};
+pub use node::executor::{ExecutorConfig, RunningExecutor, start as start_executor};
+pub use node::net::parse_listen;
+pub use node::serve::{LocalCluster, ServeConfig, start as start_serve};
+pub use planner::settings::{DISTRIBUTED_SETTINGS, session_config};
+pub use resources::{ResourceLimits, parse_bytes};
+pub use security::auth::{DEFAULT_HASH_ITERATIONS, hash_password};
+pub use security::cluster_auth::{ClusterAuth, Signed};
+pub use storage::catalog::{TableDef, absolute_location};
+pub use storage::tpch;

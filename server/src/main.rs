@@ -8,15 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use datafusion::arrow::ipc::CompressionType;
-use quiver_server::catalog::TableDef;
-use quiver_server::cluster_auth::ClusterAuth;
-use quiver_server::config::ServerConfigFile;
-use quiver_server::coordinator::{self, CoordinatorConfig, TlsFiles};
-use quiver_server::error::QuiverError;
-use quiver_server::executor::{self, ExecutorConfig};
-use quiver_server::net::parse_listen;
-use quiver_server::resources::{ResourceLimits, parse_bytes};
-use quiver_server::serve::{self, ServeConfig};
+use quiver_server::{
+    ClusterAuth, CoordinatorConfig, ExecutorConfig, QuiverError, ResourceLimits, ServeConfig,
+    ServerConfigFile, TableDef, TlsFiles, parse_bytes, parse_listen,
+};
 
 #[derive(Parser)]
 #[command(
@@ -103,7 +98,7 @@ struct ClusterArgs {
     #[arg(long, value_name = "DIR_OR_URL")]
     warehouse: Option<String>,
     /// Largest message a client may send, in bytes (ingest and parameter batches).
-    #[arg(long, default_value_t = quiver_server::frontdoor::DEFAULT_MAX_MESSAGE_BYTES)]
+    #[arg(long, default_value_t = quiver_server::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
     /// Queries (and writes) running at once; 0 = no limit.
     #[arg(long, default_value_t = 32)]
@@ -231,7 +226,7 @@ struct ExecutorArgs {
 #[derive(Args)]
 struct HashPasswordArgs {
     /// PBKDF2 rounds.
-    #[arg(long, default_value_t = quiver_server::auth::DEFAULT_HASH_ITERATIONS)]
+    #[arg(long, default_value_t = quiver_server::DEFAULT_HASH_ITERATIONS)]
     iterations: u32,
 }
 
@@ -255,7 +250,7 @@ fn coordinator_config(
     let warehouse = cluster
         .warehouse
         .as_deref()
-        .map(quiver_server::catalog::absolute_location)
+        .map(quiver_server::absolute_location)
         .transpose()?;
     Ok(CoordinatorConfig {
         auth: file.auth,
@@ -309,7 +304,7 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
                 data_dir: args.data_dir,
                 tpch_scale_factor: args.tpch_sf,
             };
-            let cluster = serve::start(config).await?;
+            let cluster = quiver_server::start_serve(config).await?;
             let url = cluster.coordinator.url();
             println!("Quiver is serving Flight SQL on {url} with {executors} executors.");
             println!("Try: quiver sql --url {url} -c 'SELECT count(*) FROM lineitem'");
@@ -320,7 +315,7 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
         }
         Command::Coordinator(args) => {
             let running =
-                coordinator::start(coordinator_config(args.cluster, args.catalog)?).await?;
+                quiver_server::start_coordinator(coordinator_config(args.cluster, args.catalog)?).await?;
             tokio::select! {
                 r = running.wait() => r,
                 _ = shutdown_signal() => Ok(()),
@@ -329,7 +324,7 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
         Command::Executor(args) => {
             let cluster_auth = args.cluster_secret.auth()?;
             check_exposure(args.listen, &cluster_auth, args.insecure)?;
-            let running = executor::start(ExecutorConfig {
+            let running = quiver_server::start_executor(ExecutorConfig {
                 coordinator: args.coordinator,
                 listen: args.listen,
                 advertise: args.advertise,
@@ -365,7 +360,7 @@ fn hash_password(args: &HashPasswordArgs) -> ExitCode {
         eprintln!("quiver: empty password");
         return ExitCode::FAILURE;
     }
-    match quiver_server::auth::hash_password(password, args.iterations) {
+    match quiver_server::hash_password(password, args.iterations) {
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS

@@ -15,7 +15,7 @@ use quiver_proto::cluster::{
 };
 use tempfile::TempDir;
 
-use quiver_server::cluster_auth::{ClusterAuth, Signed};
+use quiver_server::{ClusterAuth, Signed};
 
 use crate::process::QuiverProcess;
 use crate::within;

@@ -23,7 +23,7 @@ pub fn tpch_dataset() -> PathBuf {
 
 /// A single-node session over the TPC-H tables in `dir`, with Quiver's settings.
 pub async fn tpch_context(dir: &Path) -> SessionContext {
-    let config = quiver_server::settings::session_config(0).expect("settings");
+    let config = quiver_server::session_config(0).expect("settings");
     let ctx = SessionContext::new_with_config(config);
     for table in quiver_server::tpch::TABLES {
         let path = format!("{}/", dir.join(table).display());

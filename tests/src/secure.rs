@@ -20,7 +20,7 @@ impl Security {
     pub fn create(dir: &Path) -> Self {
         let user = "analyst".to_string();
         let password = "s3cret pass: with colon".to_string();
-        let hash = quiver_server::auth::hash_password(&password, 1_000).expect("hash");
+        let hash = quiver_server::hash_password(&password, 1_000).expect("hash");
         let config = dir.join("quiver.toml");
         std::fs::write(
             &config,

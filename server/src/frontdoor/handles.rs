@@ -19,7 +19,7 @@ use prost::Message;
 use quiver_proto::frontdoor::{PreparedStatementHandle, StatementTicket};
 
 use crate::error::{QuiverError, Result};
-use crate::ipc_guard;
+use crate::security::ipc_guard;
 
 /// A statement and the parameter values bound to it.
 #[derive(Debug, Clone)]

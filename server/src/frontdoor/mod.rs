@@ -13,9 +13,9 @@
 //!   `DoGet` stream, or `CancelFlightInfo` on its FlightInfo, cancels the query on every executor;
 //! * writes (`CREATE TABLE`, `INSERT`) run like DDL and report their row count; bulk ingest
 //!   (`CommandStatementIngest`) and parameter rows sent with a prepared update go through
-//!   [`crate::writes`];
+//!   [`crate::engine::writes`];
 //! * session options (`catalog`, `schema`) are kept per session ([`sessions`]); credentials were
-//!   checked before any of this runs ([`crate::auth`]);
+//!   checked before any of this runs ([`crate::security::auth`]);
 //! * Substrait and transactions answer a clear `Unimplemented`, as do unknown actions;
 //! * errors keep DataFusion's message with a meaningful code (see [`crate::error`]).
 
@@ -74,12 +74,12 @@ use quiver_proto::frontdoor::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::arrow_compat::plain_schema;
-use crate::auth::{Identity, IssuedToken, SESSION_COOKIE, random_id};
+use crate::security::auth::{Identity, IssuedToken, SESSION_COOKIE, random_id};
 use crate::engine::{QueryEngine, QueryStream, Statement};
 use crate::error::{QuiverError, Result};
-use crate::ipc_guard;
-use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
-use crate::writes::{IfExists, IfMissing};
+use crate::security::ipc_guard;
+use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
+use crate::engine::{IfExists, IfMissing};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
@@ -477,7 +477,7 @@ impl FlightSqlService for FrontDoor {
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
-        // Credentials were checked by [`crate::auth`], which also puts the token into the
+        // Credentials were checked by [`crate::security::auth`], which also puts the token into the
         // response headers (where JDBC and ADBC look); the payload carries it for older clients.
         let payload = request
             .extensions()
@@ -654,7 +654,7 @@ impl FlightSqlService for FrontDoor {
     }
 
     /// Bulk ingest: the client's batches become a Parquet file of a managed table, committed
-    /// atomically (see [`crate::writes`]).
+    /// atomically (see [`crate::engine::writes`]).
     async fn do_put_statement_ingest(
         &self,
         command: CommandStatementIngest,

@@ -22,7 +22,7 @@ use quiver_proto::frontdoor::{
     SetSessionOptionsResult, close_session_result,
 };
 
-use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
+use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
 
 const IDLE_EXPIRY: Duration = Duration::from_secs(3600);
 const MAX_SESSIONS: usize = 10_000;

@@ -169,7 +169,7 @@ async fn internal_calls_need_the_cluster_secret() {
     use quiver_proto::cluster::cluster_service_client::ClusterServiceClient;
     use quiver_proto::cluster::executor_service_client::ExecutorServiceClient;
     use quiver_proto::cluster::{GetExecutorStatusRequest, ListExecutorsRequest};
-    use quiver_server::cluster_auth::{ClusterAuth, Signed};
+    use quiver_server::{ClusterAuth, Signed};
 
     let mut cluster = TestCluster::start(ClusterOptions::tpch(&tpch_dataset())).await;
     let executor = format!("http://{}", cluster.executor_addrs[0]);

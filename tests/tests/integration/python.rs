@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::ipc::writer::FileWriter;
-use quiver_server::arrow_compat::{cast_batch, plain_schema};
+use quiver_server::{cast_batch, plain_schema};
 use quiver_tests::oracle::{self, tpch_dataset};
 use quiver_tests::process::spawn_serve;
 use quiver_tests::secure::Security;

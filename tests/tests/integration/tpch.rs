@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use quiver_client::QuiverClient;
-use quiver_server::settings::DISTRIBUTED_SETTINGS;
+use quiver_server::DISTRIBUTED_SETTINGS;
 use quiver_tests::compare::{compare, is_ordered};
 use quiver_tests::oracle::{self, tpch_dataset};
 use quiver_tests::{ClusterOptions, TestCluster, tpch_query, within};

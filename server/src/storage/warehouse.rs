@@ -6,7 +6,7 @@
 //! * a file becomes visible under its final name only once complete: locally it is written to a
 //!   hidden temp file, fsynced, renamed and the directory fsynced; on S3 it is a multipart upload
 //!   that exists only once completed. A failed or cancelled write removes its temp file;
-//! * files are not part of a table until the catalog lists them ([`crate::catalog`] commits after
+//! * files are not part of a table until the catalog lists them ([`crate::storage::catalog`] commits after
 //!   the files are durable), so readers never see a partial file or a partial write, and a
 //!   write that fails before its commit leaves nothing visible (at worst an unreferenced file).
 
@@ -28,7 +28,7 @@ use parquet::file::properties::WriterProperties;
 use url::Url;
 
 use crate::error::{QuiverError, Result};
-use crate::object_stores::{self, StoreOptions};
+use crate::storage::object_stores::{self, StoreOptions};
 
 /// A data file that was written and is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]

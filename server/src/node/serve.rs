@@ -8,13 +8,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::catalog::TableDef;
-use crate::cluster_auth::ClusterAuth;
-use crate::coordinator::{self, CoordinatorConfig, RunningCoordinator};
+use crate::storage::catalog::TableDef;
+use crate::security::cluster_auth::ClusterAuth;
+use crate::node::coordinator::{self, CoordinatorConfig, RunningCoordinator};
 use crate::error::{QuiverError, Result};
-use crate::executor::{self, ExecutorConfig, RunningExecutor};
-use crate::net;
-use crate::tpch;
+use crate::node::executor::{self, ExecutorConfig, RunningExecutor};
+use crate::node::net;
+use crate::storage::tpch;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -63,7 +63,7 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
     // The address file means "ready": written once the executors have joined.
     let address_file = coordinator_config.address_file.take();
     if coordinator_config.warehouse.is_none() {
-        coordinator_config.warehouse = Some(crate::catalog::absolute_location(
+        coordinator_config.warehouse = Some(crate::storage::catalog::absolute_location(
             &config.data_dir.join("warehouse").to_string_lossy(),
         )?);
     }

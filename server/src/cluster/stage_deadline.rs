@@ -24,7 +24,7 @@ use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
-use crate::net;
+use crate::node::net;
 
 /// Milliseconds a stage may run, set by the coordinator on every worker request.
 pub const HEADER: &str = "x-quiver-stage-timeout-ms";

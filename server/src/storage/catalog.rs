@@ -42,7 +42,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use url::Url;
 
 use crate::error::{QuiverError, Result};
-use crate::object_stores::{self, StoreOptions};
+use crate::storage::object_stores::{self, StoreOptions};
 
 /// File formats a table can be stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

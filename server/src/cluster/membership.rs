@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use quiver_proto::cluster::cluster_service_server::ClusterService;
 use quiver_proto::cluster::executor_service_client::ExecutorServiceClient;
 
-use crate::cluster_auth::{ClusterAuth, Signed};
+use crate::security::cluster_auth::{ClusterAuth, Signed};
 use quiver_proto::cluster::{
     ExecutorInfo, GetExecutorStatusRequest, HeartbeatRequest, HeartbeatResponse,
     ListExecutorsRequest, ListExecutorsResponse, ObjectStoreConfig, RegisterExecutorRequest,
@@ -26,7 +26,7 @@ use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use url::Url;
 
-use crate::catalog::Catalog;
+use crate::storage::catalog::Catalog;
 use crate::task::AbortOnDrop;
 
 #[derive(Debug, Clone)]

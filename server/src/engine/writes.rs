@@ -25,11 +25,11 @@ use datafusion::physical_plan::execute_stream;
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use crate::arrow_compat::{cast_batch, plain_schema};
-use crate::catalog::{self, TableDef};
+use crate::storage::catalog::{self, TableDef};
 use crate::engine::{Deadline, QueryEngine, table_name};
 use crate::error::{QuiverError, Result};
-use crate::object_stores::StoreOptions;
-use crate::warehouse::{DataFile, Warehouse};
+use crate::storage::object_stores::StoreOptions;
+use crate::storage::warehouse::{DataFile, Warehouse};
 
 /// What bulk ingest does when the table does not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

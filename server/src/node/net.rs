@@ -17,7 +17,7 @@ use tonic::codegen::http;
 use tonic::transport::server::Router;
 use tonic::transport::server::TcpIncoming;
 
-use crate::catalog::write_atomically;
+use crate::storage::catalog::write_atomically;
 use crate::error::{QuiverError, Result};
 
 /// Binds `addr`; returns the incoming-connection stream and the bound address.

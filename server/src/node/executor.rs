@@ -26,12 +26,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server};
 use tonic::{Request, Response, Status};
 use url::Url;
 
-use crate::cluster_auth::{ClusterAuth, Signed, Verified};
-use crate::distributed::{self, LatestSettings, TaskObserver};
+use crate::security::cluster_auth::{ClusterAuth, Signed, Verified};
+use crate::cluster::distributed::{self, LatestSettings, TaskObserver};
 use crate::error::{QuiverError, Result};
-use crate::membership::normalize_worker_url;
-use crate::net::{self, ServerHandle};
-use crate::object_stores;
+use crate::cluster::membership::normalize_worker_url;
+use crate::node::net::{self, ServerHandle};
+use crate::storage::object_stores;
 use crate::resources::{QueryMemory, ResourceLimits};
 
 /// How long to wait before retrying an unreachable coordinator.

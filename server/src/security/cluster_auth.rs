@@ -25,7 +25,7 @@ use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::server::NamedService;
 
 use crate::error::{QuiverError, Result};
-use crate::net;
+use crate::node::net;
 
 /// The header that carries the signature.
 pub const HEADER: &str = "x-quiver-cluster-auth";

@@ -5,7 +5,7 @@
 //! gRPC service with a session builder that applies Quiver's settings. Stage splitting, network
 //! shuffle/coalesce/broadcast and the worker protocol are the crate's; task placement on live
 //! executors is ours (a route-tasks handler), and so are the channels between nodes, which sign
-//! every request with the cluster secret ([`crate::cluster_auth`]). What goes through this module is Quiver's own
+//! every request with the cluster secret ([`crate::security::cluster_auth`]). What goes through this module is Quiver's own
 //! interface ([`coordinator_state`], [`worker_router`], [`running_tasks`], [`render_plan`],
 //! [`render_analyzed_plan`], [`stage_count`], [`TaskPlacements`]), so a new version or a
 //! replacement touches this file only.
@@ -36,13 +36,13 @@ use tonic::transport::server::Router;
 use tonic::transport::{Channel, Endpoint, Server};
 use url::Url;
 
-use crate::cluster_auth::{ClusterAuth, Signed, Verified};
-use crate::cooperative::YieldingJoins;
-use crate::membership::ExecutorRegistry;
+use crate::security::cluster_auth::{ClusterAuth, Signed, Verified};
+use crate::planner::cooperative::YieldingJoins;
+use crate::cluster::membership::ExecutorRegistry;
 use crate::resources::QueryMemory;
-use crate::settings;
-use crate::stage_deadline::{self, StageDeadlines};
-use crate::window_sorts::SortWindowPartitions;
+use crate::planner::settings;
+use crate::cluster::stage_deadline::{self, StageDeadlines};
+use crate::planner::window_sorts::SortWindowPartitions;
 
 /// Resolves workers from the live executor set, re-read on every query.
 struct LiveExecutors(Arc<ExecutorRegistry>);

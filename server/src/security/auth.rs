@@ -37,7 +37,7 @@ use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::server::NamedService;
 
 use crate::error::{QuiverError, Result};
-use crate::net;
+use crate::node::net;
 
 /// The `Handshake` method's path: the one call that may log in with a password.
 const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
@@ -177,14 +177,9 @@ pub fn hash_password(password: &str, iterations: u32) -> Result<String> {
     ))
 }
 
-/// A random id for sessions and queries.
-pub fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    // SystemRandom only fails where the OS has no randomness at all; a v4 UUID is the fallback.
-    if SystemRandom::new().fill(&mut bytes).is_err() {
-        return uuid::Uuid::new_v4().simple().to_string();
-    }
-    URL_SAFE_NO_PAD.encode(bytes)
+/// A random id for sessions and tokens.
+pub(crate) fn random_id() -> String {
+    crate::ids::random_text()
 }
 
 /// Checks credentials and issues tokens.

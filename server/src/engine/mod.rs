@@ -12,6 +12,11 @@
 //! catalog. Other DDL, DML and `SET` answer `Unimplemented` until Quiver can run them across the
 //! cluster.
 
+mod placeholders;
+mod writes;
+
+pub(crate) use writes::{IfExists, IfMissing};
+
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,16 +37,16 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::arrow_compat::{cast_batch, plain_schema, plain_type};
-use crate::catalog::{Catalog, TableDef};
+use crate::storage::catalog::{Catalog, TableDef};
 use crate::config::LocationPolicy;
-use crate::distributed::{self, TaskPlacements};
+use crate::cluster::distributed::{self, TaskPlacements};
 use crate::error::{QuiverError, Result, datafusion_status};
-use crate::membership::ExecutorRegistry;
-use crate::object_stores;
-use crate::placeholders::number_placeholders;
+use crate::cluster::membership::ExecutorRegistry;
+use crate::storage::object_stores;
+use placeholders::number_placeholders;
 use crate::resources::{Admission, QueryMemory};
-use crate::settings::{CATALOG_NAME, SCHEMA_NAME};
-use crate::warehouse::Warehouse;
+use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
+use crate::storage::warehouse::Warehouse;
 
 /// What a statement does, which decides how clients run it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -840,12 +845,12 @@ mod tests {
     use futures::TryStreamExt;
 
     use super::*;
-    use crate::settings;
+    use crate::planner::settings;
 
     fn engine(dir: &std::path::Path) -> QueryEngine {
         let registry = ExecutorRegistry::new(
             Duration::from_secs(10),
-            crate::cluster_auth::ClusterAuth::open(),
+            crate::security::cluster_auth::ClusterAuth::open(),
         );
         let state = distributed::coordinator_state(
             settings::session_config(2).unwrap(),
@@ -853,7 +858,7 @@ mod tests {
             Arc::clone(&registry),
             1 << 20,
             None,
-            crate::cluster_auth::ClusterAuth::open(),
+            crate::security::cluster_auth::ClusterAuth::open(),
         )
         .unwrap();
         let catalog = Catalog::load(Some(dir.join("catalog.toml")), vec![]).unwrap();

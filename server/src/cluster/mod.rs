@@ -1,0 +1,11 @@
+//! The cluster: who is in it, and how a plan runs across it.
+//!
+//! * [`membership`]: the live executor set (registration, heartbeats, the reaper, probes) and the
+//!   membership gRPC service executors call;
+//! * [`distributed`]: the seam to datafusion-distributed, the only module that names that crate
+//!   (planner session, worker service, channels, task routing, reading its errors);
+//! * [`stage_deadline`]: the per-stage deadline every worker request carries.
+
+pub(crate) mod distributed;
+pub(crate) mod membership;
+pub(crate) mod stage_deadline;
