@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
 /// `data_type` with every view and dictionary replaced by a plain type.
-pub fn plain_type(data_type: &DataType) -> DataType {
+pub(crate) fn plain_type(data_type: &DataType) -> DataType {
     match data_type {
         DataType::Utf8View => DataType::Utf8,
         DataType::BinaryView => DataType::Binary,

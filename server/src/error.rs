@@ -116,7 +116,7 @@ impl From<QuiverError> for Status {
 }
 
 /// Maps a DataFusion error to a status, keeping DataFusion's message.
-pub fn datafusion_status(e: &DataFusionError) -> Status {
+pub(crate) fn datafusion_status(e: &DataFusionError) -> Status {
     // A status that crossed a process boundary (an executor's error) keeps its code.
     if let Some(status) = find_status(e) {
         return Status::new(status.code(), status.message().to_string());

@@ -75,7 +75,7 @@ fn tracked_fair_pool(limit: usize) -> TrackConsumersPool<FairSpillPool> {
 /// manager, caches, object stores) with, under `--query-memory-limit`, a memory pool of the
 /// query's own.
 #[derive(Debug)]
-pub struct QueryMemory {
+pub(crate) struct QueryMemory {
     node: Arc<RuntimeEnv>,
     query_limit: Option<usize>,
     /// Runtimes of the queries that still hold one, by query id (executors).
@@ -83,7 +83,7 @@ pub struct QueryMemory {
 }
 
 impl QueryMemory {
-    pub fn new(node: Arc<RuntimeEnv>, query_limit: Option<usize>) -> Self {
+    pub(crate) fn new(node: Arc<RuntimeEnv>, query_limit: Option<usize>) -> Self {
         Self {
             node,
             query_limit,
@@ -92,12 +92,12 @@ impl QueryMemory {
     }
 
     /// The node's runtime, shared by every query.
-    pub fn node(&self) -> &Arc<RuntimeEnv> {
+    pub(crate) fn node(&self) -> &Arc<RuntimeEnv> {
         &self.node
     }
 
     /// A runtime for one new query.
-    pub fn for_query(&self) -> Result<Arc<RuntimeEnv>> {
+    pub(crate) fn for_query(&self) -> Result<Arc<RuntimeEnv>> {
         let Some(limit) = self.query_limit else {
             return Ok(Arc::clone(&self.node));
         };
@@ -112,7 +112,7 @@ impl QueryMemory {
 
     /// The runtime of query `query_id`, shared by all of its tasks on this node while any of them
     /// runs.
-    pub fn for_query_id(&self, query_id: &str) -> Result<Arc<RuntimeEnv>> {
+    pub(crate) fn for_query_id(&self, query_id: &str) -> Result<Arc<RuntimeEnv>> {
         if self.query_limit.is_none() {
             return Ok(Arc::clone(&self.node));
         }
@@ -220,7 +220,7 @@ pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
 
 /// Bounds how many queries run and wait on the coordinator.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     running: Arc<Semaphore>,
     max_running: usize,
     queued: Arc<AtomicUsize>,
@@ -229,7 +229,7 @@ pub struct Admission {
 
 /// A running query's slot; dropping it admits the next one.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -244,7 +244,7 @@ impl Drop for Waiting {
 
 impl Admission {
     /// `max_running == 0` admits everything.
-    pub fn new(max_running: usize, max_queued: usize) -> Self {
+    pub(crate) fn new(max_running: usize, max_queued: usize) -> Self {
         Self {
             running: Arc::new(Semaphore::new(max_running.max(1))),
             max_running,
@@ -254,7 +254,7 @@ impl Admission {
     }
 
     /// Waits for a slot, or refuses at once when the queue is full.
-    pub async fn admit(&self) -> Result<Slot> {
+    pub(crate) async fn admit(&self) -> Result<Slot> {
         if self.max_running == 0 {
             return Ok(Slot { _permit: None });
         }

@@ -36,13 +36,13 @@ use tonic::transport::server::Router;
 use tonic::transport::{Channel, Endpoint, Server};
 use url::Url;
 
-use crate::security::cluster_auth::{ClusterAuth, Signed, Verified};
-use crate::planner::cooperative::YieldingJoins;
 use crate::cluster::membership::ExecutorRegistry;
-use crate::resources::QueryMemory;
-use crate::planner::settings;
 use crate::cluster::stage_deadline::{self, StageDeadlines};
+use crate::planner::cooperative::YieldingJoins;
+use crate::planner::settings;
 use crate::planner::window_sorts::SortWindowPartitions;
+use crate::resources::QueryMemory;
+use crate::security::cluster_auth::{ClusterAuth, Signed, Verified};
 
 /// Resolves workers from the live executor set, re-read on every query.
 struct LiveExecutors(Arc<ExecutorRegistry>);
@@ -56,7 +56,7 @@ impl WorkerResolver for LiveExecutors {
 /// The coordinator's planning session: DataFusion with the distributed planner, workers resolved
 /// from `registry`. Leaf scans get one task per `scan_bytes_per_partition` bytes of input per
 /// partition, capped by the number of live executors; smaller inputs stay on fewer tasks.
-pub fn coordinator_state(
+pub(crate) fn coordinator_state(
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     registry: Arc<ExecutorRegistry>,
@@ -91,7 +91,7 @@ pub fn coordinator_state(
 const CONNECTION_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 
 /// `state` collecting per-task metrics from the executors (EXPLAIN ANALYZE).
-pub fn with_metrics(mut state: SessionState) -> Result<SessionState> {
+pub(crate) fn with_metrics(mut state: SessionState) -> Result<SessionState> {
     state.set_distributed_metrics_collection(true)?;
     Ok(state)
 }
@@ -103,7 +103,7 @@ const QUERY_ID_HEADER: &str = "x-quiver-query-id";
 /// The task context one query executes with on the coordinator: `state`'s, with the query's
 /// `runtime` (its memory pool) and headers that carry the query's id and stage deadline to every
 /// executor it runs on.
-pub fn query_task_ctx(
+pub(crate) fn query_task_ctx(
     state: &SessionState,
     runtime: Arc<RuntimeEnv>,
     query_id: &str,
@@ -191,7 +191,7 @@ fn colocated_url(plan: &Arc<dyn ExecutionPlan>) -> Option<Url> {
 
 /// Where the tasks of a query's stages were placed, in the order stages started.
 #[derive(Debug, Default)]
-pub struct TaskPlacements(Mutex<Vec<String>>);
+pub(crate) struct TaskPlacements(Mutex<Vec<String>>);
 
 impl TaskPlacements {
     fn record(&self, stage_head: &dyn ExecutionPlan, urls: &[Url]) {
@@ -206,13 +206,13 @@ impl TaskPlacements {
     }
 
     /// One line per stage.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
     }
 }
 
 /// What an executor learns from each task session it builds.
-pub trait TaskObserver: Send + Sync + 'static {
+pub(crate) trait TaskObserver: Send + Sync + 'static {
     /// Called once per task, with the settings of the session the task runs in.
     fn task_started(&self, settings: &SessionConfig);
 }
@@ -317,7 +317,7 @@ impl WorkerSessionBuilder for ExecutorSessions {
 
 /// Adds the worker service (what the coordinator and other executors call to run plan fragments)
 /// and the crate's task-progress service (read by [`running_tasks`]) to an executor's gRPC server.
-pub fn worker_router(
+pub(crate) fn worker_router(
     server: &mut Server,
     memory: Arc<QueryMemory>,
     target_partitions: usize,
@@ -352,7 +352,7 @@ impl WorkerResolver for NoWorkers {
 }
 
 /// Number of tasks the worker at `worker_url` holds for queries that have not ended.
-pub async fn running_tasks(worker_url: &Url, auth: &ClusterAuth) -> Result<u64> {
+pub(crate) async fn running_tasks(worker_url: &Url, auth: &ClusterAuth) -> Result<u64> {
     let channel = tonic::transport::Endpoint::from_shared(worker_url.to_string())
         .map_err(|e| DataFusionError::External(Box::new(e)))?
         .connect()
@@ -367,18 +367,18 @@ pub async fn running_tasks(worker_url: &Url, auth: &ClusterAuth) -> Result<u64> 
 }
 
 /// The distributed plan as text: stages, their tasks and partitions.
-pub fn render_plan(plan: &dyn ExecutionPlan) -> String {
+pub(crate) fn render_plan(plan: &dyn ExecutionPlan) -> String {
     datafusion_distributed::display_plan_ascii(plan, false)
 }
 
 /// The plan after execution, with per-task metrics.
-pub async fn render_analyzed_plan(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
+pub(crate) async fn render_analyzed_plan(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
     datafusion_distributed::explain_analyze(plan, DistributedMetricsFormat::PerTask).await
 }
 
 /// Number of stages in a physical plan, the coordinator's head stage included (1 when nothing
 /// is distributed).
-pub fn stage_count(plan: &Arc<dyn ExecutionPlan>) -> usize {
+pub(crate) fn stage_count(plan: &Arc<dyn ExecutionPlan>) -> usize {
     let mut stages = HashSet::new();
     // `apply` only fails if the closure does.
     let _ = plan.apply(|node| {
@@ -392,14 +392,14 @@ pub fn stage_count(plan: &Arc<dyn ExecutionPlan>) -> usize {
 
 /// Records the settings of the latest task session, for the status RPC.
 #[derive(Debug, Default)]
-pub struct LatestSettings(Mutex<Vec<(String, String)>>);
+pub(crate) struct LatestSettings(Mutex<Vec<(String, String)>>);
 
 impl LatestSettings {
-    pub fn record(&self, config: &SessionConfig) {
+    pub(crate) fn record(&self, config: &SessionConfig) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = settings::effective(config.options());
     }
 
-    pub fn get(&self) -> Vec<(String, String)> {
+    pub(crate) fn get(&self) -> Vec<(String, String)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

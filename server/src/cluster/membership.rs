@@ -227,14 +227,14 @@ async fn probe(url: &Url, auth: &ClusterAuth) -> bool {
 
 /// `ClusterService`: what executors call.
 #[derive(Debug)]
-pub struct ClusterServiceImpl {
+pub(crate) struct ClusterServiceImpl {
     registry: Arc<ExecutorRegistry>,
     catalog: Arc<Catalog>,
     heartbeat_interval: Duration,
 }
 
 impl ClusterServiceImpl {
-    pub fn new(
+    pub(crate) fn new(
         registry: Arc<ExecutorRegistry>,
         catalog: Arc<Catalog>,
         heartbeat_interval: Duration,
@@ -260,7 +260,7 @@ impl ClusterServiceImpl {
 }
 
 /// Worker URLs use http(s); `grpc://` and `grpc+tls://` are accepted as aliases.
-pub fn normalize_worker_url(raw: &str) -> Result<Url, String> {
+pub(crate) fn normalize_worker_url(raw: &str) -> Result<Url, String> {
     let with_scheme = if raw.contains("://") {
         raw.to_string()
     } else {

@@ -27,32 +27,32 @@ use tonic::{Code, Status};
 use crate::node::net;
 
 /// Milliseconds a stage may run, set by the coordinator on every worker request.
-pub const HEADER: &str = "x-quiver-stage-timeout-ms";
+pub(crate) const HEADER: &str = "x-quiver-stage-timeout-ms";
 
 /// The RPC that streams a stage's output partitions to their consumer.
 const STAGE_OUTPUT_PATH_SUFFIX: &str = "/ExecuteTask";
 
 /// The header map carrying `timeout` to workers.
-pub fn headers(timeout: Duration) -> HeaderMap {
+pub(crate) fn headers(timeout: Duration) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(HEADER, HeaderValue::from(timeout.as_millis() as u64));
     headers
 }
 
 /// The stage timeout a worker request carries, if any (`0` or garbage: none).
-pub fn timeout_of(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn timeout_of(headers: &HeaderMap) -> Option<Duration> {
     let ms: u64 = headers.get(HEADER)?.to_str().ok()?.parse().ok()?;
     (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 /// Server side: cuts stage output streams at their deadline.
 #[derive(Debug, Clone)]
-pub struct StageDeadlines<S> {
+pub(crate) struct StageDeadlines<S> {
     inner: S,
 }
 
 impl<S> StageDeadlines<S> {
-    pub fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S) -> Self {
         Self { inner }
     }
 }

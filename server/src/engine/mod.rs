@@ -37,20 +37,20 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::arrow_compat::{cast_batch, plain_schema, plain_type};
-use crate::storage::catalog::{Catalog, TableDef};
-use crate::config::LocationPolicy;
 use crate::cluster::distributed::{self, TaskPlacements};
-use crate::error::{QuiverError, Result, datafusion_status};
 use crate::cluster::membership::ExecutorRegistry;
-use crate::storage::object_stores;
-use placeholders::number_placeholders;
-use crate::resources::{Admission, QueryMemory};
+use crate::config::LocationPolicy;
+use crate::error::{QuiverError, Result, datafusion_status};
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
+use crate::resources::{Admission, QueryMemory};
+use crate::storage::catalog::{Catalog, TableDef};
+use crate::storage::object_stores;
 use crate::storage::warehouse::Warehouse;
+use placeholders::number_placeholders;
 
 /// What a statement does, which decides how clients run it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatementKind {
+pub(crate) enum StatementKind {
     /// Returns rows.
     Query,
     /// Changes the catalog; returns no rows and an empty schema.
@@ -63,14 +63,14 @@ pub enum StatementKind {
 
 impl StatementKind {
     /// DDL and writes: no result rows, an empty schema, run once as an update.
-    pub fn is_update(self) -> bool {
+    pub(crate) fn is_update(self) -> bool {
         matches!(self, Self::Ddl | Self::Write)
     }
 }
 
 /// A planned statement.
 #[derive(Debug, Clone)]
-pub struct Statement {
+pub(crate) struct Statement {
     pub sql: String,
     pub kind: StatementKind,
     /// The schema clients receive.
@@ -86,13 +86,13 @@ pub struct Statement {
 impl Statement {
     /// One nullable field per placeholder, named `$1..$n`; a type DataFusion could not infer from
     /// the query is announced as Utf8 (strings coerce to the type the query needs).
-    pub fn parameter_schema(&self) -> SchemaRef {
+    pub(crate) fn parameter_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(self.parameters.clone()))
     }
 }
 
 /// A result: its schema and its batches, each batch already in that schema.
-pub struct QueryStream {
+pub(crate) struct QueryStream {
     pub schema: SchemaRef,
     pub batches: BoxStream<'static, Result<RecordBatch>>,
 }
@@ -105,7 +105,7 @@ impl std::fmt::Debug for QueryStream {
     }
 }
 
-pub struct QueryEngine {
+pub(crate) struct QueryEngine {
     pub(crate) ctx: SessionContext,
     pub(crate) catalog: Arc<Catalog>,
     registry: Arc<ExecutorRegistry>,
@@ -125,7 +125,7 @@ pub struct QueryEngine {
 
 /// What bounds each query the engine runs.
 #[derive(Debug)]
-pub struct QueryLimits {
+pub(crate) struct QueryLimits {
     /// From planning to the last batch; `None` is no limit.
     pub timeout: Option<Duration>,
     /// Each stage on an executor; `None` is no limit.
@@ -141,7 +141,7 @@ impl std::fmt::Debug for QueryEngine {
 }
 
 impl QueryEngine {
-    pub fn new(
+    pub(crate) fn new(
         ctx: SessionContext,
         catalog: Arc<Catalog>,
         registry: Arc<ExecutorRegistry>,
@@ -164,12 +164,12 @@ impl QueryEngine {
     }
 
     /// The session that holds the catalog, for metadata calls.
-    pub fn session(&self) -> &SessionContext {
+    pub(crate) fn session(&self) -> &SessionContext {
         &self.ctx
     }
 
     /// Plans `sql` without running it or changing anything.
-    pub async fn prepare(&self, sql: &str) -> Result<Statement> {
+    pub(crate) async fn prepare(&self, sql: &str) -> Result<Statement> {
         let numbered = number_placeholders(sql);
         let plan = self.ctx.state().create_logical_plan(&numbered).await?;
         let kind = classify(&plan)?;
@@ -190,7 +190,7 @@ impl QueryEngine {
     }
 
     /// Binds the first row of `values` to the statement's placeholders, by position.
-    pub fn bind(&self, mut statement: Statement, values: &RecordBatch) -> Result<Statement> {
+    pub(crate) fn bind(&self, mut statement: Statement, values: &RecordBatch) -> Result<Statement> {
         if values.num_columns() != statement.parameters.len() {
             return Err(QuiverError::InvalidArgument(format!(
                 "the statement has {} parameter(s), {} value(s) were bound",
@@ -238,7 +238,7 @@ impl QueryEngine {
 
     /// Runs a statement that returns no rows (DDL, writes) and returns the affected row count
     /// (0 for DDL).
-    pub async fn execute_update(&self, statement: &Statement) -> Result<i64> {
+    pub(crate) async fn execute_update(&self, statement: &Statement) -> Result<i64> {
         self.check_runnable(statement)?;
         match statement.kind {
             StatementKind::Ddl => {
@@ -258,7 +258,7 @@ impl QueryEngine {
     }
 
     /// Runs a statement; updates (DDL, writes) run to completion here and stream nothing.
-    pub async fn execute_statement(&self, statement: Statement) -> Result<QueryStream> {
+    pub(crate) async fn execute_statement(&self, statement: Statement) -> Result<QueryStream> {
         self.check_runnable(&statement)?;
         match statement.kind {
             StatementKind::Ddl | StatementKind::Write => {
@@ -429,7 +429,7 @@ impl QueryEngine {
     }
 
     /// Fails fast, before a client fetches, if the statement cannot run now.
-    pub fn check_runnable(&self, statement: &Statement) -> Result<()> {
+    pub(crate) fn check_runnable(&self, statement: &Statement) -> Result<()> {
         if !statement.parameters.is_empty() {
             return Err(QuiverError::InvalidArgument(format!(
                 "the statement has {} parameter(s): bind values before executing it",

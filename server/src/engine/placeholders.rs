@@ -6,7 +6,7 @@
 //! comments into `$1`, `$2`, … before planning; `$n` placeholders pass through unchanged.
 
 /// Rewrites `?` placeholders to `$1..$n`, in order of appearance.
-pub fn number_placeholders(sql: &str) -> String {
+pub(super) fn number_placeholders(sql: &str) -> String {
     if !sql.contains('?') {
         return sql.to_string();
     }

@@ -25,22 +25,22 @@ use datafusion::physical_plan::execute_stream;
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use crate::arrow_compat::{cast_batch, plain_schema};
-use crate::storage::catalog::{self, TableDef};
 use crate::engine::{Deadline, QueryEngine, table_name};
 use crate::error::{QuiverError, Result};
+use crate::storage::catalog::{self, TableDef};
 use crate::storage::object_stores::StoreOptions;
 use crate::storage::warehouse::{DataFile, Warehouse};
 
 /// What bulk ingest does when the table does not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IfMissing {
+pub(crate) enum IfMissing {
     Create,
     Fail,
 }
 
 /// What bulk ingest does when the table exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IfExists {
+pub(crate) enum IfExists {
     Fail,
     Append,
     Replace,
@@ -145,7 +145,7 @@ impl QueryEngine {
     }
 
     /// Bulk ingest of a client's batches into `table`; returns the rows written.
-    pub async fn ingest(
+    pub(crate) async fn ingest(
         &self,
         table: &str,
         if_missing: IfMissing,

@@ -74,17 +74,17 @@ use quiver_proto::frontdoor::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::arrow_compat::plain_schema;
-use crate::security::auth::{Identity, IssuedToken, SESSION_COOKIE, random_id};
+use crate::engine::{IfExists, IfMissing};
 use crate::engine::{QueryEngine, QueryStream, Statement};
 use crate::error::{QuiverError, Result};
-use crate::security::ipc_guard;
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
-use crate::engine::{IfExists, IfMissing};
+use crate::security::auth::{Identity, IssuedToken, SESSION_COOKIE, random_id};
+use crate::security::ipc_guard;
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
 /// The Flight SQL service.
-pub struct FrontDoor {
+pub(crate) struct FrontDoor {
     engine: Arc<QueryEngine>,
     sql_info: SqlInfoData,
     xdbc_types: XdbcTypeInfoData,
@@ -108,7 +108,7 @@ impl std::fmt::Debug for FrontDoor {
 }
 
 impl FrontDoor {
-    pub fn new(engine: Arc<QueryEngine>) -> Result<Self> {
+    pub(crate) fn new(engine: Arc<QueryEngine>) -> Result<Self> {
         Ok(Self {
             engine,
             sql_info: sql_info::sql_info()?,
@@ -133,7 +133,7 @@ impl FrontDoor {
     /// The tonic service to mount on the coordinator's server.
     /// `max_message_bytes` bounds what a client may send in one message (ingest and parameter
     /// batches); results are split into small messages by the encoder.
-    pub fn into_service(mut self, max_message_bytes: usize) -> FlightServiceServer<Self> {
+    pub(crate) fn into_service(mut self, max_message_bytes: usize) -> FlightServiceServer<Self> {
         self.max_decoded_bytes = max_message_bytes.saturating_mul(MAX_COMPRESSION_RATIO);
         FlightServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)

@@ -17,15 +17,15 @@ use tonic::codegen::http;
 use tonic::transport::server::Router;
 use tonic::transport::server::TcpIncoming;
 
-use crate::storage::catalog::write_atomically;
 use crate::error::{QuiverError, Result};
+use crate::storage::catalog::write_atomically;
 
 /// Binds `addr`; returns the incoming-connection stream and the bound address.
 ///
 /// Accepted sockets get TCP_NODELAY: gRPC replies are small writes, and with Nagle's algorithm
 /// each one waited for the peer's delayed ACK (~40 ms; `SELECT 1` took 88 ms). tonic's
 /// `Server::tcp_nodelay` does not apply to connections a server is handed, so it is set here.
-pub async fn bind(addr: SocketAddr) -> Result<(TcpIncoming, SocketAddr)> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<(TcpIncoming, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| QuiverError::io(format!("binding {addr}"), e))?;
@@ -35,7 +35,7 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpIncoming, SocketAddr)> {
     Ok((TcpIncoming::from(listener).with_nodelay(Some(true)), bound))
 }
 
-pub fn write_address_file(path: &Path, addr: SocketAddr) -> Result<()> {
+pub(crate) fn write_address_file(path: &Path, addr: SocketAddr) -> Result<()> {
     write_atomically(path, format!("{addr}\n").as_bytes())
         .map_err(|e| QuiverError::io(format!("writing address file {}", path.display()), e))
 }
@@ -51,7 +51,7 @@ pub fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
 
 /// Answers a gRPC request with `status` without calling the service (for wrappers that check
 /// requests before a service sees them).
-pub fn refuse<E: 'static>(
+pub(crate) fn refuse<E: 'static>(
     status: Status,
 ) -> futures::future::BoxFuture<'static, std::result::Result<http::Response<Body>, E>> {
     Box::pin(async move { Ok(status.into_http()) })
@@ -59,21 +59,21 @@ pub fn refuse<E: 'static>(
 
 /// Calls `inner`, which the wrapper's `poll_ready` readied: the readied instance takes the
 /// request and a clone stays for the next one (tower's rule for services that are cloned).
-pub fn call_readied<S: Service<R> + Clone, R>(inner: &mut S, request: R) -> S::Future {
+pub(crate) fn call_readied<S: Service<R> + Clone, R>(inner: &mut S, request: R) -> S::Future {
     let clone = inner.clone();
     std::mem::replace(inner, clone).call(request)
 }
 
 /// A gRPC server running on its own task. Dropping the handle shuts the server down gracefully.
 #[derive(Debug)]
-pub struct ServerHandle {
+pub(crate) struct ServerHandle {
     name: &'static str,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
 
 impl ServerHandle {
-    pub fn spawn(name: &'static str, router: Router, incoming: TcpIncoming) -> Self {
+    pub(crate) fn spawn(name: &'static str, router: Router, incoming: TcpIncoming) -> Self {
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;
@@ -86,7 +86,7 @@ impl ServerHandle {
     }
 
     /// Runs until the server stops on its own (an error).
-    pub async fn wait(mut self) -> Result<()> {
+    pub(crate) async fn wait(mut self) -> Result<()> {
         match (&mut self.task).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(QuiverError::Internal(format!("{} server: {e}", self.name))),

@@ -8,12 +8,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::storage::catalog::TableDef;
-use crate::security::cluster_auth::ClusterAuth;
-use crate::node::coordinator::{self, CoordinatorConfig, RunningCoordinator};
 use crate::error::{QuiverError, Result};
+use crate::node::coordinator::{self, CoordinatorConfig, RunningCoordinator};
 use crate::node::executor::{self, ExecutorConfig, RunningExecutor};
 use crate::node::net;
+use crate::security::cluster_auth::ClusterAuth;
+use crate::storage::catalog::TableDef;
 use crate::storage::tpch;
 
 #[derive(Debug, Clone)]

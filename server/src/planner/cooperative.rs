@@ -24,7 +24,7 @@ use datafusion::physical_plan::joins::{
 /// Wraps every join in a [`CooperativeExec`] (once: a join already under one is left alone); runs after DataFusion's own physical optimizer
 /// rules, before the plan is split into stages.
 #[derive(Debug, Default)]
-pub struct YieldingJoins;
+pub(crate) struct YieldingJoins;
 
 fn is_join(plan: &dyn ExecutionPlan) -> bool {
     plan.is::<NestedLoopJoinExec>()

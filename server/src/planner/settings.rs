@@ -16,8 +16,8 @@ use datafusion::error::Result;
 use datafusion::prelude::SessionConfig;
 
 /// The catalog and schema every table lives in.
-pub const CATALOG_NAME: &str = "quiver";
-pub const SCHEMA_NAME: &str = "public";
+pub(crate) const CATALOG_NAME: &str = "quiver";
+pub(crate) const SCHEMA_NAME: &str = "public";
 
 /// `(key, value)` pairs applied on coordinator and executors alike.
 pub const DISTRIBUTED_SETTINGS: &[(&str, &str)] = &[
@@ -41,7 +41,7 @@ pub const DISTRIBUTED_SETTINGS: &[(&str, &str)] = &[
 ];
 
 /// Applies [`DISTRIBUTED_SETTINGS`] to a set of options.
-pub fn apply(options: &mut ConfigOptions) -> Result<()> {
+pub(crate) fn apply(options: &mut ConfigOptions) -> Result<()> {
     for (key, value) in DISTRIBUTED_SETTINGS {
         options.set(key, value)?;
     }
@@ -62,7 +62,7 @@ pub fn session_config(target_partitions: usize) -> Result<SessionConfig> {
 }
 
 /// Reads back the value of every distributed setting, as the status RPC reports it.
-pub fn effective(options: &ConfigOptions) -> Vec<(String, String)> {
+pub(crate) fn effective(options: &ConfigOptions) -> Vec<(String, String)> {
     let entries = options.entries();
     DISTRIBUTED_SETTINGS
         .iter()

@@ -24,7 +24,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
 /// Runs after DataFusion's own physical optimizer rules, before the plan is split into stages.
 #[derive(Debug, Default)]
-pub struct SortWindowPartitions;
+pub(crate) struct SortWindowPartitions;
 
 /// The partition columns of a window node, if `plan` is one.
 fn partition_by(plan: &dyn ExecutionPlan) -> Option<Vec<Arc<dyn PhysicalExpr>>> {

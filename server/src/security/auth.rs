@@ -42,7 +42,7 @@ use crate::node::net;
 /// The `Handshake` method's path: the one call that may log in with a password.
 const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
 /// Cookie that keys sessions of clients that do not authenticate.
-pub const SESSION_COOKIE: &str = "arrow_flight_session_id";
+pub(crate) const SESSION_COOKIE: &str = "arrow_flight_session_id";
 /// PBKDF2 rounds of new password hashes (OWASP's figure for PBKDF2-HMAC-SHA256).
 pub const DEFAULT_HASH_ITERATIONS: u32 = 600_000;
 const TOKEN_VERSION: &str = "quiver1";
@@ -88,7 +88,7 @@ impl std::fmt::Debug for UserConfig {
 
 /// Who made a request, put into the request's extensions for the front door.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The user name; `None` when authentication is off.
     pub user: Option<String>,
     /// Keys session options: the token's session id, or the session cookie.
@@ -97,7 +97,7 @@ pub struct Identity {
 
 /// The token a `Handshake` answers with, put into the request's extensions.
 #[derive(Debug, Clone)]
-pub struct IssuedToken(pub String);
+pub(crate) struct IssuedToken(pub String);
 
 /// A stored password hash.
 #[derive(Clone)]
@@ -183,7 +183,7 @@ pub(crate) fn random_id() -> String {
 }
 
 /// Checks credentials and issues tokens.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     users: HashMap<String, PasswordHash>,
     key: hmac::Key,
     ttl: Duration,
@@ -201,7 +201,7 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(config: &AuthConfig) -> Result<Self> {
+    pub(crate) fn new(config: &AuthConfig) -> Result<Self> {
         if config.users.is_empty() {
             return Err(QuiverError::InvalidArgument(
                 "[auth] needs at least one [[auth.users]] entry".into(),
@@ -251,7 +251,7 @@ impl Authenticator {
     }
 
     /// A signed token for `user` in a new session.
-    pub fn issue_token(&self, user: &str) -> String {
+    pub(crate) fn issue_token(&self, user: &str) -> String {
         let expires = unix_now() + self.ttl.as_secs();
         let payload = format!("{TOKEN_VERSION}\n{expires}\n{}\n{user}", random_id());
         let tag = hmac::sign(&self.key, payload.as_bytes());
@@ -263,7 +263,7 @@ impl Authenticator {
     }
 
     /// The identity a token stands for, if its signature is ours and it has not expired.
-    pub fn verify_token(&self, token: &str) -> Result<Identity> {
+    pub(crate) fn verify_token(&self, token: &str) -> Result<Identity> {
         let invalid = || unauthenticated("the bearer token is invalid: log in again");
         let (payload, tag) = token.trim().split_once('.').ok_or_else(invalid)?;
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid())?;
@@ -292,7 +292,7 @@ impl Authenticator {
     }
 
     /// Checks `user:password`; a valid token is accepted as the password, whatever the user.
-    pub fn verify_password(&self, user: &str, password: &str) -> Result<Identity> {
+    pub(crate) fn verify_password(&self, user: &str, password: &str) -> Result<Identity> {
         let fingerprint = {
             let mut ctx = digest::Context::new(&digest::SHA256);
             ctx.update(user.as_bytes());
@@ -461,13 +461,13 @@ fn decide(auth: Option<&Authenticator>, headers: &HeaderMap, handshake: bool) ->
 /// Wraps a gRPC service: authenticates every request before it reaches the service, puts the
 /// [`Identity`] into the request's extensions, and adds the bearer token to `Handshake` replies.
 #[derive(Debug, Clone)]
-pub struct Authenticated<S> {
+pub(crate) struct Authenticated<S> {
     inner: S,
     auth: Option<Arc<Authenticator>>,
 }
 
 impl<S> Authenticated<S> {
-    pub fn new(inner: S, auth: Option<Arc<Authenticator>>) -> Self {
+    pub(crate) fn new(inner: S, auth: Option<Arc<Authenticator>>) -> Self {
         Self { inner, auth }
     }
 }

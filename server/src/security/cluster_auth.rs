@@ -28,7 +28,7 @@ use crate::error::{QuiverError, Result};
 use crate::node::net;
 
 /// The header that carries the signature.
-pub const HEADER: &str = "x-quiver-cluster-auth";
+pub(crate) const HEADER: &str = "x-quiver-cluster-auth";
 /// How far a signature's clock may be from ours.
 const MAX_SKEW_SECS: u64 = 300;
 const MIN_SECRET_BYTES: usize = 32;
@@ -176,13 +176,13 @@ where
 
 /// Server side: refuses requests without a valid signature before they reach `inner`.
 #[derive(Debug, Clone)]
-pub struct Verified<S> {
+pub(crate) struct Verified<S> {
     inner: S,
     auth: ClusterAuth,
 }
 
 impl<S> Verified<S> {
-    pub fn new(inner: S, auth: ClusterAuth) -> Self {
+    pub(crate) fn new(inner: S, auth: ClusterAuth) -> Self {
         Self { inner, auth }
     }
 }

@@ -14,7 +14,7 @@ use crate::error::{QuiverError, Result};
 
 /// Refuses `header`/`body` (one IPC message, as in a `FlightData`) if decoding it would allocate
 /// more than `max_decoded_bytes` for decompressed buffers, or if its buffers overrun the body.
-pub fn check_message(header: &[u8], body: &[u8], max_decoded_bytes: usize) -> Result<()> {
+pub(crate) fn check_message(header: &[u8], body: &[u8], max_decoded_bytes: usize) -> Result<()> {
     if header.is_empty() {
         return Ok(());
     }

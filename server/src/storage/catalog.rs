@@ -208,7 +208,7 @@ fn quote_literal(s: &str) -> String {
 
 /// The on-disk catalog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CatalogFile {
+pub(crate) struct CatalogFile {
     #[serde(default)]
     pub tables: Vec<TableDef>,
     #[serde(default)]
@@ -260,7 +260,7 @@ impl CatalogFile {
 }
 
 /// Replaces `path` with `contents` so that readers and crashes see the old or the new file.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -284,7 +284,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 /// The coordinator's catalog.
 #[derive(Debug)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     path: Option<PathBuf>,
     file: Mutex<CatalogFile>,
     flag_tables: Vec<TableDef>,
@@ -293,7 +293,7 @@ pub struct Catalog {
 impl Catalog {
     /// Loads the catalog file (a missing file is an empty catalog) and checks that flag tables do
     /// not clash with it.
-    pub fn load(path: Option<PathBuf>, flag_tables: Vec<TableDef>) -> Result<Self> {
+    pub(crate) fn load(path: Option<PathBuf>, flag_tables: Vec<TableDef>) -> Result<Self> {
         let file = match &path {
             Some(p) => CatalogFile::read(p)?,
             None => CatalogFile::default(),
@@ -315,14 +315,14 @@ impl Catalog {
     }
 
     /// Where SQL DDL is persisted; `None` means tables created with SQL last until restart.
-    pub fn path(&self) -> Option<&Path> {
+    pub(crate) fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
 
     /// Registers every table in `ctx`, with the object stores they need. A flag table that fails
     /// to register is an error; a catalog-file table that fails is logged and skipped, so one
     /// unreachable bucket does not keep the whole cluster down.
-    pub async fn register_all(&self, ctx: &SessionContext) -> Result<()> {
+    pub(crate) async fn register_all(&self, ctx: &SessionContext) -> Result<()> {
         let file = self.file.lock().await;
         for (url, options) in &file.object_stores {
             let root = Url::parse(url).map_err(|e| QuiverError::Catalog {
@@ -346,7 +346,7 @@ impl Catalog {
     }
 
     /// Every object store the tables need, with the catalog-file options for it.
-    pub async fn object_stores(&self) -> Vec<(Url, StoreOptions)> {
+    pub(crate) async fn object_stores(&self) -> Vec<(Url, StoreOptions)> {
         let file = self.file.lock().await;
         let mut stores: BTreeMap<String, (Url, StoreOptions)> = BTreeMap::new();
         for (url, options) in &file.object_stores {
@@ -365,7 +365,7 @@ impl Catalog {
     }
 
     /// Takes the DDL lock: the returned guard persists changes.
-    pub async fn lock(&self) -> CatalogGuard<'_> {
+    pub(crate) async fn lock(&self) -> CatalogGuard<'_> {
         CatalogGuard {
             catalog: self,
             file: self.file.lock().await,
@@ -396,7 +396,7 @@ async fn register(ctx: &SessionContext, table: &TableDef, file: &CatalogFile) ->
 
 /// Registers (or re-registers) a managed table: a Parquet listing of exactly its committed files,
 /// read with the session's Parquet options (so strings stay plain Utf8, as everywhere).
-pub async fn register_managed(ctx: &SessionContext, table: &TableDef) -> Result<()> {
+pub(crate) async fn register_managed(ctx: &SessionContext, table: &TableDef) -> Result<()> {
     let urls = table
         .files
         .iter()
@@ -420,14 +420,14 @@ pub async fn register_managed(ctx: &SessionContext, table: &TableDef) -> Result<
 }
 
 /// Exclusive access to the catalog for one DDL statement.
-pub struct CatalogGuard<'a> {
+pub(crate) struct CatalogGuard<'a> {
     catalog: &'a Catalog,
     file: MutexGuard<'a, CatalogFile>,
 }
 
 impl CatalogGuard<'_> {
     /// True when `name` comes from a `--table` flag and so cannot be changed with SQL.
-    pub fn is_flag_table(&self, name: &str) -> bool {
+    pub(crate) fn is_flag_table(&self, name: &str) -> bool {
         self.catalog
             .flag_tables
             .iter()
@@ -435,12 +435,12 @@ impl CatalogGuard<'_> {
     }
 
     /// Options configured for the store at `root`.
-    pub fn store_options(&self, root: &Url) -> StoreOptions {
+    pub(crate) fn store_options(&self, root: &Url) -> StoreOptions {
         self.file.store_options(root)
     }
 
     /// The definition of a table created with SQL or ingest.
-    pub fn get(&self, name: &str) -> Option<&TableDef> {
+    pub(crate) fn get(&self, name: &str) -> Option<&TableDef> {
         self.file
             .tables
             .iter()
@@ -448,7 +448,7 @@ impl CatalogGuard<'_> {
     }
 
     /// Records a table created with SQL and writes the catalog file.
-    pub fn add(&mut self, table: TableDef) -> Result<()> {
+    pub(crate) fn add(&mut self, table: TableDef) -> Result<()> {
         let mut next = self.file.clone();
         next.tables
             .retain(|t| !t.name.eq_ignore_ascii_case(&table.name));
@@ -457,7 +457,7 @@ impl CatalogGuard<'_> {
     }
 
     /// Forgets a table and writes the catalog file; unknown names are a no-op.
-    pub fn remove(&mut self, name: &str) -> Result<()> {
+    pub(crate) fn remove(&mut self, name: &str) -> Result<()> {
         let mut next = self.file.clone();
         next.tables.retain(|t| !t.name.eq_ignore_ascii_case(name));
         if next == *self.file {

@@ -19,11 +19,11 @@ use url::Url;
 use crate::error::{QuiverError, Result};
 
 /// Options of one store, as written in the catalog file.
-pub type StoreOptions = BTreeMap<String, String>;
+pub(crate) type StoreOptions = BTreeMap<String, String>;
 
 /// The store root of a table location (`s3://bucket/a/b/` → `s3://bucket`), or `None` for
 /// locations served by the local file system.
-pub fn store_root(location: &str) -> Result<Option<Url>> {
+pub(crate) fn store_root(location: &str) -> Result<Option<Url>> {
     let Ok(url) = Url::parse(location) else {
         // Not a URL: a local path.
         return Ok(None);
@@ -47,7 +47,7 @@ pub fn store_root(location: &str) -> Result<Option<Url>> {
 }
 
 /// Builds the store for `root` from the environment and `options`.
-pub fn build(root: &Url, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
+pub(crate) fn build(root: &Url, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>> {
     match root.scheme() {
         "s3" | "s3a" => {
             let mut builder = AmazonS3Builder::from_env().with_url(root.as_str());
@@ -71,7 +71,11 @@ pub fn build(root: &Url, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>>
 }
 
 /// Registers the store for `root` in `runtime` unless one is registered already.
-pub fn ensure_registered(runtime: &RuntimeEnv, root: &Url, options: &StoreOptions) -> Result<bool> {
+pub(crate) fn ensure_registered(
+    runtime: &RuntimeEnv,
+    root: &Url,
+    options: &StoreOptions,
+) -> Result<bool> {
     if runtime
         .object_store(ObjectStoreUrl::parse(root.as_str())?)
         .is_ok()

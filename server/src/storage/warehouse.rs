@@ -32,7 +32,7 @@ use crate::storage::object_stores::{self, StoreOptions};
 
 /// A data file that was written and is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataFile {
+pub(crate) struct DataFile {
     /// The file's name inside its table directory.
     pub name: String,
     pub rows: u64,
@@ -40,7 +40,7 @@ pub struct DataFile {
 
 /// The warehouse root: a local directory or an object-store prefix.
 #[derive(Debug, Clone)]
-pub struct Warehouse {
+pub(crate) struct Warehouse {
     location: Location,
 }
 
@@ -56,7 +56,7 @@ enum Location {
 
 impl Warehouse {
     /// `location` is an absolute directory or an `s3://bucket/prefix` URL.
-    pub fn new(location: &str) -> Result<Self> {
+    pub(crate) fn new(location: &str) -> Result<Self> {
         let location = match object_stores::store_root(location)? {
             Some(store_root) => {
                 let mut url = Url::parse(location)
@@ -81,7 +81,7 @@ impl Warehouse {
     }
 
     /// The object store the warehouse lives in, if remote (to register with its options).
-    pub fn store_root(&self) -> Option<&Url> {
+    pub(crate) fn store_root(&self) -> Option<&Url> {
         match &self.location {
             Location::Local(_) => None,
             Location::Remote { store_root, .. } => Some(store_root),
@@ -89,7 +89,7 @@ impl Warehouse {
     }
 
     /// The directory URL of a table's files (with a trailing slash): what the catalog records.
-    pub fn table_location(&self, table: &str) -> String {
+    pub(crate) fn table_location(&self, table: &str) -> String {
         let dir = directory_name(table);
         match &self.location {
             Location::Local(root) => format!("{}/", root.join(dir).display()),
@@ -99,7 +99,7 @@ impl Warehouse {
 
     /// Writes `batches` (all in `schema`) as one new Parquet file under `table_location`.
     /// With no rows the file still holds the schema.
-    pub async fn write(
+    pub(crate) async fn write(
         &self,
         runtime: &RuntimeEnv,
         options: &StoreOptions,
@@ -129,7 +129,7 @@ impl Warehouse {
 
     /// Deletes files no table refers to any more. Best effort: a leftover file is unreferenced
     /// and harmless, so failures are logged, not returned.
-    pub async fn delete(
+    pub(crate) async fn delete(
         &self,
         runtime: &RuntimeEnv,
         options: &StoreOptions,
