@@ -122,22 +122,20 @@ pub(crate) fn datafusion_status(e: &DataFusionError) -> Status {
         return Status::new(status.code(), status.message().to_string());
     }
     let message = e.to_string();
-    let code = match datafusion_code(e) {
+    match datafusion_code(e) {
         // An executor's error reaches the coordinator re-encoded, a status inside it as text.
-        Code::Internal => code_in_message(&message).unwrap_or(Code::Internal),
-        code => code,
-    };
-    Status::new(code, message)
-}
-
-/// The code of a gRPC status rendered into an error message (`code: '<description>'`).
-fn code_in_message(message: &str) -> Option<Code> {
-    const MARK: &str = "code: '";
-    let start = message.find(MARK)? + MARK.len();
-    let description = &message[start..start + message[start..].find('\'')?];
-    (1..=16)
-        .map(Code::from_i32)
-        .find(|code| code.description() == description)
+        Code::Internal => crate::cluster::distributed::flattened_status(&message)
+            .map(|status| {
+                let message = if status.message().is_empty() {
+                    message.clone()
+                } else {
+                    status.message().to_string()
+                };
+                Status::new(status.code(), message)
+            })
+            .unwrap_or_else(|| Status::new(Code::Internal, message)),
+        code => Status::new(code, message),
+    }
 }
 
 fn find_status(e: &DataFusionError) -> Option<&Status> {
@@ -241,18 +239,20 @@ fn arrow_code(e: &ArrowError) -> Code {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn statuses_rendered_into_messages_keep_their_code() {
         let e = DataFusionError::Internal(format!(
             "External error: {}",
             Status::unavailable("http2 error")
         ));
-        assert_eq!(datafusion_status(&e).code(), Code::Unavailable);
+        let status = datafusion_status(&e);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "http2 error");
         let plain = DataFusionError::Internal("code: 'nonsense'".into());
         assert_eq!(datafusion_status(&plain).code(), Code::Internal);
     }
-
-    use super::*;
 
     #[test]
     fn bad_sql_is_invalid_argument() {

@@ -80,6 +80,10 @@ struct ClusterArgs {
     /// DEADLINE_EXCEEDED (0 = no limit).
     #[arg(long, default_value_t = 3_600_000)]
     stage_timeout_ms: u64,
+    /// Test only: every write's commit sleeps this many milliseconds after its catalog write,
+    /// so a test can hang up in the middle of a commit.
+    #[arg(long, default_value_t = 0, hide = true)]
+    test_commit_pause_ms: u64,
     /// TOML server config: `[auth]` with token_secret, token_ttl_secs and [[auth.users]]
     /// (name, password_hash from `quiver hash-password`).
     #[arg(long, value_name = "FILE")]
@@ -281,6 +285,8 @@ fn coordinator_config(
             .then(|| Duration::from_millis(cluster.query_timeout_ms)),
         stage_timeout: (cluster.stage_timeout_ms > 0)
             .then(|| Duration::from_millis(cluster.stage_timeout_ms)),
+        test_commit_pause: (cluster.test_commit_pause_ms > 0)
+            .then(|| Duration::from_millis(cluster.test_commit_pause_ms)),
     })
 }
 

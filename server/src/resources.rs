@@ -110,19 +110,19 @@ impl QueryMemory {
             .build_arc()?)
     }
 
-    /// The runtime of query `query_id`, shared by all of its tasks on this node while any of them
-    /// runs.
-    pub(crate) fn for_query_id(&self, query_id: &str) -> Result<Arc<RuntimeEnv>> {
+    /// The runtime of attempt `attempt` (an [`crate::ids::AttemptId`] received as text), shared
+    /// by all of its tasks on this node while any of them runs.
+    pub(crate) fn for_attempt(&self, attempt: &str) -> Result<Arc<RuntimeEnv>> {
         if self.query_limit.is_none() {
             return Ok(Arc::clone(&self.node));
         }
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(runtime) = live.get(query_id).and_then(Weak::upgrade) {
+        if let Some(runtime) = live.get(attempt).and_then(Weak::upgrade) {
             return Ok(runtime);
         }
         live.retain(|_, runtime| runtime.strong_count() > 0);
         let runtime = self.for_query()?;
-        live.insert(query_id.to_string(), Arc::downgrade(&runtime));
+        live.insert(attempt.to_string(), Arc::downgrade(&runtime));
         Ok(runtime)
     }
 }
@@ -305,9 +305,9 @@ mod tests {
         let memory = QueryMemory::new(Arc::clone(&node), Some(600));
 
         // Tasks of one query share its pool while any holds it; other queries get their own.
-        let a = memory.for_query_id("a").unwrap();
-        assert!(Arc::ptr_eq(&a, &memory.for_query_id("a").unwrap()));
-        let b = memory.for_query_id("b").unwrap();
+        let a = memory.for_attempt("a").unwrap();
+        assert!(Arc::ptr_eq(&a, &memory.for_attempt("a").unwrap()));
+        let b = memory.for_attempt("b").unwrap();
         assert!(!Arc::ptr_eq(&a, &b));
 
         let in_a = MemoryConsumer::new("sort").register(&a.memory_pool);
@@ -328,7 +328,7 @@ mod tests {
 
         // A query's pool goes when its last task does.
         drop(a);
-        let again = memory.for_query_id("a").unwrap();
+        let again = memory.for_attempt("a").unwrap();
         assert_eq!(again.memory_pool.reserved(), 0);
         assert!(!Arc::ptr_eq(&again, &b));
         // Without a per-query limit every query uses the node's runtime.

@@ -21,3 +21,14 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// Runs `fut` to its end in a task of its own and awaits it. Dropping the returned future does
+/// not stop the task: this is the one deliberate exception to ownership, for a write's commit,
+/// which must not be cut in half by a client hanging up or a deadline firing.
+pub(crate) async fn uninterruptible<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::spawn(fut)
+        .await
+        .map_err(|e| crate::error::QuiverError::Internal(format!("commit task: {e}")))
+}

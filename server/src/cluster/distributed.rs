@@ -38,6 +38,8 @@ use url::Url;
 
 use crate::cluster::membership::ExecutorRegistry;
 use crate::cluster::stage_deadline::{self, StageDeadlines};
+use crate::error::QuiverError;
+use crate::ids::AttemptId;
 use crate::planner::cooperative::YieldingJoins;
 use crate::planner::settings;
 use crate::planner::window_sorts::SortWindowPartitions;
@@ -96,27 +98,29 @@ pub(crate) fn with_metrics(mut state: SessionState) -> Result<SessionState> {
     Ok(state)
 }
 
-/// Names the query on every request to a worker, so that an executor gives all the query's
-/// tasks one memory pool.
-const QUERY_ID_HEADER: &str = "x-quiver-query-id";
+/// Names the attempt on every request to a worker, so that an executor gives all the attempt's
+/// tasks one memory pool (and a rerun never shares one with the run it replaces).
+const ATTEMPT_ID_HEADER: &str = "x-quiver-attempt-id";
 
-/// The task context one query executes with on the coordinator: `state`'s, with the query's
-/// `runtime` (its memory pool) and headers that carry the query's id and stage deadline to every
-/// executor it runs on.
-pub(crate) fn query_task_ctx(
+/// The task context one attempt of a query executes with on the coordinator: `state`'s, with the
+/// attempt's `runtime` (its memory pool), `placements` recording where its tasks run, and headers
+/// that carry the attempt's id and stage deadline to every executor it runs on.
+pub(crate) fn attempt_task_ctx(
     state: &SessionState,
     runtime: Arc<RuntimeEnv>,
-    query_id: &str,
+    attempt: &AttemptId,
+    placements: Arc<TaskPlacements>,
     stage_timeout: Option<Duration>,
 ) -> Result<Arc<TaskContext>> {
     let mut headers = stage_timeout
         .map(stage_deadline::headers)
         .unwrap_or_default();
-    let id = HeaderValue::from_str(query_id)
-        .map_err(|e| DataFusionError::Internal(format!("query id '{query_id}': {e}")))?;
-    headers.insert(QUERY_ID_HEADER, id);
+    let id = HeaderValue::from_str(attempt.as_str())
+        .map_err(|e| DataFusionError::Internal(format!("attempt id '{attempt}': {e}")))?;
+    headers.insert(ATTEMPT_ID_HEADER, id);
     let mut config = state.config().clone();
     config.set_distributed_passthrough_headers(headers)?;
+    config.set_extension(placements);
     Ok(Arc::new(
         TaskContext::from(state)
             .with_session_config(config)
@@ -126,7 +130,7 @@ pub(crate) fn query_task_ctx(
 
 /// The headers of a worker request that Quiver forwards to the task's own requests.
 fn quiver_headers(headers: &HeaderMap) -> HeaderMap {
-    [QUERY_ID_HEADER, stage_deadline::HEADER]
+    [ATTEMPT_ID_HEADER, stage_deadline::HEADER]
         .into_iter()
         .filter_map(|name| Some((HeaderName::from_static(name), headers.get(name)?.clone())))
         .collect()
@@ -150,9 +154,9 @@ impl RouteTasksHandler for TaskRouter {
             None => {
                 let live = self.registry.live_worker_urls();
                 if live.is_empty() {
-                    let status =
-                        tonic::Status::unavailable("no live executors to run the query on");
-                    return Some(Err(DataFusionError::External(Box::new(status))));
+                    let e =
+                        QuiverError::Unavailable("no live executors to run the query on".into());
+                    return Some(Err(DataFusionError::External(Box::new(e.to_status()))));
                 }
                 let start = self.next.fetch_add(ev.task_count.max(1), Ordering::Relaxed);
                 (0..ev.task_count)
@@ -189,25 +193,50 @@ fn colocated_url(plan: &Arc<dyn ExecutionPlan>) -> Option<Url> {
     url
 }
 
-/// Where the tasks of a query's stages were placed, in the order stages started.
+/// Where the tasks of one attempt's stages were placed, in the order stages started: what the
+/// departure watchdog watches, and what `EXPLAIN ANALYZE` shows.
 #[derive(Debug, Default)]
-pub(crate) struct TaskPlacements(Mutex<Vec<String>>);
+pub(crate) struct TaskPlacements(Mutex<Vec<(String, Vec<Url>)>>);
 
 impl TaskPlacements {
     fn record(&self, stage_head: &dyn ExecutionPlan, urls: &[Url]) {
-        let tasks = urls
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((stage_head.name().to_string(), urls.to_vec()));
+    }
+
+    /// Every executor a task of the attempt was placed on so far, sorted, without repeats.
+    pub(crate) fn executors(&self) -> Vec<Url> {
+        let mut urls: Vec<Url> = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .enumerate()
-            .map(|(i, url)| format!("t{i} -> {}", url.as_str().trim_end_matches('/')))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let line = format!("stage with head {}: {tasks}", stage_head.name());
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            .flat_map(|(_, urls)| urls.iter().cloned())
+            .collect();
+        urls.sort();
+        urls.dedup();
+        urls
     }
 
     /// One line per stage.
     pub(crate) fn render(&self) -> String {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(head, urls)| {
+                let tasks = urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| format!("t{i} -> {}", url.as_str().trim_end_matches('/')))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("stage with head {head}: {tasks}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -298,14 +327,14 @@ impl WorkerSessionBuilder for ExecutorSessions {
         // Requests this task makes to other executors carry the query's id and stage deadline.
         ctx.builder
             .set_distributed_passthrough_headers(quiver_headers(&ctx.headers))?;
-        if let Some(query_id) = ctx
+        if let Some(attempt) = ctx
             .headers
-            .get(QUERY_ID_HEADER)
+            .get(ATTEMPT_ID_HEADER)
             .and_then(|v| v.to_str().ok())
         {
             let runtime = self
                 .memory
-                .for_query_id(query_id)
+                .for_attempt(attempt)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             ctx.builder = std::mem::take(&mut ctx.builder).with_runtime_env(runtime);
         }
@@ -401,5 +430,95 @@ impl LatestSettings {
 
     pub(crate) fn get(&self) -> Vec<(String, String)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The gRPC status inside an error an executor sent, when datafusion-distributed flattened it.
+///
+/// The crate carries a worker's error as its DataFusion error tree, except `External` errors
+/// (a status from a third node, a Quiver error with its code): those cross as text only, their
+/// `Display`, which for a `tonic::Status` is `code: '<description>', message: "<escaped>"`.
+/// This reads the code and the message back, so a lost executor still reads as `Unavailable`
+/// and a client sees the message rather than the rendering. Checked for datafusion-distributed
+/// 4.0.0 (a test fails when the workspace pins another version).
+pub(crate) fn flattened_status(text: &str) -> Option<tonic::Status> {
+    const CODE: &str = "code: '";
+    const MESSAGE: &str = ", message: \"";
+    let start = text.find(CODE)? + CODE.len();
+    let end = start + text[start..].find('\'')?;
+    let description = &text[start..end];
+    let code = (1..=16)
+        .map(tonic::Code::from_i32)
+        .find(|code| code.description() == description)?;
+    let message = text[end + 1..]
+        .strip_prefix(MESSAGE)
+        .and_then(unescape_debug)
+        .unwrap_or_default();
+    Some(tonic::Status::new(code, message))
+}
+
+/// The string a `{:?}` rendering starts (after its opening quote), up to its closing quote.
+fn unescape_debug(escaped: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                '0' => out.push('\0'),
+                'u' => {
+                    let hex: String = chars
+                        .by_ref()
+                        .skip_while(|c| *c == '{')
+                        .take_while(|c| *c != '}')
+                        .collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The datafusion-distributed version [`flattened_status`] was checked against.
+    const FLATTENING_CHECKED_FOR: &str = "4.0.0";
+
+    #[test]
+    fn flattening_was_checked_for_the_pinned_version() {
+        // Reading flattened statuses depends on how this exact version encodes errors: a new
+        // version must be checked (and this constant moved) before it is pinned.
+        let manifest = include_str!("../../../Cargo.toml");
+        let pin = format!("datafusion-distributed = \"={FLATTENING_CHECKED_FOR}\"");
+        assert!(
+            manifest.contains(&pin),
+            "the workspace no longer pins {pin}: check flattened_status against the new version"
+        );
+    }
+
+    #[test]
+    fn flattened_statuses_keep_code_and_message() {
+        let sent = tonic::Status::unavailable("h2 protocol error: \"reset\"\nby peer é");
+        // What the crate's encoder keeps of an External error: its Display, often with context.
+        let text = format!(
+            "External error: {}",
+            DataFusionError::External(Box::new(sent.clone()))
+        );
+        let status = flattened_status(&text).expect("a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), sent.message());
+
+        let bare = flattened_status(&tonic::Status::cancelled("").to_string()).unwrap();
+        assert_eq!(bare.code(), tonic::Code::Cancelled);
+        assert!(flattened_status("code: 'nonsense', message: \"x\"").is_none());
+        assert!(flattened_status("no status here").is_none());
     }
 }

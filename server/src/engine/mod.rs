@@ -7,94 +7,53 @@
 //! [`crate::arrow_compat`]). Results stream as the head stage produces them and dropping the
 //! stream cancels the query on every executor.
 //!
-//! Statements: queries, `EXPLAIN [ANALYZE]` (showing the distributed plan), and the catalog DDL
-//! `CREATE EXTERNAL TABLE`, `CREATE VIEW`, `DROP TABLE`, `DROP VIEW`, which are persisted in the
-//! catalog. Other DDL, DML and `SET` answer `Unimplemented` until Quiver can run them across the
-//! cluster.
+//! Statements ([`statement`]): queries, `EXPLAIN [ANALYZE]` ([`explain`], showing the distributed
+//! plan), the catalog DDL `CREATE EXTERNAL TABLE`, `CREATE VIEW`, `DROP TABLE`, `DROP VIEW`
+//! ([`ddl`], persisted in the catalog), and writes into managed tables ([`writes`]:
+//! `CREATE TABLE [AS]`, `INSERT INTO/OVERWRITE`, bulk ingest). `COPY` and `SET` answer
+//! `PermissionDenied`; other DDL and DML `Unimplemented`.
+//!
+//! Every plan that runs on the cluster (queries, `EXPLAIN ANALYZE`, every write's input) runs
+//! through the one [`run::PlanRunner`], which gives them all the same guarantees: admission and
+//! the query deadline, stage deadlines, the departure watchdog on the executors the run uses,
+//! errors naming a lost executor, and a rerun when one is lost before anything was shown.
 
+mod ddl;
+mod explain;
 mod placeholders;
+mod run;
+mod statement;
 mod writes;
 
+pub(crate) use statement::{Statement, StatementKind};
 pub(crate) use writes::{IfExists, IfMissing};
 
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNode;
-use datafusion::common::{ScalarValue, TableReference};
-use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
-use datafusion::logical_expr::{
-    DdlStatement, DropTable, DropView, LogicalPlan, Statement as LogicalStatement, WriteOp,
-};
-use datafusion::physical_plan::{ExecutionPlan, collect, execute_stream};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
-use tokio::time::Instant;
-use url::Url;
+use futures::Stream;
+use futures::stream::{self, BoxStream, StreamExt};
 
-use crate::arrow_compat::{cast_batch, plain_schema, plain_type};
-use crate::cluster::distributed::{self, TaskPlacements};
 use crate::cluster::membership::ExecutorRegistry;
 use crate::config::LocationPolicy;
-use crate::error::{QuiverError, Result, datafusion_status};
+use crate::error::{QuiverError, Result};
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
 use crate::resources::{Admission, QueryMemory};
-use crate::storage::catalog::{Catalog, TableDef};
-use crate::storage::object_stores;
+use crate::storage::catalog::Catalog;
 use crate::storage::warehouse::Warehouse;
-use placeholders::number_placeholders;
-
-/// What a statement does, which decides how clients run it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StatementKind {
-    /// Returns rows.
-    Query,
-    /// Changes the catalog; returns no rows and an empty schema.
-    Ddl,
-    /// Writes table data (`CREATE TABLE`, `INSERT`); returns a row count, not rows.
-    Write,
-    /// `EXPLAIN` / `EXPLAIN ANALYZE`: returns the plan as rows.
-    Explain { analyze: bool },
-}
-
-impl StatementKind {
-    /// DDL and writes: no result rows, an empty schema, run once as an update.
-    pub(crate) fn is_update(self) -> bool {
-        matches!(self, Self::Ddl | Self::Write)
-    }
-}
-
-/// A planned statement.
-#[derive(Debug, Clone)]
-pub(crate) struct Statement {
-    pub sql: String,
-    pub kind: StatementKind,
-    /// The schema clients receive.
-    pub schema: SchemaRef,
-    /// Placeholders still to bind, in position order (`$1`, `$2`, ...).
-    pub parameters: Vec<Field>,
-    /// Per parameter: whether DataFusion inferred its type (else it is announced as Utf8 and a
-    /// bound value keeps its own type).
-    typed: Vec<bool>,
-    plan: LogicalPlan,
-}
-
-impl Statement {
-    /// One nullable field per placeholder, named `$1..$n`; a type DataFusion could not infer from
-    /// the query is announced as Utf8 (strings coerce to the type the query needs).
-    pub(crate) fn parameter_schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(self.parameters.clone()))
-    }
-}
+use run::PlanRunner;
+use writes::TableWriter;
 
 /// A result: its schema and its batches, each batch already in that schema.
 pub(crate) struct QueryStream {
-    pub schema: SchemaRef,
-    pub batches: BoxStream<'static, Result<RecordBatch>>,
+    pub(crate) schema: SchemaRef,
+    pub(crate) batches: BoxStream<'static, Result<RecordBatch>>,
 }
 
 impl std::fmt::Debug for QueryStream {
@@ -106,19 +65,13 @@ impl std::fmt::Debug for QueryStream {
 }
 
 pub(crate) struct QueryEngine {
-    pub(crate) ctx: SessionContext,
-    pub(crate) catalog: Arc<Catalog>,
-    registry: Arc<ExecutorRegistry>,
-    /// How long a query may run, from planning to its last batch; `None` is no limit.
-    pub(crate) query_timeout: Option<Duration>,
-    /// How long each stage of a query may run on an executor; `None` is no limit.
-    stage_timeout: Option<Duration>,
-    /// Each query's runtime (memory pool) on the coordinator.
-    memory: Arc<QueryMemory>,
-    /// Where managed tables keep their files; `None` refuses writes.
-    pub(crate) warehouse: Option<Warehouse>,
-    /// Bounds the queries and writes running at once.
-    pub(crate) admission: Admission,
+    /// The planning session; it holds the catalog's tables.
+    ctx: SessionContext,
+    catalog: Arc<Catalog>,
+    /// Runs every plan that reaches the cluster.
+    runner: Arc<PlanRunner>,
+    /// Writes and commits managed tables.
+    writer: TableWriter,
     /// Where `CREATE EXTERNAL TABLE` may point; `None` allows any location.
     locations: Option<LocationPolicy>,
 }
@@ -126,12 +79,15 @@ pub(crate) struct QueryEngine {
 /// What bounds each query the engine runs.
 #[derive(Debug)]
 pub(crate) struct QueryLimits {
-    /// From planning to the last batch; `None` is no limit.
-    pub timeout: Option<Duration>,
+    /// From admission to the last batch; `None` is no limit.
+    pub(crate) timeout: Option<Duration>,
     /// Each stage on an executor; `None` is no limit.
-    pub stage_timeout: Option<Duration>,
+    pub(crate) stage_timeout: Option<Duration>,
     /// Each query's runtime and memory pool on the coordinator.
-    pub memory: Arc<QueryMemory>,
+    pub(crate) memory: Arc<QueryMemory>,
+    /// Test only (`--test-commit-pause-ms`): every commit sleeps this long after the catalog
+    /// file is written, so a test can hang up in the middle of a commit.
+    pub(crate) test_commit_pause: Option<Duration>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -150,15 +106,25 @@ impl QueryEngine {
         admission: Admission,
         locations: Option<LocationPolicy>,
     ) -> Self {
+        let runner = Arc::new(PlanRunner::new(
+            registry,
+            limits.memory,
+            limits.timeout,
+            limits.stage_timeout,
+            admission,
+        ));
+        let writer = TableWriter::new(
+            ctx.clone(),
+            Arc::clone(&catalog),
+            Arc::clone(&runner),
+            warehouse,
+            limits.test_commit_pause,
+        );
         Self {
             ctx,
             catalog,
-            registry,
-            query_timeout: limits.timeout,
-            stage_timeout: limits.stage_timeout,
-            memory: limits.memory,
-            warehouse,
-            admission,
+            runner,
+            writer,
             locations,
         }
     }
@@ -170,70 +136,12 @@ impl QueryEngine {
 
     /// Plans `sql` without running it or changing anything.
     pub(crate) async fn prepare(&self, sql: &str) -> Result<Statement> {
-        let numbered = number_placeholders(sql);
-        let plan = self.ctx.state().create_logical_plan(&numbered).await?;
-        let kind = classify(&plan)?;
-        let schema = match kind {
-            StatementKind::Ddl | StatementKind::Write => Arc::new(Schema::empty()),
-            StatementKind::Explain { .. } => explain_schema(),
-            StatementKind::Query => plain_schema(plan.schema().as_arrow()),
-        };
-        let (parameters, typed) = parameter_fields(&plan)?.into_iter().unzip();
-        Ok(Statement {
-            sql: sql.to_string(),
-            kind,
-            schema,
-            parameters,
-            typed,
-            plan,
-        })
+        Statement::plan(&self.ctx.state(), sql).await
     }
 
     /// Binds the first row of `values` to the statement's placeholders, by position.
-    pub(crate) fn bind(&self, mut statement: Statement, values: &RecordBatch) -> Result<Statement> {
-        if values.num_columns() != statement.parameters.len() {
-            return Err(QuiverError::InvalidArgument(format!(
-                "the statement has {} parameter(s), {} value(s) were bound",
-                statement.parameters.len(),
-                values.num_columns()
-            )));
-        }
-        if values.num_rows() != 1 {
-            return Err(QuiverError::InvalidArgument(format!(
-                "bind exactly one row of parameter values per execution, got {}",
-                values.num_rows()
-            )));
-        }
-        let scalars = values
-            .columns()
-            .iter()
-            .zip(&statement.parameters)
-            .zip(&statement.typed)
-            .map(|((column, field), typed)| {
-                let value = ScalarValue::try_from_array(column, 0)?;
-                if !typed || value.is_null() || &value.data_type() == field.data_type() {
-                    return Ok(value);
-                }
-                value.cast_to(field.data_type()).map_err(|e| {
-                    QuiverError::InvalidArgument(format!(
-                        "parameter {}: cannot use {} as {}: {e}",
-                        field.name(),
-                        value.data_type(),
-                        field.data_type()
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        statement.plan = statement.plan.with_param_values(scalars)?;
-        statement.parameters.clear();
-        statement.typed.clear();
-        if statement.kind == StatementKind::Query {
-            // Columns that are bare placeholders (`SELECT ? AS a`) take the bound value's type.
-            let plan = statement.plan.recompute_schema()?;
-            statement.schema = plain_schema(plan.schema().as_arrow());
-            statement.plan = plan;
-        }
-        Ok(statement)
+    pub(crate) fn bind(&self, statement: Statement, values: &RecordBatch) -> Result<Statement> {
+        statement.bind(values)
     }
 
     /// Runs a statement that returns no rows (DDL, writes) and returns the affected row count
@@ -242,11 +150,18 @@ impl QueryEngine {
         self.check_runnable(statement)?;
         match statement.kind {
             StatementKind::Ddl => {
-                self.run_ddl(statement).await?;
+                ddl::run(
+                    &self.ctx,
+                    &self.catalog,
+                    self.locations.as_ref(),
+                    &self.writer,
+                    statement,
+                )
+                .await?;
                 Ok(0)
             }
             StatementKind::Write => {
-                let rows = self.run_write(&statement.plan).await?;
+                let rows = self.writer.run_write(&statement.plan).await?;
                 Ok(i64::try_from(rows).unwrap_or(i64::MAX))
             }
             StatementKind::Query | StatementKind::Explain { .. } => {
@@ -269,8 +184,9 @@ impl QueryEngine {
                 })
             }
             StatementKind::Query => {
-                self.require_executors(&statement.plan)?;
-                self.run_query(statement).await
+                self.runner
+                    .stream(&self.ctx, &statement.plan, statement.schema)
+                    .await
             }
             StatementKind::Explain { analyze } => {
                 let inner = match &statement.plan {
@@ -278,7 +194,7 @@ impl QueryEngine {
                     LogicalPlan::Analyze(a) => Arc::clone(&a.input),
                     _ => return Err(QuiverError::Internal("explain without a plan".into())),
                 };
-                let batch = self.explain(&inner, analyze).await?;
+                let batch = explain::explain(&self.ctx, &self.runner, &inner, analyze).await?;
                 Ok(QueryStream {
                     schema: statement.schema,
                     batches: stream::once(async { Ok(batch) }).boxed(),
@@ -287,145 +203,18 @@ impl QueryEngine {
         }
     }
 
-    /// Runs a query. If it fails before its first row because an executor is gone, the executors
-    /// that no longer answer leave the live set and the query runs once more on the others: the
-    /// client has seen nothing yet, so the retry is invisible to it.
-    ///
-    /// Planning happens here, so planning errors are the call's status; execution starts when the
-    /// returned stream is first polled, so a client that hangs up before the first row (which gRPC
-    /// notices only while a response streams) still cancels the query.
-    async fn run_query(&self, statement: Statement) -> Result<QueryStream> {
-        let deadline = Deadline::start(self.query_timeout);
-        let slot = deadline.run(self.admission.admit()).await??;
-        let physical = self
-            .ctx
-            .state()
-            .create_physical_plan(&statement.plan)
-            .await?;
-        let ctx = self.ctx.clone();
-        let registry = Arc::clone(&self.registry);
-        let plan = statement.plan.clone();
-        let memory = Arc::clone(&self.memory);
-        let stage_timeout = self.stage_timeout;
-        // Every attempt is a query of its own on the executors.
-        let task_ctx = move |state: &SessionState| query_task_ctx(state, &memory, stage_timeout);
-        // The executors live when the current attempt started, for naming lost ones.
-        let attempt_executors = Arc::new(Mutex::new(Vec::new()));
-        let executors = Arc::clone(&attempt_executors);
-        let started = stream::once(async move {
-            let mut physical = Some(physical);
-            let mut retried = false;
-            loop {
-                let physical = match physical.take() {
-                    Some(p) => p,
-                    None => ctx.state().create_physical_plan(&plan).await?,
-                };
-                // A plan that stays on the coordinator depends on no executor.
-                let live_at_start = if distributed::stage_count(&physical) > 1 {
-                    registry.live_worker_urls()
-                } else {
-                    Vec::new()
-                };
-                *attempt_executors.lock().unwrap_or_else(|e| e.into_inner()) =
-                    live_at_start.clone();
-                let mut stream = fail_on_departure(
-                    execute_stream(physical, task_ctx(&ctx.state()).map_err(to_datafusion)?)?,
-                    Arc::clone(&registry),
-                    live_at_start.clone(),
-                );
-                let first = deadline.run(stream.next()).await.map_err(to_datafusion)?;
-                if let Some(Err(e)) = &first
-                    && !retried
-                    && may_be_lost_executor(e)
-                {
-                    let lost = registry.lost_since(&live_at_start).await;
-                    if !lost.is_empty() {
-                        tracing::warn!(?lost, error = %e, "executor lost before the first row: running the query again");
-                        retried = true;
-                        if registry.live_worker_urls().is_empty() {
-                            return Err(to_datafusion(QuiverError::Unavailable(
-                                "no live executors left to run the query on".into(),
-                            )));
-                        }
-                        continue;
-                    }
-                }
-                return Ok(stream::iter(first).chain(stream));
-            }
-        })
-        .try_flatten()
-        // The query keeps its admission slot until its stream ends or is dropped.
-        .map(move |item| {
-            let _slot = &slot;
-            item
-        });
-        let batches = deadline.bound(started);
-        Ok(conform(
-            batches,
-            statement.schema,
-            Arc::clone(&self.registry),
-            executors,
-        ))
-    }
-
-    /// The task context of one new query planned in `state`.
-    pub(crate) fn task_ctx(&self, state: &SessionState) -> Result<Arc<TaskContext>> {
-        query_task_ctx(state, &self.memory, self.stage_timeout)
-    }
-
-    async fn explain(&self, plan: &LogicalPlan, analyze: bool) -> Result<RecordBatch> {
-        let _slot = if analyze {
-            self.require_executors(plan)?;
-            Some(self.admission.admit().await?)
-        } else {
-            None
-        };
-        let mut state = if analyze {
-            distributed::with_metrics(self.ctx.state())?
-        } else {
-            self.ctx.state()
-        };
-        let placements = Arc::new(TaskPlacements::default());
-        state.config_mut().set_extension(Arc::clone(&placements));
-        let physical: Arc<dyn ExecutionPlan> = state.create_physical_plan(plan).await?;
-        let stages = distributed::stage_count(&physical);
-        let rendered = if analyze {
-            // Run to completion, discarding rows, then show the per-task metrics.
-            collect(Arc::clone(&physical), self.task_ctx(&state)?).await?;
-            distributed::render_analyzed_plan(physical).await?
-        } else {
-            distributed::render_plan(physical.as_ref())
-        };
-        let executors = self
-            .registry
-            .live_worker_urls()
-            .iter()
-            .map(|u| u.as_str().trim_end_matches('/').to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let (kinds, texts): (Vec<&str>, Vec<String>) = [
-            (
-                if analyze {
-                    "analyzed_plan"
-                } else {
-                    "distributed_plan"
-                },
-                rendered,
-            ),
-            ("stages", stages.to_string()),
-            // Tasks of every stage but the head one are spread over these at execution time.
-            ("executors", executors),
-        ]
-        .into_iter()
-        .chain(analyze.then(|| ("task_placement", placements.render())))
-        .unzip();
-        Ok(RecordBatch::try_new(
-            explain_schema(),
-            vec![
-                Arc::new(StringArray::from(kinds)),
-                Arc::new(StringArray::from(texts)),
-            ],
-        )?)
+    /// Bulk ingest of a client's batches into `table`; returns the rows written.
+    pub(crate) async fn ingest(
+        &self,
+        table: &str,
+        if_missing: IfMissing,
+        if_exists: IfExists,
+        incoming: SchemaRef,
+        batches: impl Stream<Item = Result<RecordBatch>> + Send,
+    ) -> Result<u64> {
+        self.writer
+            .ingest(table, if_missing, if_exists, incoming, batches)
+            .await
     }
 
     /// Fails fast, before a client fetches, if the statement cannot run now.
@@ -452,377 +241,25 @@ impl QueryEngine {
     }
 
     /// Queries that read tables need at least one live executor.
-    pub(crate) fn require_executors(&self, plan: &LogicalPlan) -> Result<()> {
-        let reads_tables = plan
-            .exists(|node| {
-                Ok(matches!(node, LogicalPlan::TableScan(scan)
-                    if scan.table_name.schema() != Some("information_schema")))
-            })
-            .unwrap_or(true);
-        if reads_tables && self.registry.live_worker_urls().is_empty() {
-            return Err(QuiverError::Unavailable(
-                "no live executors in the cluster: start one with `quiver executor --coordinator <this coordinator's URL>`".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn run_ddl(&self, statement: &Statement) -> Result<()> {
-        let LogicalPlan::Ddl(ddl) = &statement.plan else {
-            return Err(QuiverError::Internal("not a catalog statement".into()));
-        };
-        // What the statement names, and for creations the location recorded in the catalog.
-        let (reference, created_at) = match ddl {
-            DdlStatement::CreateExternalTable(cmd) => {
-                (&cmd.name, Some(self.external_location(&cmd.locations)?))
-            }
-            DdlStatement::CreateView(cmd) => (&cmd.name, Some(String::new())),
-            DdlStatement::DropTable(DropTable { name, .. })
-            | DdlStatement::DropView(DropView { name, .. }) => (name, None),
-            other => {
-                return Err(QuiverError::Internal(format!(
-                    "not a catalog statement: {}",
-                    other.name()
-                )));
-            }
-        };
-        let name = table_name(reference)?;
-        let mut guard = self.catalog.lock().await;
-        if guard.is_flag_table(&name) {
-            return Err(QuiverError::InvalidArgument(format!(
-                "table '{name}' is defined by a --table flag: change the flag instead of using SQL"
-            )));
-        }
-        let previous = guard.get(&name).cloned();
-        let Some(url) = created_at else {
-            let existed = self.ctx.table_exist(reference.clone())?;
-            self.ctx
-                .execute_logical_plan(statement.plan.clone())
-                .await?;
-            guard.remove(&name)?;
-            drop(guard);
-            if let Some(previous) = previous {
-                self.discard_files(&previous).await;
-            }
-            if existed {
-                tracing::info!(table = %name, "dropped");
-            }
-            return Ok(());
-        };
-        if let Some(root) = object_stores::store_root(&url)? {
-            let options = guard.store_options(&root);
-            object_stores::ensure_registered(self.ctx.runtime_env().as_ref(), &root, &options)?;
-        }
-        let existed = self.ctx.table_exist(reference.clone())?;
-        self.ctx
-            .execute_logical_plan(statement.plan.clone())
-            .await?;
-        let replaced = matches!(ddl, DdlStatement::CreateExternalTable(c) if c.or_replace)
-            || matches!(ddl, DdlStatement::CreateView(c) if c.or_replace);
-        if existed && !replaced {
-            // IF NOT EXISTS on an existing table: nothing changed.
-            return Ok(());
-        }
-        let def = TableDef {
-            name: name.clone(),
-            url,
-            format: None,
-            options: Default::default(),
-            ddl: Some(statement.sql.clone()),
-            managed: false,
-            files: Vec::new(),
-        };
-        if let Err(e) = guard.add(def) {
-            // Keep memory and disk in agreement: what is not persisted does not exist.
-            let _ = self.ctx.deregister_table(reference.clone());
-            return Err(e);
-        }
-        drop(guard);
-        if let Some(previous) = previous {
-            self.discard_files(&previous).await;
-        }
-        tracing::info!(table = %name, "created");
-        Ok(())
-    }
-
-    /// The one location of `CREATE EXTERNAL TABLE`, which every executor must resolve alike.
-    fn external_location(&self, locations: &[String]) -> Result<String> {
-        let [location] = locations else {
-            return Err(QuiverError::Unsupported(
-                "CREATE EXTERNAL TABLE with several locations is not supported".into(),
-            ));
-        };
-        let remote = object_stores::store_root(location)?.is_some();
-        if !remote && !location.starts_with("file://") && !location.starts_with('/') {
-            return Err(QuiverError::InvalidArgument(format!(
-                "LOCATION '{location}' must be an absolute path or a URL: every executor resolves it"
-            )));
-        }
-        if let Some(policy) = &self.locations {
-            policy.check(location)?;
-        }
-        Ok(location.clone())
+    fn require_executors(&self, plan: &LogicalPlan) -> Result<()> {
+        require_executors(self.runner.registry(), plan)
     }
 }
 
-/// A query's deadline, enforced here because gRPC server timeouts do not bound a streaming DoGet.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline(Option<(Instant, Duration)>);
-
-impl Deadline {
-    pub(crate) fn start(limit: Option<Duration>) -> Self {
-        Self(limit.map(|limit| (Instant::now() + limit, limit)))
-    }
-
-    fn exceeded(limit: Duration) -> QuiverError {
-        QuiverError::DeadlineExceeded(format!(
-            "the query ran longer than its {} ms deadline and was cancelled",
-            limit.as_millis()
-        ))
-    }
-
-    /// Awaits `fut` unless the deadline passes first.
-    pub(crate) async fn run<T>(self, fut: impl Future<Output = T>) -> Result<T> {
-        match self.0 {
-            None => Ok(fut.await),
-            Some((at, limit)) => tokio::time::timeout_at(at, fut)
-                .await
-                .map_err(|_| Self::exceeded(limit)),
-        }
-    }
-
-    /// Ends `stream` with a deadline error (dropping it, which cancels the query) once the
-    /// deadline passes.
-    fn bound(
-        self,
-        stream: impl Stream<Item = DFResult<RecordBatch>> + Send + 'static,
-    ) -> BoxStream<'static, DFResult<RecordBatch>> {
-        if self.0.is_none() {
-            return stream.boxed();
-        }
-        stream::unfold(Some(stream.boxed()), move |state| async move {
-            let mut stream = state?;
-            match self.run(stream.next()).await {
-                Ok(item) => item.map(|item| (item, Some(stream))),
-                Err(e) => Some((
-                    Err(DataFusionError::External(Box::new(e.to_status()))),
-                    None,
-                )),
-            }
+/// Plans that read tables need at least one live executor.
+fn require_executors(registry: &ExecutorRegistry, plan: &LogicalPlan) -> Result<()> {
+    let reads_tables = plan
+        .exists(|node| {
+            Ok(matches!(node, LogicalPlan::TableScan(scan)
+                if scan.table_name.schema() != Some("information_schema")))
         })
-        .boxed()
-    }
-}
-
-/// Re-labels every batch with the announced schema (casting views to plain types). An error a
-/// lost executor explains becomes `Unavailable` naming the executors that no longer answer.
-fn conform(
-    stream: impl Stream<Item = DFResult<RecordBatch>> + Send + 'static,
-    schema: SchemaRef,
-    registry: Arc<ExecutorRegistry>,
-    executors: Arc<Mutex<Vec<Url>>>,
-) -> QueryStream {
-    let target = Arc::clone(&schema);
-    let batches = stream
-        .then(move |batch| {
-            let target = Arc::clone(&target);
-            let registry = Arc::clone(&registry);
-            let executors = Arc::clone(&executors);
-            async move {
-                match batch {
-                    Ok(batch) => Ok(cast_batch(&batch, &target)?),
-                    Err(e) if may_be_lost_executor(&e) => {
-                        let live_at_start =
-                            executors.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        let lost = registry.lost_since(&live_at_start).await;
-                        if lost.is_empty() {
-                            return Err(e.into());
-                        }
-                        let lost: Vec<&str> = lost
-                            .iter()
-                            .map(|u| u.as_str().trim_end_matches('/'))
-                            .collect();
-                        Err(QuiverError::Unavailable(format!(
-                            "executor {} was lost while the query ran; run it again: {e}",
-                            lost.join(", ")
-                        )))
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
-        })
-        .boxed();
-    QueryStream { schema, batches }
-}
-
-/// Ends a query's stream with `Unavailable` as soon as one of `executors` leaves the live set
-/// (missed heartbeats or a failed probe), whatever the data path noticed: a dead executor must
-/// never leave the query waiting. Dropping the stream stops the query's remaining tasks.
-fn fail_on_departure(
-    stream: SendableRecordBatchStream,
-    registry: Arc<ExecutorRegistry>,
-    executors: Vec<Url>,
-) -> BoxStream<'static, DFResult<RecordBatch>> {
-    let departures = registry.departures();
-    stream::unfold(Some((stream, departures)), move |state| {
-        let registry = Arc::clone(&registry);
-        let executors = executors.clone();
-        async move {
-            let (mut stream, mut departures) = state?;
-            loop {
-                tokio::select! {
-                    item = stream.next() => return item.map(|item| (item, Some((stream, departures)))),
-                    changed = departures.changed() => {
-                        if changed.is_err() {
-                            // The registry is gone (shutdown): just run the query out.
-                            let item = stream.next().await;
-                            return item.map(|item| (item, None));
-                        }
-                        let live = registry.live_worker_urls();
-                        let lost: Vec<&str> = executors
-                            .iter()
-                            .filter(|url| !live.contains(url))
-                            .map(|url| url.as_str().trim_end_matches('/'))
-                            .collect();
-                        if !lost.is_empty() {
-                            let e = QuiverError::Unavailable(format!(
-                                "executor {} left the cluster while the query ran",
-                                lost.join(", ")
-                            ));
-                            return Some((Err(to_datafusion(e)), None));
-                        }
-                    }
-                }
-            }
-        }
-    })
-    // The first-row logic polls again after the end.
-    .fuse()
-    .boxed()
-}
-
-/// The task context of one new query: its own id and runtime.
-fn query_task_ctx(
-    state: &SessionState,
-    memory: &QueryMemory,
-    stage_timeout: Option<Duration>,
-) -> Result<Arc<TaskContext>> {
-    let query_id = uuid::Uuid::new_v4().to_string();
-    Ok(distributed::query_task_ctx(
-        state,
-        memory.for_query()?,
-        &query_id,
-        stage_timeout,
-    )?)
-}
-
-/// Carries a Quiver error (with its status code) through DataFusion's error type.
-fn to_datafusion(e: QuiverError) -> DataFusionError {
-    DataFusionError::External(Box::new(e.to_status()))
-}
-
-/// Errors that a vanished executor explains: transport failures surfacing from the network
-/// operators. Only a hint: callers act on it only if an executor really stopped answering.
-fn may_be_lost_executor(e: &DataFusionError) -> bool {
-    matches!(
-        datafusion_status(e).code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-    )
-}
-
-fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
-    let unsupported = |what: &str| {
-        Err(QuiverError::Unsupported(format!(
-            "{what} is not supported; Quiver runs queries, EXPLAIN, CREATE [EXTERNAL] TABLE, CREATE TABLE AS, INSERT INTO/OVERWRITE, CREATE VIEW and DROP TABLE/VIEW"
-        )))
-    };
-    match plan {
-        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) if cmd.temporary => {
-            unsupported("CREATE TEMPORARY TABLE")
-        }
-        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => Ok(StatementKind::Write),
-        LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_)) => Ok(StatementKind::Write),
-        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) if cmd.temporary => {
-            unsupported("CREATE TEMPORARY EXTERNAL TABLE")
-        }
-        LogicalPlan::Ddl(DdlStatement::CreateView(cmd)) if cmd.temporary => {
-            unsupported("CREATE TEMPORARY VIEW")
-        }
-        LogicalPlan::Ddl(
-            DdlStatement::CreateExternalTable(_)
-            | DdlStatement::DropTable(_)
-            | DdlStatement::CreateView(_)
-            | DdlStatement::DropView(_),
-        ) => Ok(StatementKind::Ddl),
-        LogicalPlan::Ddl(other) => unsupported(other.name()),
-        LogicalPlan::Dml(dml) => unsupported(&dml.op.to_string()),
-        // COPY writes files wherever the server can, and SET changes the shared session's
-        // runtime settings for every client: neither is a client's to do.
-        LogicalPlan::Copy(_) => Err(QuiverError::PermissionDenied(
-            "COPY writes files on the server and is not allowed; read results through Flight SQL, or write tables with CREATE TABLE AS / INSERT".into(),
-        )),
-        LogicalPlan::Statement(
-            LogicalStatement::SetVariable(_) | LogicalStatement::ResetVariable(_),
-        ) => {
-            Err(QuiverError::PermissionDenied(
-                "changing runtime settings with SET/RESET is not allowed; the server's settings apply to every query".into(),
-            ))
-        }
-        LogicalPlan::Statement(_) => {
-            unsupported("PREPARE / EXECUTE / transaction statements")
-        }
-        LogicalPlan::Explain(_) => Ok(StatementKind::Explain { analyze: false }),
-        LogicalPlan::Analyze(_) => Ok(StatementKind::Explain { analyze: true }),
-        _ => Ok(StatementKind::Query),
-    }
-}
-
-/// The statement's placeholders as `$1..$n` fields, in position order, each with whether its
-/// type was inferred.
-fn parameter_fields(plan: &LogicalPlan) -> Result<Vec<(Field, bool)>> {
-    let mut found: Vec<(usize, Field, bool)> = Vec::new();
-    for (name, field) in plan.get_parameter_fields()? {
-        let position = name
-            .strip_prefix('$')
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                QuiverError::InvalidArgument(format!(
-                    "placeholder {name}: use ? or $1, $2, ... (named placeholders are not supported)"
-                ))
-            })?;
-        let inferred = field
-            .map(|f| f.data_type().clone())
-            .filter(|t| t != &DataType::Null);
-        let typed = inferred.is_some();
-        let data_type = inferred.unwrap_or(DataType::Utf8);
-        found.push((
-            position,
-            Field::new(name, plain_type(&data_type), true),
-            typed,
+        .unwrap_or(true);
+    if reads_tables && registry.live_worker_urls().is_empty() {
+        return Err(QuiverError::Unavailable(
+            "no live executors in the cluster: start one with `quiver executor --coordinator <this coordinator's URL>`".into(),
         ));
     }
-    found.sort_by_key(|(position, _, _)| *position);
-    if found
-        .iter()
-        .enumerate()
-        .any(|(i, (position, _, _))| *position != i + 1)
-    {
-        return Err(QuiverError::InvalidArgument(
-            "placeholders must be numbered $1..$n without gaps".into(),
-        ));
-    }
-    Ok(found
-        .into_iter()
-        .map(|(_, field, typed)| (field, typed))
-        .collect())
-}
-
-fn explain_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("plan_type", DataType::Utf8, false),
-        Field::new("plan", DataType::Utf8, false),
-    ]))
+    Ok(())
 }
 
 /// The table part of a reference inside Quiver's one catalog and schema.
@@ -844,7 +281,10 @@ mod tests {
     use datafusion::execution::runtime_env::RuntimeEnv;
     use futures::TryStreamExt;
 
+    use arrow::datatypes::DataType;
+
     use super::*;
+    use crate::cluster::distributed;
     use crate::planner::settings;
 
     fn engine(dir: &std::path::Path) -> QueryEngine {
@@ -870,6 +310,7 @@ mod tests {
                 timeout: None,
                 stage_timeout: None,
                 memory: Arc::new(QueryMemory::new(Arc::new(RuntimeEnv::default()), None)),
+                test_commit_pause: None,
             },
             None,
             Admission::new(0, 0),

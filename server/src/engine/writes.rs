@@ -2,13 +2,19 @@
 //! `INSERT OVERWRITE`, and Flight SQL bulk ingest (create, append, replace).
 //!
 //! Contract:
-//! * a write runs its input (distributed like any query), streams it into one new Parquet file
-//!   in the [`Warehouse`] (bounded memory), and only then commits: under the catalog lock it
-//!   checks the table is still what it was, writes the catalog file (atomic, fsynced) listing the
-//!   new file, and re-registers the table. Readers see all of a write or none of it;
+//! * a write's input is a supervised run ([`PlanRunner::run_to_end`]): admission inside the
+//!   query deadline, the deadline over the whole input, stage deadlines, the departure watchdog,
+//!   and one rerun on the remaining executors when an executor it used is lost (the dead
+//!   attempt's file is deleted; with no executor left the write fails `Unavailable`). Its rows
+//!   stream into one new Parquet file in the [`Warehouse`] (bounded memory);
+//! * the commit is one step that cannot be cut in half. Everything that can fail or wait (the
+//!   catalog lock, the checks that the table is still what the write started from, the new
+//!   file's footer) happens first; from the catalog file write on (atomic, fsynced, listing the
+//!   new file) the commit runs to its end in a task of its own — re-registering the table and
+//!   deleting the files the commit stopped referencing — even if the client hangs up or the
+//!   deadline fires. Readers see all of a write or none of it;
 //! * a write that fails or is cancelled before its commit leaves no visible change; the file it
 //!   may have written is deleted (or, after a crash, left unreferenced);
-//! * files a commit stops referencing (replace, overwrite, drop) are deleted after the commit;
 //! * only managed tables are written; external tables (`CREATE EXTERNAL TABLE`, `--table`) are
 //!   read-only, and a coordinator without `--warehouse` refuses writes with `FailedPrecondition`.
 
@@ -21,13 +27,18 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
     CreateMemoryTable, DdlStatement, DmlStatement, LogicalPlan, WriteOp,
 };
-use datafusion::physical_plan::execute_stream;
-use futures::{Stream, StreamExt, TryStreamExt};
+use std::time::Duration;
+
+use datafusion::prelude::SessionContext;
+use futures::{Stream, StreamExt};
 
 use crate::arrow_compat::{cast_batch, plain_schema};
-use crate::engine::{Deadline, QueryEngine, table_name};
+use crate::task;
+
+use super::run::{Deadline, PlanRunner};
+use super::table_name;
 use crate::error::{QuiverError, Result};
-use crate::storage::catalog::{self, TableDef};
+use crate::storage::catalog::{self, Catalog, TableDef};
 use crate::storage::object_stores::StoreOptions;
 use crate::storage::warehouse::{DataFile, Warehouse};
 
@@ -57,7 +68,34 @@ enum Commit {
     Overwrite,
 }
 
-impl QueryEngine {
+/// Writes managed tables and commits them; see the module contract.
+pub(super) struct TableWriter {
+    ctx: SessionContext,
+    catalog: Arc<Catalog>,
+    runner: Arc<PlanRunner>,
+    /// Where managed tables keep their files; `None` refuses writes.
+    warehouse: Option<Warehouse>,
+    /// Test only: how long every commit sleeps after its catalog write.
+    test_commit_pause: Option<Duration>,
+}
+
+impl TableWriter {
+    pub(super) fn new(
+        ctx: SessionContext,
+        catalog: Arc<Catalog>,
+        runner: Arc<PlanRunner>,
+        warehouse: Option<Warehouse>,
+        test_commit_pause: Option<Duration>,
+    ) -> Self {
+        Self {
+            ctx,
+            catalog,
+            runner,
+            warehouse,
+            test_commit_pause,
+        }
+    }
+
     fn warehouse(&self) -> Result<&Warehouse> {
         self.warehouse.as_ref().ok_or_else(|| {
             QuiverError::FailedPrecondition(
@@ -67,19 +105,19 @@ impl QueryEngine {
     }
 
     /// Runs a `CREATE TABLE` or `INSERT` statement; returns the rows written.
-    pub(crate) async fn run_write(&self, plan: &LogicalPlan) -> Result<u64> {
-        let deadline = Deadline::start(self.query_timeout);
-        let _slot = deadline.run(self.admission.admit()).await??;
+    pub(super) async fn run_write(&self, plan: &LogicalPlan) -> Result<u64> {
+        let deadline = self.runner.deadline();
+        let _slot = self.runner.admit(deadline).await?;
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) => {
-                deadline.run(self.create_table(cmd)).await?
+                self.create_table(cmd, deadline).await
             }
-            LogicalPlan::Dml(dml) => deadline.run(self.insert(dml)).await?,
+            LogicalPlan::Dml(dml) => self.insert(dml, deadline).await,
             _ => Err(QuiverError::Internal("not a write statement".into())),
         }
     }
 
-    async fn create_table(&self, cmd: &CreateMemoryTable) -> Result<u64> {
+    async fn create_table(&self, cmd: &CreateMemoryTable, deadline: Deadline) -> Result<u64> {
         let name = table_name(&cmd.name)?;
         if !cmd.constraints.is_empty() {
             return Err(QuiverError::Unsupported(
@@ -111,22 +149,17 @@ impl QueryEngine {
         let declared = matches!(cmd.input.as_ref(), LogicalPlan::EmptyRelation(_));
         let schema = plain_schema(cmd.input.schema().as_arrow());
         let schema = if declared { schema } else { nullable(&schema) };
-        let batches = self.run_input(&cmd.input, Arc::clone(&schema)).await?;
         let location = warehouse.table_location(&name);
-        self.write_and_commit(
-            &name,
-            &location,
-            schema,
-            batches,
-            Commit::Create {
-                replace: cmd.or_replace,
-            },
-            None,
-        )
-        .await
+        let file = self
+            .write_input(&cmd.input, schema, &location, deadline)
+            .await?;
+        let commit = Commit::Create {
+            replace: cmd.or_replace,
+        };
+        self.commit(&name, &location, file, commit, None).await
     }
 
-    async fn insert(&self, dml: &DmlStatement) -> Result<u64> {
+    async fn insert(&self, dml: &DmlStatement, deadline: Deadline) -> Result<u64> {
         let name = table_name(&dml.table_name)?;
         let commit = match &dml.op {
             WriteOp::Insert(InsertOp::Append) => Commit::Append,
@@ -139,13 +172,16 @@ impl QueryEngine {
         };
         let def = self.managed_table(&name).await?;
         let schema = plain_schema(dml.target.schema().as_ref());
-        let batches = self.run_input(&dml.input, Arc::clone(&schema)).await?;
-        self.write_and_commit(&name, &def.url, schema, batches, commit, Some(def.files))
+        let file = self
+            .write_input(&dml.input, schema, &def.url, deadline)
+            .await?;
+        self.commit(&name, &def.url, file, commit, Some(def.files))
             .await
     }
 
-    /// Bulk ingest of a client's batches into `table`; returns the rows written.
-    pub(crate) async fn ingest(
+    /// Bulk ingest of a client's batches into `table`; returns the rows written. The query
+    /// deadline bounds it from admission on; the commit is the same as every write's.
+    pub(super) async fn ingest(
         &self,
         table: &str,
         if_missing: IfMissing,
@@ -154,7 +190,8 @@ impl QueryEngine {
         batches: impl Stream<Item = Result<RecordBatch>> + Send,
     ) -> Result<u64> {
         let warehouse = self.warehouse()?;
-        let _slot = self.admission.admit().await?;
+        let deadline = self.runner.deadline();
+        let _slot = self.runner.admit(deadline).await?;
         let existing = {
             let guard = self.catalog.lock().await;
             if guard.is_flag_table(table) {
@@ -174,18 +211,20 @@ impl QueryEngine {
             (true, IfExists::Replace, _) => Some(Commit::Create { replace: true }),
             (true, IfExists::Append, _) => Some(Commit::Append),
         };
-        let deadline = Deadline::start(self.query_timeout);
+        let runtime = self.ctx.runtime_env();
+        let options = self.store_options().await;
         match plan {
             None | Some(Commit::Create { .. }) => {
                 let schema = plain_schema(&Schema::new(incoming.fields().clone()));
                 let conformed = conform_stream(batches, Arc::clone(&schema));
                 let location = warehouse.table_location(table);
+                let file = deadline
+                    .run(warehouse.write(runtime.as_ref(), &options, &location, schema, conformed))
+                    .await??;
                 let commit = Commit::Create {
                     replace: plan.is_some(),
                 };
-                deadline
-                    .run(self.write_and_commit(table, &location, schema, conformed, commit, None))
-                    .await?
+                self.commit(table, &location, file, commit, None).await
             }
             Some(_) => {
                 let def = self.managed_table(table).await?;
@@ -200,22 +239,17 @@ impl QueryEngine {
                     let batch = batch?;
                     map_columns(&batch, &mapping, &target)
                 });
-                deadline
-                    .run(self.write_and_commit(
-                        table,
-                        &def.url,
-                        schema,
-                        conformed,
-                        Commit::Append,
-                        Some(def.files),
-                    ))
-                    .await?
+                let file = deadline
+                    .run(warehouse.write(runtime.as_ref(), &options, &def.url, schema, conformed))
+                    .await??;
+                self.commit(table, &def.url, file, Commit::Append, Some(def.files))
+                    .await
             }
         }
     }
 
     /// Deletes a managed table's files once the catalog no longer lists them (DROP, replace).
-    pub(crate) async fn discard_files(&self, def: &TableDef) {
+    pub(super) async fn discard_files(&self, def: &TableDef) {
         if !def.managed {
             return;
         }
@@ -251,19 +285,30 @@ impl QueryEngine {
         }
     }
 
-    /// Runs a write's input plan, casting its batches to `schema`.
-    async fn run_input(
+    /// Runs a write's input plan (supervised, see the module contract) into one new file under
+    /// `location`, its batches cast to `schema`.
+    async fn write_input(
         &self,
         plan: &LogicalPlan,
         schema: SchemaRef,
-    ) -> Result<impl Stream<Item = Result<RecordBatch>> + Send + use<>> {
-        self.require_executors(plan)?;
+        location: &str,
+        deadline: Deadline,
+    ) -> Result<DataFile> {
+        let warehouse = self.warehouse()?;
+        let runtime = self.ctx.runtime_env();
+        let runtime = runtime.as_ref();
+        let options = self.store_options().await;
+        let options = &options;
         let state = self.ctx.state();
-        let physical = state.create_physical_plan(plan).await?;
-        let stream = execute_stream(physical, self.task_ctx(&state)?)?;
-        Ok(stream
-            .map_err(QuiverError::from)
-            .map(move |batch| Ok(cast_batch(&batch?, &schema)?)))
+        let completed = self
+            .runner
+            .run_to_end(&state, plan, deadline, "write", move |batches| {
+                let target = Arc::clone(&schema);
+                let conformed = batches.map(move |batch| Ok(cast_batch(&batch?, &target)?));
+                warehouse.write(runtime, options, location, Arc::clone(&schema), conformed)
+            })
+            .await?;
+        Ok(completed.value)
     }
 
     /// The catalog's options for the warehouse's object store, if it is remote.
@@ -274,33 +319,29 @@ impl QueryEngine {
         self.catalog.lock().await.store_options(root)
     }
 
-    /// Writes the file, then commits it; see the module contract.
-    async fn write_and_commit(
+    /// Commits `file` (written under `location`) to table `name`; see the module contract.
+    async fn commit(
         &self,
         name: &str,
         location: &str,
-        schema: SchemaRef,
-        batches: impl Stream<Item = Result<RecordBatch>> + Send,
+        file: DataFile,
         commit: Commit,
         files_at_start: Option<Vec<String>>,
     ) -> Result<u64> {
-        let warehouse = self.warehouse()?;
+        let warehouse = self.warehouse()?.clone();
         let runtime = self.ctx.runtime_env();
         let options = self.store_options().await;
-        let file = warehouse
-            .write(runtime.as_ref(), &options, location, schema, batches)
-            .await?;
         let discard = |file: DataFile| {
-            let runtime = Arc::clone(&runtime);
-            let options = options.clone();
+            let (warehouse, runtime, options) = (&warehouse, &runtime, &options);
             async move {
                 warehouse
-                    .delete(runtime.as_ref(), &options, location, &[file.name])
+                    .delete(runtime.as_ref(), options, location, &[file.name])
                     .await;
             }
         };
 
-        let mut guard = self.catalog.lock().await;
+        // Everything that can fail or wait comes first; nothing has changed yet.
+        let guard = self.catalog.lock().await;
         let current = guard.get(name).cloned();
         let (next, unreferenced) = match commit {
             Commit::Create { replace } => {
@@ -353,23 +394,48 @@ impl QueryEngine {
                 (TableDef::managed(name, location, files), old)
             }
         };
-        if let Err(e) = guard.add(next.clone()) {
+        let provider = match catalog::managed_provider(&self.ctx, &next).await {
+            Ok(provider) => provider,
+            Err(e) => {
+                drop(guard);
+                discard(file).await;
+                return Err(e);
+            }
+        };
+
+        // From the catalog write on, the commit runs to its end whatever happens to the caller.
+        let ctx = self.ctx.clone();
+        let pause = self.test_commit_pause;
+        let (name, location) = (name.to_string(), location.to_string());
+        task::uninterruptible(async move {
+            let mut guard = guard;
+            if let Err(e) = guard.add(next) {
+                drop(guard);
+                warehouse
+                    .delete(runtime.as_ref(), &options, &location, &[file.name])
+                    .await;
+                return Err(e);
+            }
+            // The catalog file is the truth; the session follows it without waiting. Should that
+            // fail, the write still happened: the next start registers the table from the file.
+            if let Err(e) = catalog::register_provider(&ctx, &name, provider) {
+                tracing::error!(table = %name, error = %e, "a committed table could not be registered until restart");
+            }
             drop(guard);
-            discard(file).await;
-            return Err(e);
-        }
-        // The catalog file is the truth; the in-memory registration follows it.
-        let registered = catalog::register_managed(&self.ctx, &next).await;
-        drop(guard);
-        registered?;
-        let (old_location, old_files) = unreferenced;
-        if !old_files.is_empty() {
-            warehouse
-                .delete(runtime.as_ref(), &options, &old_location, &old_files)
-                .await;
-        }
-        tracing::info!(table = %name, rows = file.rows, file = %file.name, "committed a write");
-        Ok(file.rows)
+            if let Some(pause) = pause {
+                tracing::warn!(table = %name, ?pause, "commit paused for a test");
+                tokio::time::sleep(pause).await;
+            }
+            let (old_location, old_files) = unreferenced;
+            if !old_files.is_empty() {
+                warehouse
+                    .delete(runtime.as_ref(), &options, &old_location, &old_files)
+                    .await;
+            }
+            tracing::info!(table = %name, rows = file.rows, file = %file.name, "committed a write");
+            Ok(file.rows)
+        })
+        .await?
     }
 }
 

@@ -51,6 +51,8 @@ pub struct CoordinatorConfig {
     pub query_timeout: Option<Duration>,
     /// How long each stage of a query may run on an executor; `None`: no limit.
     pub stage_timeout: Option<Duration>,
+    /// Test only: every commit sleeps this long after its catalog write (`--test-commit-pause-ms`).
+    pub test_commit_pause: Option<Duration>,
     /// Client authentication; `None` accepts every client (loopback only unless `insecure`).
     pub auth: Option<AuthConfig>,
     /// Where `CREATE EXTERNAL TABLE` may point; `None` allows any location.
@@ -224,6 +226,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
             timeout: config.query_timeout,
             stage_timeout: config.stage_timeout,
             memory,
+            test_commit_pause: config.test_commit_pause,
         },
         warehouse,
         Admission::new(config.max_concurrent_queries, config.max_queued_queries),

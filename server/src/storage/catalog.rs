@@ -32,13 +32,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use url::Url;
 
 use crate::error::{QuiverError, Result};
@@ -286,7 +287,7 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<
 #[derive(Debug)]
 pub(crate) struct Catalog {
     path: Option<PathBuf>,
-    file: Mutex<CatalogFile>,
+    file: Arc<Mutex<CatalogFile>>,
     flag_tables: Vec<TableDef>,
 }
 
@@ -309,7 +310,7 @@ impl Catalog {
         }
         Ok(Self {
             path,
-            file: Mutex::new(file),
+            file: Arc::new(Mutex::new(file)),
             flag_tables,
         })
     }
@@ -364,11 +365,12 @@ impl Catalog {
         stores.into_values().collect()
     }
 
-    /// Takes the DDL lock: the returned guard persists changes.
-    pub(crate) async fn lock(&self) -> CatalogGuard<'_> {
+    /// Takes the DDL lock: the returned guard persists changes. It owns what it needs, so a
+    /// commit can hold it in a task of its own.
+    pub(crate) async fn lock(self: &Arc<Self>) -> CatalogGuard {
         CatalogGuard {
-            catalog: self,
-            file: self.file.lock().await,
+            catalog: Arc::clone(self),
+            file: Arc::clone(&self.file).lock_owned().await,
         }
     }
 
@@ -397,6 +399,27 @@ async fn register(ctx: &SessionContext, table: &TableDef, file: &CatalogFile) ->
 /// Registers (or re-registers) a managed table: a Parquet listing of exactly its committed files,
 /// read with the session's Parquet options (so strings stay plain Utf8, as everywhere).
 pub(crate) async fn register_managed(ctx: &SessionContext, table: &TableDef) -> Result<()> {
+    let provider = managed_provider(ctx, table).await?;
+    register_provider(ctx, &table.name, provider)
+}
+
+/// Puts `provider` in the session under `name`, replacing what was there. Does not wait.
+pub(crate) fn register_provider(
+    ctx: &SessionContext,
+    name: &str,
+    provider: Arc<dyn TableProvider>,
+) -> Result<()> {
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, provider)?;
+    Ok(())
+}
+
+/// The table provider of a managed table: everything registering it needs that can fail or
+/// wait (it reads a footer), so a commit can do it before it changes anything.
+pub(crate) async fn managed_provider(
+    ctx: &SessionContext,
+    table: &TableDef,
+) -> Result<Arc<dyn TableProvider>> {
     let urls = table
         .files
         .iter()
@@ -413,19 +436,16 @@ pub(crate) async fn register_managed(ctx: &SessionContext, table: &TableDef) -> 
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
-    let provider = ListingTable::try_new(config)?;
-    ctx.deregister_table(table.name.as_str())?;
-    ctx.register_table(table.name.as_str(), Arc::new(provider))?;
-    Ok(())
+    Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
-/// Exclusive access to the catalog for one DDL statement.
-pub(crate) struct CatalogGuard<'a> {
-    catalog: &'a Catalog,
-    file: MutexGuard<'a, CatalogFile>,
+/// Exclusive access to the catalog for one DDL statement or commit.
+pub(crate) struct CatalogGuard {
+    catalog: Arc<Catalog>,
+    file: OwnedMutexGuard<CatalogFile>,
 }
 
-impl CatalogGuard<'_> {
+impl CatalogGuard {
     /// True when `name` comes from a `--table` flag and so cannot be changed with SQL.
     pub(crate) fn is_flag_table(&self, name: &str) -> bool {
         self.catalog
@@ -502,7 +522,7 @@ mod tests {
     async fn catalog_file_round_trip_is_atomic_and_validated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.toml");
-        let catalog = Catalog::load(Some(path.clone()), vec![]).unwrap();
+        let catalog = Arc::new(Catalog::load(Some(path.clone()), vec![]).unwrap());
         {
             let mut guard = catalog.lock().await;
             guard

@@ -1,0 +1,229 @@
+//! Statements: SQL planned without side effects, classified, and bound to parameter values.
+//!
+//! [`Statement::plan`] turns SQL into a logical plan and decides what kind of statement it is
+//! ([`StatementKind`]), which decides how clients run it: queries and `EXPLAIN` return rows,
+//! DDL and writes return none (an empty schema, so JDBC runs them as updates). Planning runs
+//! nothing, DDL included. `?` placeholders become `$1..$n`; each is announced as one nullable
+//! field, typed where DataFusion inferred a type and Utf8 otherwise. Statements Quiver does not
+//! run are refused here with a code that says why: `COPY` and `SET`/`RESET` are
+//! `PermissionDenied`, temporary objects, other DDL and DML `Unimplemented`.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as LogicalStatement, WriteOp};
+
+use crate::arrow_compat::{plain_schema, plain_type};
+use crate::error::{QuiverError, Result};
+
+use super::placeholders::number_placeholders;
+
+/// What a statement does, which decides how clients run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatementKind {
+    /// Returns rows.
+    Query,
+    /// Changes the catalog; returns no rows and an empty schema.
+    Ddl,
+    /// Writes table data (`CREATE TABLE`, `INSERT`); returns a row count, not rows.
+    Write,
+    /// `EXPLAIN` / `EXPLAIN ANALYZE`: returns the plan as rows.
+    Explain { analyze: bool },
+}
+
+impl StatementKind {
+    /// DDL and writes: no result rows, an empty schema, run once as an update.
+    pub(crate) fn is_update(self) -> bool {
+        matches!(self, Self::Ddl | Self::Write)
+    }
+}
+
+/// A planned statement.
+#[derive(Debug, Clone)]
+pub(crate) struct Statement {
+    pub(crate) sql: String,
+    pub(crate) kind: StatementKind,
+    /// The schema clients receive.
+    pub(crate) schema: SchemaRef,
+    /// Placeholders still to bind, in position order (`$1`, `$2`, ...).
+    pub(crate) parameters: Vec<Field>,
+    /// Per parameter: whether DataFusion inferred its type (else it is announced as Utf8 and a
+    /// bound value keeps its own type).
+    typed: Vec<bool>,
+    pub(super) plan: LogicalPlan,
+}
+
+impl Statement {
+    /// Plans `sql` without running it or changing anything.
+    pub(super) async fn plan(state: &SessionState, sql: &str) -> Result<Self> {
+        let numbered = number_placeholders(sql);
+        let plan = state.create_logical_plan(&numbered).await?;
+        let kind = classify(&plan)?;
+        let schema = match kind {
+            StatementKind::Ddl | StatementKind::Write => Arc::new(Schema::empty()),
+            StatementKind::Explain { .. } => explain_schema(),
+            StatementKind::Query => plain_schema(plan.schema().as_arrow()),
+        };
+        let (parameters, typed) = parameter_fields(&plan)?.into_iter().unzip();
+        Ok(Self {
+            sql: sql.to_string(),
+            kind,
+            schema,
+            parameters,
+            typed,
+            plan,
+        })
+    }
+
+    /// Binds the first row of `values` to the statement's placeholders, by position.
+    pub(super) fn bind(self, values: &RecordBatch) -> Result<Self> {
+        let mut statement = self;
+        if values.num_columns() != statement.parameters.len() {
+            return Err(QuiverError::InvalidArgument(format!(
+                "the statement has {} parameter(s), {} value(s) were bound",
+                statement.parameters.len(),
+                values.num_columns()
+            )));
+        }
+        if values.num_rows() != 1 {
+            return Err(QuiverError::InvalidArgument(format!(
+                "bind exactly one row of parameter values per execution, got {}",
+                values.num_rows()
+            )));
+        }
+        let scalars = values
+            .columns()
+            .iter()
+            .zip(&statement.parameters)
+            .zip(&statement.typed)
+            .map(|((column, field), typed)| {
+                let value = ScalarValue::try_from_array(column, 0)?;
+                if !typed || value.is_null() || &value.data_type() == field.data_type() {
+                    return Ok(value);
+                }
+                value.cast_to(field.data_type()).map_err(|e| {
+                    QuiverError::InvalidArgument(format!(
+                        "parameter {}: cannot use {} as {}: {e}",
+                        field.name(),
+                        value.data_type(),
+                        field.data_type()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        statement.plan = statement.plan.with_param_values(scalars)?;
+        statement.parameters.clear();
+        statement.typed.clear();
+        if statement.kind == StatementKind::Query {
+            // Columns that are bare placeholders (`SELECT ? AS a`) take the bound value's type.
+            let plan = statement.plan.recompute_schema()?;
+            statement.schema = plain_schema(plan.schema().as_arrow());
+            statement.plan = plan;
+        }
+        Ok(statement)
+    }
+
+    /// One nullable field per placeholder, named `$1..$n`; a type DataFusion could not infer from
+    /// the query is announced as Utf8 (strings coerce to the type the query needs).
+    pub(crate) fn parameter_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(self.parameters.clone()))
+    }
+}
+
+pub(super) fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
+    let unsupported = |what: &str| {
+        Err(QuiverError::Unsupported(format!(
+            "{what} is not supported; Quiver runs queries, EXPLAIN, CREATE [EXTERNAL] TABLE, CREATE TABLE AS, INSERT INTO/OVERWRITE, CREATE VIEW and DROP TABLE/VIEW"
+        )))
+    };
+    match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) if cmd.temporary => {
+            unsupported("CREATE TEMPORARY TABLE")
+        }
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(_)) => Ok(StatementKind::Write),
+        LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_)) => Ok(StatementKind::Write),
+        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) if cmd.temporary => {
+            unsupported("CREATE TEMPORARY EXTERNAL TABLE")
+        }
+        LogicalPlan::Ddl(DdlStatement::CreateView(cmd)) if cmd.temporary => {
+            unsupported("CREATE TEMPORARY VIEW")
+        }
+        LogicalPlan::Ddl(
+            DdlStatement::CreateExternalTable(_)
+            | DdlStatement::DropTable(_)
+            | DdlStatement::CreateView(_)
+            | DdlStatement::DropView(_),
+        ) => Ok(StatementKind::Ddl),
+        LogicalPlan::Ddl(other) => unsupported(other.name()),
+        LogicalPlan::Dml(dml) => unsupported(&dml.op.to_string()),
+        // COPY writes files wherever the server can, and SET changes the shared session's
+        // runtime settings for every client: neither is a client's to do.
+        LogicalPlan::Copy(_) => Err(QuiverError::PermissionDenied(
+            "COPY writes files on the server and is not allowed; read results through Flight SQL, or write tables with CREATE TABLE AS / INSERT".into(),
+        )),
+        LogicalPlan::Statement(
+            LogicalStatement::SetVariable(_) | LogicalStatement::ResetVariable(_),
+        ) => {
+            Err(QuiverError::PermissionDenied(
+                "changing runtime settings with SET/RESET is not allowed; the server's settings apply to every query".into(),
+            ))
+        }
+        LogicalPlan::Statement(_) => {
+            unsupported("PREPARE / EXECUTE / transaction statements")
+        }
+        LogicalPlan::Explain(_) => Ok(StatementKind::Explain { analyze: false }),
+        LogicalPlan::Analyze(_) => Ok(StatementKind::Explain { analyze: true }),
+        _ => Ok(StatementKind::Query),
+    }
+}
+
+/// The statement's placeholders as `$1..$n` fields, in position order, each with whether its
+/// type was inferred.
+fn parameter_fields(plan: &LogicalPlan) -> Result<Vec<(Field, bool)>> {
+    let mut found: Vec<(usize, Field, bool)> = Vec::new();
+    for (name, field) in plan.get_parameter_fields()? {
+        let position = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                QuiverError::InvalidArgument(format!(
+                    "placeholder {name}: use ? or $1, $2, ... (named placeholders are not supported)"
+                ))
+            })?;
+        let inferred = field
+            .map(|f| f.data_type().clone())
+            .filter(|t| t != &DataType::Null);
+        let typed = inferred.is_some();
+        let data_type = inferred.unwrap_or(DataType::Utf8);
+        found.push((
+            position,
+            Field::new(name, plain_type(&data_type), true),
+            typed,
+        ));
+    }
+    found.sort_by_key(|(position, _, _)| *position);
+    if found
+        .iter()
+        .enumerate()
+        .any(|(i, (position, _, _))| *position != i + 1)
+    {
+        return Err(QuiverError::InvalidArgument(
+            "placeholders must be numbered $1..$n without gaps".into(),
+        ));
+    }
+    Ok(found
+        .into_iter()
+        .map(|(_, field, typed)| (field, typed))
+        .collect())
+}
+
+pub(super) fn explain_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("plan_type", DataType::Utf8, false),
+        Field::new("plan", DataType::Utf8, false),
+    ]))
+}
