@@ -249,22 +249,27 @@ impl TableWriter {
     }
 
     /// Deletes a managed table's files once the catalog no longer lists them (DROP, replace).
+    /// The deletion runs to its end even if the caller goes away, so a dropped table leaves no
+    /// file behind.
     pub(super) async fn discard_files(&self, def: &TableDef) {
         if !def.managed {
             return;
         }
-        let Some(warehouse) = self.warehouse.as_ref() else {
+        let Some(warehouse) = self.warehouse.clone() else {
             return;
         };
         let options = self.store_options().await;
-        warehouse
-            .delete(
-                self.ctx.runtime_env().as_ref(),
-                &options,
-                &def.url,
-                &def.files,
-            )
-            .await;
+        let runtime = self.ctx.runtime_env();
+        let (url, files) = (def.url.clone(), def.files.clone());
+        let deleted = task::uninterruptible(async move {
+            warehouse
+                .delete(runtime.as_ref(), &options, &url, &files)
+                .await;
+        })
+        .await;
+        if let Err(e) = deleted {
+            tracing::warn!(table = %def.name, error = %e, "could not delete a dropped table's files");
+        }
     }
 
     /// The managed table `name`, or why it cannot be written.
