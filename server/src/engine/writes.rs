@@ -7,12 +7,12 @@
 //!   and one rerun on the remaining executors when an executor it used is lost (the dead
 //!   attempt's file is deleted; with no executor left the write fails `Unavailable`). Its rows
 //!   stream into one new Parquet file in the [`Warehouse`] (bounded memory);
-//! * the commit is one step that cannot be cut in half. Everything that can fail or wait (the
-//!   catalog lock, the checks that the table is still what the write started from, the new
-//!   file's footer) happens first; from the catalog file write on (atomic, fsynced, listing the
-//!   new file) the commit runs to its end in a task of its own — re-registering the table and
-//!   deleting the files the commit stopped referencing — even if the client hangs up or the
-//!   deadline fires. Readers see all of a write or none of it;
+//! * the commit is one step that cannot be cut in half: it runs in a task of its own, to its end,
+//!   even if the client hangs up or the deadline fires, and the client's answer says what it did.
+//!   Everything that can fail or wait (the catalog lock, the checks that the table is still what
+//!   the write started from, the new file's footer) happens before the catalog file write
+//!   (atomic, fsynced, listing the new file); after it the table is re-registered (no wait) and
+//!   the files the commit stopped referencing are deleted. Readers see all of a write or none;
 //! * a write that fails or is cancelled before its commit leaves no visible change; the file it
 //!   may have written is deleted (or, after a crash, left unreferenced);
 //! * only managed tables are written; external tables (`CREATE EXTERNAL TABLE`, `--table`) are
@@ -324,7 +324,9 @@ impl TableWriter {
         self.catalog.lock().await.store_options(root)
     }
 
-    /// Commits `file` (written under `location`) to table `name`; see the module contract.
+    /// Commits `file` (written under `location`) to table `name`; see the module contract. The
+    /// whole commit runs in a task of its own: a caller that goes away between the file's
+    /// write and the catalog's neither leaves the file behind nor cuts the commit in half.
     async fn commit(
         &self,
         name: &str,
@@ -333,9 +335,54 @@ impl TableWriter {
         commit: Commit,
         files_at_start: Option<Vec<String>>,
     ) -> Result<u64> {
-        let warehouse = self.warehouse()?.clone();
-        let runtime = self.ctx.runtime_env();
-        let options = self.store_options().await;
+        let job = CommitJob {
+            ctx: self.ctx.clone(),
+            catalog: Arc::clone(&self.catalog),
+            warehouse: self.warehouse()?.clone(),
+            test_pause: self.test_commit_pause,
+            name: name.to_string(),
+            location: location.to_string(),
+            file,
+            commit,
+            files_at_start,
+        };
+        task::uninterruptible(job.run()).await?
+    }
+}
+
+/// One commit, owning all it needs so that it can run in a task of its own.
+struct CommitJob {
+    ctx: SessionContext,
+    catalog: Arc<Catalog>,
+    warehouse: Warehouse,
+    test_pause: Option<Duration>,
+    name: String,
+    location: String,
+    file: DataFile,
+    commit: Commit,
+    files_at_start: Option<Vec<String>>,
+}
+
+impl CommitJob {
+    async fn run(self) -> Result<u64> {
+        let Self {
+            ctx,
+            catalog,
+            warehouse,
+            test_pause,
+            name,
+            location,
+            file,
+            commit,
+            files_at_start,
+        } = self;
+        let name = name.as_str();
+        let location = location.as_str();
+        let runtime = ctx.runtime_env();
+        let options = match warehouse.store_root() {
+            Some(root) => catalog.lock().await.store_options(root),
+            None => StoreOptions::new(),
+        };
         let discard = |file: DataFile| {
             let (warehouse, runtime, options) = (&warehouse, &runtime, &options);
             async move {
@@ -346,11 +393,11 @@ impl TableWriter {
         };
 
         // Everything that can fail or wait comes first; nothing has changed yet.
-        let guard = self.catalog.lock().await;
+        let mut guard = catalog.lock().await;
         let current = guard.get(name).cloned();
         let (next, unreferenced) = match commit {
             Commit::Create { replace } => {
-                let taken = current.is_some() || self.ctx.table_exist(name)?;
+                let taken = current.is_some() || ctx.table_exist(name)?;
                 if taken && !replace {
                     drop(guard);
                     discard(file).await;
@@ -399,7 +446,7 @@ impl TableWriter {
                 (TableDef::managed(name, location, files), old)
             }
         };
-        let provider = match catalog::managed_provider(&self.ctx, &next).await {
+        let provider = match catalog::managed_provider(&ctx, &next).await {
             Ok(provider) => provider,
             Err(e) => {
                 drop(guard);
@@ -408,39 +455,31 @@ impl TableWriter {
             }
         };
 
-        // From the catalog write on, the commit runs to its end whatever happens to the caller.
-        let ctx = self.ctx.clone();
-        let pause = self.test_commit_pause;
-        let (name, location) = (name.to_string(), location.to_string());
-        task::uninterruptible(async move {
-            let mut guard = guard;
-            if let Err(e) = guard.add(next) {
-                drop(guard);
-                warehouse
-                    .delete(runtime.as_ref(), &options, &location, &[file.name])
-                    .await;
-                return Err(e);
-            }
-            // The catalog file is the truth; the session follows it without waiting. Should that
-            // fail, the write still happened: the next start registers the table from the file.
-            if let Err(e) = catalog::register_provider(&ctx, &name, provider) {
-                tracing::error!(table = %name, error = %e, "a committed table could not be registered until restart");
-            }
+        // The catalog file write: from here on nothing can fail but deleting old files, which
+        // is best effort.
+        if let Err(e) = guard.add(next) {
             drop(guard);
-            if let Some(pause) = pause {
-                tracing::warn!(table = %name, ?pause, "commit paused for a test");
-                tokio::time::sleep(pause).await;
-            }
-            let (old_location, old_files) = unreferenced;
-            if !old_files.is_empty() {
-                warehouse
-                    .delete(runtime.as_ref(), &options, &old_location, &old_files)
-                    .await;
-            }
-            tracing::info!(table = %name, rows = file.rows, file = %file.name, "committed a write");
-            Ok(file.rows)
-        })
-        .await?
+            discard(file).await;
+            return Err(e);
+        }
+        // The catalog file is the truth; the session follows it without waiting. Should that
+        // fail, the write still happened: the next start registers the table from the file.
+        if let Err(e) = catalog::register_provider(&ctx, name, provider) {
+            tracing::error!(table = %name, error = %e, "a committed table could not be registered until restart");
+        }
+        drop(guard);
+        if let Some(pause) = test_pause {
+            tracing::warn!(table = %name, ?pause, "commit paused for a test");
+            tokio::time::sleep(pause).await;
+        }
+        let (old_location, old_files) = unreferenced;
+        if !old_files.is_empty() {
+            warehouse
+                .delete(runtime.as_ref(), &options, &old_location, &old_files)
+                .await;
+        }
+        tracing::info!(table = %name, rows = file.rows, file = %file.name, "committed a write");
+        Ok(file.rows)
     }
 }
 
