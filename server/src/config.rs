@@ -17,8 +17,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::security::auth::AuthConfig;
 use crate::error::{QuiverError, Result};
+use crate::security::auth::AuthConfig;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -315,7 +315,8 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
         }
         Command::Coordinator(args) => {
             let running =
-                quiver_server::start_coordinator(coordinator_config(args.cluster, args.catalog)?).await?;
+                quiver_server::start_coordinator(coordinator_config(args.cluster, args.catalog)?)
+                    .await?;
             tokio::select! {
                 r = running.wait() => r,
                 _ = shutdown_signal() => Ok(()),

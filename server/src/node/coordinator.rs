@@ -14,20 +14,20 @@ use datafusion::prelude::SessionContext;
 use quiver_proto::cluster::cluster_service_server::ClusterServiceServer;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-use crate::security::auth::{AuthConfig, Authenticated, Authenticator};
-use crate::storage::catalog::{Catalog, TableDef};
-use crate::security::cluster_auth::{ClusterAuth, Verified};
-use crate::config::LocationPolicy;
 use crate::cluster::distributed;
+use crate::cluster::membership::{ClusterServiceImpl, ExecutorRegistry};
+use crate::config::LocationPolicy;
 use crate::engine::{QueryEngine, QueryLimits};
 use crate::error::{QuiverError, Result};
 use crate::frontdoor::FrontDoor;
-use crate::cluster::membership::{ClusterServiceImpl, ExecutorRegistry};
 use crate::node::net::{self, ServerHandle};
-use crate::resources::{Admission, QueryMemory, ResourceLimits};
 use crate::planner::settings;
-use crate::task::AbortOnDrop;
+use crate::resources::{Admission, QueryMemory, ResourceLimits};
+use crate::security::auth::{AuthConfig, Authenticated, Authenticator};
+use crate::security::cluster_auth::{ClusterAuth, Verified};
+use crate::storage::catalog::{Catalog, TableDef};
 use crate::storage::warehouse::Warehouse;
+use crate::task::AbortOnDrop;
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {

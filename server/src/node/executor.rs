@@ -26,13 +26,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server};
 use tonic::{Request, Response, Status};
 use url::Url;
 
-use crate::security::cluster_auth::{ClusterAuth, Signed, Verified};
 use crate::cluster::distributed::{self, LatestSettings, TaskObserver};
-use crate::error::{QuiverError, Result};
 use crate::cluster::membership::normalize_worker_url;
+use crate::error::{QuiverError, Result};
 use crate::node::net::{self, ServerHandle};
-use crate::storage::object_stores;
 use crate::resources::{QueryMemory, ResourceLimits};
+use crate::security::cluster_auth::{ClusterAuth, Signed, Verified};
+use crate::storage::object_stores;
 
 /// How long to wait before retrying an unreachable coordinator.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
