@@ -24,7 +24,7 @@ mod tpch;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 
 #[derive(Parser, Debug, Clone)]
@@ -68,7 +68,7 @@ pub(crate) struct Options {
     /// LD_PRELOAD=... for experiments.
     #[arg(long = "node-env", value_name = "KEY=VALUE", value_parser = parse_env)]
     node_env: Vec<(String, String)>,
-    /// The `quiver` binary (default: next to this executable).
+    /// The `quiver` binary (default: QUIVER_BIN, or next to this executable).
     #[arg(long, value_name = "PATH")]
     quiver_bin: Option<PathBuf>,
     /// Skip the TPC-H comparison.
@@ -129,24 +129,18 @@ impl Options {
         Ok(self.queries.clone())
     }
 
-    /// The `quiver` binary: `--quiver-bin`, or `quiver` in the directory of this executable
-    /// (cargo builds both into the same `target/<profile>/`).
+    /// The `quiver` binary: `--quiver-bin`, `QUIVER_BIN`, or `quiver` in the directory of this
+    /// executable (cargo builds both into the same `target/<profile>/`).
     fn quiver_bin(&self) -> Result<PathBuf> {
         if let Some(bin) = &self.quiver_bin {
             return Ok(bin.clone());
         }
-        let exe = std::env::current_exe().context("locating quiver-bench")?;
-        let dir = exe
-            .parent()
-            .context("quiver-bench has no parent directory")?;
-        let bin = dir.join(format!("quiver{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
-            bail!(
+        quiver_tests::process::locate_binary("quiver", "QUIVER_BIN").map_err(|missing| {
+            anyhow::anyhow!(
                 "{} not found: build it with `cargo build --release -p quiver-server -p quiver-benches`, or pass --quiver-bin",
-                bin.display()
-            );
-        }
-        Ok(bin)
+                missing.display()
+            )
+        })
     }
 }
 

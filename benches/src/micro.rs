@@ -17,17 +17,17 @@ use futures::TryStreamExt;
 
 use crate::Options;
 use crate::baseline::{self, Flavour};
-use crate::cluster::{self, Cluster, ClusterSetup};
+use crate::cluster::{self, ClusterSetup};
 use crate::flight::{Pace, SqlClient};
 use crate::plain_flight::PlainFlightServer;
-use crate::report::{self, DoGetFigures, Latency, MicroReport, NodeMemory, SlowClientFigures};
+use crate::report::{self, DoGetFigures, Latency, MicroReport, SlowClientFigures};
 
 const SCAN_SQL: &str = "SELECT * FROM lineitem";
 
 pub(crate) async fn run(setup: &ClusterSetup, options: &Options) -> Result<MicroReport> {
     let select1 = {
-        let cluster = Cluster::start(setup).await?;
-        let mut client = SqlClient::connect(&cluster.addr).await?;
+        let cluster = cluster::start(setup).await;
+        let mut client = SqlClient::connect(&cluster.coordinator_addr).await?;
         select1(&mut client, options.select1_iterations).await?
     };
     report::progress(format!(
@@ -36,8 +36,8 @@ pub(crate) async fn run(setup: &ClusterSetup, options: &Options) -> Result<Micro
     ));
 
     let doget = {
-        let cluster = Cluster::start(setup).await?;
-        let mut client = SqlClient::connect(&cluster.addr).await?;
+        let cluster = cluster::start(setup).await;
+        let mut client = SqlClient::connect(&cluster.coordinator_addr).await?;
         doget(&mut client, setup, options.doget_runs.max(1)).await?
     };
     report::progress(format!(
@@ -143,13 +143,12 @@ async fn slow_client(
         .div_ceil(bytes_per_copy.max(1))
         .max(1);
     let sql = vec![SCAN_SQL; copies as usize].join(" UNION ALL ");
-    let cluster = Cluster::start(setup).await?;
-    let coordinator_pid = cluster
+    let cluster = cluster::start(setup).await;
+    let idle = cluster
         .coordinator
-        .pid()
-        .context("the coordinator has no pid")?;
-    let idle = cluster::rss(coordinator_pid).context("reading the coordinator's RSS")?;
-    let mut client = SqlClient::connect(&cluster.addr).await?;
+        .memory()
+        .context("reading the coordinator's RSS")?;
+    let mut client = SqlClient::connect(&cluster.coordinator_addr).await?;
     let pace = Pace {
         bytes_per_second: options.slow_client_mbps * 1e6,
     };
@@ -159,17 +158,7 @@ async fn slow_client(
     let fetched = client.query(&sql, Some(pace)).await;
     let seconds = started.elapsed().as_secs_f64();
     let fetched = fetched?;
-    let nodes: Vec<NodeMemory> = cluster
-        .nodes()
-        .filter_map(|n| {
-            let rss = cluster::rss(n.pid()?)?;
-            Some(NodeMemory {
-                node: n.name.clone(),
-                peak_rss_bytes: rss.peak_bytes,
-                current_rss_bytes: rss.current_bytes,
-            })
-        })
-        .collect();
+    let nodes = cluster::memory(&cluster);
     let coordinator_peak_rss_bytes = nodes.first().map(|n| n.peak_rss_bytes).unwrap_or_default();
     Ok(SlowClientFigures {
         sql_copies_of_lineitem: copies,

@@ -10,7 +10,6 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::Options;
-use crate::cluster::Rss;
 
 /// Progress goes to stderr, so `--json` output stays clean.
 pub(crate) fn progress(line: impl AsRef<str>) {
@@ -196,14 +195,14 @@ pub(crate) struct TpchReport {
     pub(crate) run_total_ms: Vec<Vec<f64>>,
     pub(crate) ratios: Vec<Ratio>,
     /// RSS of each Quiver process after the runs.
-    pub(crate) memory: Vec<(String, Rss)>,
+    pub(crate) memory: Vec<NodeMemory>,
 }
 
 impl TpchReport {
     pub(crate) fn new(
         engines: Vec<String>,
         mut queries: Vec<QueryFigures>,
-        memory: Vec<(String, Rss)>,
+        memory: Vec<NodeMemory>,
     ) -> Self {
         for q in &mut queries {
             q.median_ms = q.times_ms.iter().map(|t| median(t)).collect();
@@ -331,11 +330,12 @@ impl TpchReport {
                 let _ = writeln!(out, "q{}: row counts differ: {:?}", q.query, q.rows);
             }
         }
-        for (node, rss) in &self.memory {
+        for node in &self.memory {
             let _ = writeln!(
                 out,
-                "{node}: peak RSS {:.0} MiB after the TPC-H runs",
-                mib(rss.peak_bytes)
+                "{}: peak RSS {:.0} MiB after the TPC-H runs",
+                node.node,
+                mib(node.peak_rss_bytes)
             );
         }
     }

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use datafusion::prelude::SessionContext;
 
 use crate::baseline::{self, Flavour};
-use crate::cluster::{Cluster, ClusterSetup};
+use crate::cluster::{self, ClusterSetup};
 use crate::flight::{Fetched, SqlClient};
 use crate::report::{self, QueryFigures, TpchReport};
 use crate::{BaselineChoice, Options};
@@ -85,13 +85,13 @@ pub(crate) async fn run(
     let (cluster, addr) = match &options.coordinator {
         Some(addr) => (None, addr.clone()),
         None => {
-            let cluster = Cluster::start(setup).await?;
+            let cluster = cluster::start(setup).await;
             report::progress(format!(
                 "cluster up: coordinator {} and {} executors",
-                cluster.addr,
+                cluster.coordinator_addr,
                 cluster.executors.len()
             ));
-            let addr = cluster.addr.clone();
+            let addr = cluster.coordinator_addr.clone();
             (Some(cluster), addr)
         }
     };
@@ -147,10 +147,6 @@ pub(crate) async fn run(
         ));
     }
     let engine_names = engines.iter().map(|e| e.name().to_string()).collect();
-    let memory = cluster
-        .iter()
-        .flat_map(Cluster::nodes)
-        .filter_map(|n| Some((n.name.clone(), crate::cluster::rss(n.pid()?)?)))
-        .collect();
+    let memory = cluster.as_ref().map(cluster::memory).unwrap_or_default();
     Ok(TpchReport::new(engine_names, figures, memory))
 }

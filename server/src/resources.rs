@@ -284,6 +284,7 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::AbortOnDrop;
 
     #[test]
     fn sizes() {
@@ -342,7 +343,7 @@ mod tests {
         let first = admission.admit().await.unwrap();
         let queued = {
             let admission = Arc::clone(&admission);
-            tokio::spawn(async move { admission.admit().await.map(|_| ()) })
+            AbortOnDrop::spawn(async move { admission.admit().await.map(|_| ()) })
         };
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let refused = admission.admit().await.unwrap_err();

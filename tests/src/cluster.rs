@@ -17,7 +17,7 @@ use tempfile::TempDir;
 
 use quiver_server::{ClusterAuth, Signed};
 
-use crate::process::QuiverProcess;
+use crate::process::{Launch, QuiverProcess};
 use crate::within;
 
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -40,6 +40,12 @@ pub struct ClusterOptions {
     pub coordinator_args: Vec<String>,
     /// More flags for every executor (`--memory-limit`, ...).
     pub executor_args: Vec<String>,
+    /// `false`: the coordinator gets the test values above for `executor_timeout_ms`,
+    /// `heartbeat_interval_ms`, `scan_bytes_per_partition` and `query_timeout_ms`. `true`: none
+    /// of those flags, so it runs with the binary's own defaults (what a benchmark measures).
+    pub binary_defaults: bool,
+    /// The binary and extra environment of every process.
+    pub launch: Launch,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +61,8 @@ impl Default for ClusterOptions {
             query_timeout_ms: 0,
             coordinator_args: Vec::new(),
             executor_args: Vec::new(),
+            binary_defaults: false,
+            launch: Launch::default(),
         }
     }
 }
@@ -100,7 +108,8 @@ impl TestCluster {
             .expect("tempdir");
         std::fs::write(secret_file(dir.path()), CLUSTER_SECRET).expect("write the cluster secret");
         let args = coordinator_args(&options, dir.path(), "127.0.0.1:0");
-        let mut coordinator = QuiverProcess::spawn(dir.path(), "coordinator", &args);
+        let mut coordinator =
+            QuiverProcess::spawn_with(&options.launch, dir.path(), "coordinator", &args);
         let coordinator_addr = coordinator.wait_for_address(START_LIMIT);
         let mut cluster = Self {
             dir,
@@ -161,12 +170,21 @@ impl TestCluster {
             args.push(secret_file(self.dir.path()).display().to_string());
         }
         args.extend(self.options.executor_args.iter().cloned());
-        let mut process =
-            QuiverProcess::spawn(self.dir.path(), &format!("executor-{index}"), &args);
+        let mut process = QuiverProcess::spawn_with(
+            &self.options.launch,
+            self.dir.path(),
+            &format!("executor-{index}"),
+            &args,
+        );
         let addr = process.wait_for_address(START_LIMIT);
         self.executors.push(process);
         self.executor_addrs.push(addr);
         index
+    }
+
+    /// Every process, coordinator first.
+    pub fn processes(&self) -> impl Iterator<Item = &QuiverProcess> {
+        std::iter::once(&self.coordinator).chain(&self.executors)
     }
 
     /// SIGKILLs executor `index`.
@@ -178,7 +196,12 @@ impl TestCluster {
     pub fn restart_coordinator(&mut self) {
         self.coordinator.kill();
         let args = coordinator_args(&self.options, self.dir.path(), &self.coordinator_addr);
-        self.coordinator = QuiverProcess::spawn(self.dir.path(), "coordinator-restarted", &args);
+        self.coordinator = QuiverProcess::spawn_with(
+            &self.options.launch,
+            self.dir.path(),
+            "coordinator-restarted",
+            &args,
+        );
         let addr = self.coordinator.wait_for_address(START_LIMIT);
         assert_eq!(addr, self.coordinator_addr);
     }
@@ -308,21 +331,25 @@ fn coordinator_args(options: &ClusterOptions, dir: &Path, listen: &str) -> Vec<S
         "coordinator".to_string(),
         "--listen".to_string(),
         listen.to_string(),
-        "--executor-timeout-ms".to_string(),
-        options.executor_timeout_ms.to_string(),
-        "--heartbeat-interval-ms".to_string(),
-        options.heartbeat_interval_ms.to_string(),
         "--target-partitions".to_string(),
         options.target_partitions.to_string(),
-        "--scan-bytes-per-partition".to_string(),
-        options.scan_bytes_per_partition.to_string(),
-        "--query-timeout-ms".to_string(),
-        options.query_timeout_ms.to_string(),
         "--warehouse".to_string(),
         dir.join("warehouse").display().to_string(),
         "--cluster-secret-file".to_string(),
         secret_file(dir).display().to_string(),
     ];
+    if !options.binary_defaults {
+        args.extend([
+            "--executor-timeout-ms".to_string(),
+            options.executor_timeout_ms.to_string(),
+            "--heartbeat-interval-ms".to_string(),
+            options.heartbeat_interval_ms.to_string(),
+            "--scan-bytes-per-partition".to_string(),
+            options.scan_bytes_per_partition.to_string(),
+            "--query-timeout-ms".to_string(),
+            options.query_timeout_ms.to_string(),
+        ]);
+    }
     args.extend(options.coordinator_args.iter().cloned());
     for (name, path) in &options.tables {
         args.push("--table".to_string());

@@ -17,22 +17,38 @@ pub fn quiver_bin() -> PathBuf {
 /// target directory this test was built in (so `CARGO_TARGET_DIR` is respected). Fails the test
 /// with `how_to_build` if it is missing.
 pub fn built_binary(name: &str, env_override: &str, how_to_build: &str) -> PathBuf {
+    locate_binary(name, env_override).unwrap_or_else(|missing| {
+        panic!(
+            "{} not found: {how_to_build}, or point {env_override} at it",
+            missing.display()
+        )
+    })
+}
+
+/// The path in `env_override`, or `name` in the `target/<profile>/` directory of the running
+/// executable: a test (`target/<profile>/deps/<test>-<hash>`) or a binary built beside it (a
+/// benchmark in `target/release/`, which so finds the release `quiver`). `Err` holds the path
+/// looked at when the binary is not there.
+pub fn locate_binary(name: &str, env_override: &str) -> Result<PathBuf, PathBuf> {
     if let Some(bin) = std::env::var_os(env_override) {
-        return PathBuf::from(bin);
+        return Ok(PathBuf::from(bin));
     }
-    // target/<profile>/deps/integration-<hash> -> target/<profile>/<name>
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not found: {how_to_build}, or point {env_override} at it",
-        bin.display()
-    );
-    bin
+    let mut dir = exe.parent().expect("an executable lives in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps/ lives in target/<profile>/");
+    }
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if bin.exists() { Ok(bin) } else { Err(bin) }
+}
+
+/// How a [`QuiverProcess`] is started, beyond its arguments.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The `quiver` binary; `None`: [`quiver_bin`].
+    pub bin: Option<PathBuf>,
+    /// Extra environment, set after the harness's own (`RUST_LOG`), so it may override it.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `quiver` process, SIGKILLed when dropped.
@@ -47,20 +63,27 @@ pub struct QuiverProcess {
 impl QuiverProcess {
     /// Starts `quiver <args> --address-file <dir>/<name>.addr`, logging to `<dir>/<name>.log`.
     pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Self {
+        Self::spawn_with(&Launch::default(), dir, name, args)
+    }
+
+    /// [`QuiverProcess::spawn`] with `launch`'s binary and environment.
+    pub fn spawn_with(launch: &Launch, dir: &Path, name: &str, args: &[String]) -> Self {
         let log = dir.join(format!("{name}.log"));
         let address_file = dir.join(format!("{name}.addr"));
         let _ = std::fs::remove_file(&address_file);
         let log_file = std::fs::File::create(&log).expect("create log");
-        let child = Command::new(quiver_bin())
+        let bin = launch.bin.clone().unwrap_or_else(quiver_bin);
+        let child = Command::new(&bin)
             .args(args)
             .arg("--address-file")
             .arg(&address_file)
             .env("RUST_LOG", "info,h2=warn,tower=warn,hyper=warn")
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log"))
             .stderr(log_file)
             .spawn()
-            .expect("spawn quiver");
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         Self {
             name: name.to_string(),
             child: Some(child),
@@ -105,6 +128,11 @@ impl QuiverProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Its memory now and at its peak; `None` once it is killed (or off Linux).
+    pub fn memory(&self) -> Option<Memory> {
+        memory(self.pid()?)
     }
 
     /// SIGKILL, and reap.
@@ -160,12 +188,30 @@ pub fn cpu_time(pid: u32) -> Duration {
 
 /// Resident memory of process `pid` in bytes, from `/proc/<pid>/status` (Linux).
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/pid/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/pid/status");
-    kib * 1024
+    memory(pid)
+        .expect("VmRSS in /proc/<pid>/status")
+        .current_bytes
+}
+
+/// Resident memory of a process: now, and the most it ever held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmHWM`: kept by the kernel, so it needs no sampling.
+    pub peak_bytes: u64,
+    /// `VmRSS`.
+    pub current_bytes: u64,
+}
+
+/// Process `pid`'s [`Memory`], from `/proc/<pid>/status` (Linux); `None` if it cannot be read.
+pub fn memory(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let rest = status.lines().find_map(|line| line.strip_prefix(name))?;
+        let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(Memory {
+        peak_bytes: field("VmHWM:")?,
+        current_bytes: field("VmRSS:")?,
+    })
 }

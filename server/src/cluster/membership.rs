@@ -185,7 +185,7 @@ impl ExecutorRegistry {
     }
 
     /// Runs the reaper until the returned handle is dropped.
-    pub fn spawn_reaper(self: &Arc<Self>) -> AbortOnDrop {
+    pub(crate) fn spawn_reaper(self: &Arc<Self>) -> AbortOnDrop {
         let registry = Arc::downgrade(self);
         let period = (self.timeout / 4).max(Duration::from_millis(50));
         AbortOnDrop::spawn(async move {

@@ -8,8 +8,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Service;
@@ -19,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::error::{QuiverError, Result};
 use crate::storage::catalog::write_atomically;
+use crate::task::AbortOnDrop;
 
 /// Binds `addr`; returns the incoming-connection stream and the bound address.
 ///
@@ -64,44 +63,31 @@ pub(crate) fn call_readied<S: Service<R> + Clone, R>(inner: &mut S, request: R) 
     std::mem::replace(inner, clone).call(request)
 }
 
-/// A gRPC server running on its own task. Dropping the handle shuts the server down gracefully.
+/// A gRPC server running on its own task. Dropping the handle stops the server.
+///
+/// The server runs with a shutdown signal that never fires, because that is what makes tonic
+/// watch every connection it accepts: when the aborted server future drops that watch, the
+/// listener closes at once and each open connection finishes its in-flight calls gracefully
+/// (the same as sending the signal). Without a signal, connections would outlive the server.
 #[derive(Debug)]
 pub(crate) struct ServerHandle {
     name: &'static str,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    task: AbortOnDrop<std::result::Result<(), tonic::transport::Error>>,
 }
 
 impl ServerHandle {
     pub(crate) fn spawn(name: &'static str, router: Router, incoming: TcpIncoming) -> Self {
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = stop.await;
-        }));
-        Self {
-            name,
-            shutdown: Some(shutdown),
-            task,
-        }
+        let task = AbortOnDrop::spawn_named(
+            "a gRPC server",
+            router.serve_with_incoming_shutdown(incoming, std::future::pending()),
+        );
+        Self { name, task }
     }
 
     /// Runs until the server stops on its own (an error).
-    pub(crate) async fn wait(mut self) -> Result<()> {
-        match (&mut self.task).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(QuiverError::Internal(format!("{} server: {e}", self.name))),
-            Err(e) => Err(QuiverError::Internal(format!(
-                "{} server task: {e}",
-                self.name
-            ))),
-        }
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    pub(crate) async fn wait(self) -> Result<()> {
+        self.task
+            .await?
+            .map_err(|e| QuiverError::Internal(format!("{} server: {e}", self.name)))
     }
 }

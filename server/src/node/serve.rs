@@ -15,6 +15,7 @@ use crate::node::net;
 use crate::security::cluster_auth::ClusterAuth;
 use crate::storage::catalog::TableDef;
 use crate::storage::tpch;
+use crate::task;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -46,9 +47,10 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
         let sf = config.tpch_scale_factor;
         tracing::info!(scale_factor = sf, data_dir = %data_dir.display(), "preparing the TPC-H demo dataset");
         let started = Instant::now();
-        let dir = tokio::task::spawn_blocking(move || tpch::ensure_dataset(&data_dir, sf))
-            .await
-            .map_err(|e| QuiverError::Internal(format!("dataset generation: {e}")))??;
+        let dir = task::spawn_blocking("dataset generation", move || {
+            tpch::ensure_dataset(&data_dir, sf)
+        })
+        .await??;
         tracing::info!(dir = %dir.display(), elapsed_ms = started.elapsed().as_millis() as u64, "TPC-H dataset ready");
         for table in tpch::TABLES {
             coordinator_config

@@ -29,6 +29,7 @@ use url::Url;
 
 use crate::error::{QuiverError, Result};
 use crate::storage::object_stores::{self, StoreOptions};
+use crate::task;
 
 /// A data file that was written and is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,13 +244,12 @@ async fn write_local(
     let rows = write_parquet(file, schema, batches).await?;
     let (tmp_for_sync, final_for_sync, dir_for_sync) =
         (tmp.clone(), final_path.clone(), dir.to_path_buf());
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+    task::spawn_blocking("fsync", move || -> std::io::Result<()> {
         std::fs::File::open(&tmp_for_sync)?.sync_all()?;
         std::fs::rename(&tmp_for_sync, &final_for_sync)?;
         std::fs::File::open(&dir_for_sync)?.sync_all()
     })
-    .await
-    .map_err(|e| QuiverError::Internal(format!("fsync task: {e}")))?
+    .await?
     .map_err(|e| QuiverError::io(format!("making {} durable", final_path.display()), e))?;
     guard.0 = None;
     Ok(DataFile {
