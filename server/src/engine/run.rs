@@ -273,13 +273,9 @@ impl RunnerHandle {
         placements: &TaskPlacements,
         what: &str,
     ) -> Result<bool, DataFusionError> {
-        if !may_be_lost_executor(e) {
+        let Some(lost) = lost_executors(e, &self.registry, placements).await else {
             return Ok(false);
-        }
-        let lost = self.registry.lost_since(&placements.executors()).await;
-        if lost.is_empty() {
-            return Ok(false);
-        }
+        };
         let lost = display_urls(&lost);
         if self.registry.live_worker_urls().is_empty() {
             return Err(to_datafusion(QuiverError::Unavailable(format!(
@@ -298,13 +294,9 @@ async fn name_lost_executors(
     registry: &ExecutorRegistry,
     placements: &TaskPlacements,
 ) -> QuiverError {
-    if !may_be_lost_executor(&e) {
+    let Some(lost) = lost_executors(&e, registry, placements).await else {
         return e.into();
-    }
-    let lost = registry.lost_since(&placements.executors()).await;
-    if lost.is_empty() {
-        return e.into();
-    }
+    };
     let status = datafusion_status(&e);
     let cause = if status.message().is_empty() {
         String::new()
@@ -315,6 +307,19 @@ async fn name_lost_executors(
         "executor {} was lost while the query ran; run it again{cause}",
         display_urls(&lost)
     ))
+}
+
+/// The executors of the attempt that no longer answer, when `e` is an error their loss explains.
+async fn lost_executors(
+    e: &DataFusionError,
+    registry: &ExecutorRegistry,
+    placements: &TaskPlacements,
+) -> Option<Vec<Url>> {
+    if !may_be_lost_executor(e) {
+        return None;
+    }
+    let lost = registry.lost_since(&placements.executors()).await;
+    (!lost.is_empty()).then_some(lost)
 }
 
 fn display_urls(urls: &[Url]) -> String {
