@@ -106,8 +106,8 @@ async fn wait_for_log(cluster: &TestCluster, needle: &str, times: usize, limit: 
     .await
 }
 
-/// An input that runs ~3.5 s on two executors of this debug build (4 s on one), in stages of two
-/// tasks each: each of lineitem's ~60k rows meets the ~5k whose supplier is the same mod 12.
+/// An input that runs ~3.5 s on two executors of this debug build, in stages of two tasks each
+/// (~4 s with one live executor, where its plan runs on the coordinator alone): each of lineitem's ~60k rows meets the ~5k whose supplier is the same mod 12.
 const HEAVY_INPUT: &str = "SELECT a.l_orderkey AS k, count(*) AS n, \
      sum(b.l_quantity) AS q, sum(b.l_extendedprice * (1 - a.l_discount)) AS p \
      FROM lineitem a JOIN lineitem b ON a.l_suppkey % 12 = b.l_suppkey % 12 \
@@ -186,7 +186,7 @@ async fn a_write_whose_executor_dies_runs_again_and_commits_once() {
         cluster.coordinator.log_text()
     );
 
-    // Exactly once: the table holds what the same SELECT gives now, on the executor left.
+    // Exactly once: the table holds what the same SELECT gives now.
     let stored = query(&mut client, &checksum("rerun"))
         .await
         .expect("checksum of the table");
