@@ -121,6 +121,23 @@ fn checksum(from: &str) -> String {
     )
 }
 
+/// SIGKILLs executors `which` at the same moment (one `kill` call), and reaps them.
+fn kill_together(cluster: &mut TestCluster, which: &[usize]) {
+    let pids: Vec<String> = which
+        .iter()
+        .map(|&i| cluster.executors[i].pid().expect("running").to_string())
+        .collect();
+    let status = std::process::Command::new("kill")
+        .arg("-KILL")
+        .args(&pids)
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -KILL {pids:?} failed");
+    for &i in which {
+        cluster.kill_executor(i);
+    }
+}
+
 /// Starts `CREATE TABLE {table} AS {HEAVY_INPUT}` and lets it run for a second, checking that
 /// each of the executors `on` runs some of its tasks by then.
 async fn start_heavy_ctas(
@@ -209,8 +226,10 @@ async fn a_write_whose_executor_dies_runs_again_and_commits_once() {
     let newcomer = cluster.add_executor();
     cluster.wait_for_live(2).await;
     let ctas = start_heavy_ctas(&cluster, "orphan", &[1, newcomer]).await;
-    cluster.kill_executor(1);
-    cluster.kill_executor(newcomer);
+    // Both in one `kill`: one after the other, the coordinator may meet the first death while
+    // the second still answers, and run the write again on it (one live executor: on the
+    // coordinator alone), which then succeeds.
+    kill_together(&mut cluster, &[1, newcomer]);
     let err = bounded(
         &cluster,
         Duration::from_secs(10),
