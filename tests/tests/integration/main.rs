@@ -15,6 +15,7 @@ mod object_store;
 mod python;
 mod random_sql;
 mod serve;
+mod supervision;
 mod tpch;
 mod writes;
 
