@@ -261,7 +261,7 @@ impl FrontDoor {
         let key = Self::session_key(&request);
         let action = request.into_inner();
         let malformed =
-            |what: &str| Status::invalid_argument(format!("malformed {what} request body"));
+            |what: &str| QuiverError::InvalidArgument(format!("malformed {what} request body"));
         let mut new_cookie = None;
         let body = match action.r#type.as_str() {
             SET_SESSION_OPTIONS => {
@@ -289,9 +289,9 @@ impl FrontDoor {
             CANCEL_FLIGHT_INFO => {
                 let cancel = CancelFlightInfoRequest::decode(action.body.as_ref())
                     .map_err(|_| malformed(CANCEL_FLIGHT_INFO))?;
-                let info = cancel
-                    .info
-                    .ok_or_else(|| Status::invalid_argument("CancelFlightInfo without info"))?;
+                let info = cancel.info.ok_or_else(|| {
+                    QuiverError::InvalidArgument("CancelFlightInfo without info".into())
+                })?;
                 self.cancel_info(&info)?;
                 CancelFlightInfoResult {
                     status: CancelStatus::Cancelled as i32,
@@ -299,9 +299,9 @@ impl FrontDoor {
                 .encode_to_vec()
             }
             other => {
-                return Err(Status::unimplemented(format!(
-                    "action '{other}' is not supported"
-                )));
+                return Err(
+                    QuiverError::Unsupported(format!("action '{other}' is not supported")).into(),
+                );
             }
         };
         let result = arrow_flight::Result { body: body.into() };
@@ -381,16 +381,11 @@ fn client_batches(
     max_decoded_bytes: usize,
 ) -> FlightRecordBatchStream {
     FlightRecordBatchStream::new_from_flight_data(request.into_inner().map(move |data| {
-        let data = data.map_err(|status| match status.code() {
-            // tonic's decoder refusing a message over `max_decoding_message_size`.
-            tonic::Code::OutOfRange => FlightError::Tonic(Box::new(Status::resource_exhausted(
-                format!(
-                    "a message is larger than this server accepts (--max-message-bytes, {} bytes): send smaller batches ({})",
-                    max_decoded_bytes / MAX_COMPRESSION_RATIO,
-                    status.message()
-                ),
-            ))),
-            _ => FlightError::Tonic(Box::new(status)),
+        let data = data.map_err(|status| {
+            let limit = max_decoded_bytes / MAX_COMPRESSION_RATIO;
+            FlightError::Tonic(Box::new(
+                QuiverError::from_client_status(status, limit).to_status(),
+            ))
         })?;
         ipc_guard::check_message(&data.data_header, &data.data_body, max_decoded_bytes)
             .map_err(|e| FlightError::Tonic(Box::new(e.to_status())))?;
@@ -443,7 +438,7 @@ fn encode(result: QueryStream) -> DoGetStream {
     FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .build(batches)
-        .map_err(Status::from)
+        .map_err(|e| QuiverError::from(e).to_status())
         .boxed()
 }
 
@@ -898,8 +893,9 @@ impl FlightSqlService for FrontDoor {
         query: ActionCancelQueryRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
-        let info = FlightInfo::decode(query.info.as_ref())
-            .map_err(|_| Status::invalid_argument("malformed FlightInfo in CancelQuery"))?;
+        let info = FlightInfo::decode(query.info.as_ref()).map_err(|_| {
+            QuiverError::InvalidArgument("malformed FlightInfo in CancelQuery".into())
+        })?;
         self.cancel_info(&info)?;
         Ok(ActionCancelQueryResult {
             result: CANCEL_RESULT_CANCELLED,

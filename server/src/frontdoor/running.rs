@@ -79,9 +79,9 @@ impl RunningQueries {
         let id = query_id.to_string();
         let tail = stream::once(async move {
             let _registration = registration;
-            cancelled
-                .is_cancelled()
-                .then(|| Err(Status::cancelled(format!("query {id} was cancelled"))))
+            cancelled.is_cancelled().then(|| {
+                Err(QuiverError::Cancelled(format!("query {id} was cancelled")).to_status())
+            })
         })
         .filter_map(|item| async move { item });
         Ok(results.take_until(token.cancelled_owned()).chain(tail))
