@@ -27,7 +27,7 @@ mod sessions;
 mod sql_info;
 mod xdbc_types;
 
-use handles::{Bindings, BoundSql};
+use handles::{Bindings, BoundSql, PreparedHandle, QueryTicket};
 use running::RunningQueries;
 use sessions::Sessions;
 
@@ -77,6 +77,7 @@ use crate::arrow_compat::plain_schema;
 use crate::engine::{IfExists, IfMissing};
 use crate::engine::{QueryEngine, QueryStream, Statement};
 use crate::error::{QuiverError, Result};
+use crate::ids::{QueryId, StatementId};
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
 use crate::security::auth::{Identity, IssuedToken, SESSION_COOKIE, random_id};
 use crate::security::ipc_guard;
@@ -123,11 +124,13 @@ impl FrontDoor {
     /// A prepared statement handle with the values bound to it, also when the client binds
     /// through DoPut but then keeps using the handle it got at prepare time (flightsql-dbapi).
     fn resolve_prepared(&self, handle: &[u8]) -> Result<BoundSql> {
-        let mut bound = handles::decode_prepared(handle)?;
-        if bound.parameters.is_none() && !bound.id.is_empty() {
-            bound.parameters = self.bindings.get(&bound.id);
+        let PreparedHandle { mut statement, id } = handles::decode_prepared(handle)?;
+        if statement.parameters.is_none()
+            && let Some(id) = &id
+        {
+            statement.parameters = self.bindings.get(id);
         }
-        Ok(bound)
+        Ok(statement)
     }
 
     /// The tonic service to mount on the coordinator's server.
@@ -164,10 +167,9 @@ impl FrontDoor {
             None
         };
         let ticket = TicketStatementQuery {
-            statement_handle: handles::encode_ticket(&BoundSql {
-                sql: bound.sql,
-                parameters: bound.parameters,
-                id: random_id(),
+            statement_handle: handles::encode_ticket(&QueryTicket {
+                statement: bound,
+                query_id: Some(QueryId::random()),
             })?,
         };
         let mut info = flight_info(&statement.schema, ticket.as_any(), descriptor)?;
@@ -177,9 +179,14 @@ impl FrontDoor {
         Ok(Response::new(info))
     }
 
-    /// DoGet: streams a query's result. Updates already ran at `GetFlightInfo`; their tickets
-    /// stream the empty result without running them again.
-    async fn run(&self, bound: BoundSql) -> Result<Response<DoGetStream>, Status> {
+    /// DoGet: streams a query's result, cancellable by its query id when it has one. Updates
+    /// already ran at `GetFlightInfo`; their tickets stream the empty result without running
+    /// them again.
+    async fn run(
+        &self,
+        bound: BoundSql,
+        query_id: Option<QueryId>,
+    ) -> Result<Response<DoGetStream>, Status> {
         let statement = self.plan(&bound).await?;
         let result = if statement.kind.is_update() {
             QueryStream {
@@ -190,11 +197,11 @@ impl FrontDoor {
             self.engine.execute_statement(statement).await?
         };
         let encoded = encode(result);
-        if bound.id.is_empty() {
+        let Some(query_id) = query_id else {
             return Ok(Response::new(encoded));
-        }
+        };
         Ok(Response::new(
-            self.running.track(&bound.id, encoded)?.boxed(),
+            self.running.track(&query_id, encoded)?.boxed(),
         ))
     }
 
@@ -244,13 +251,12 @@ impl FrontDoor {
                         .into(),
                 )
             })?;
-        let bound = handles::decode_ticket(&statement.statement_handle)?;
-        if bound.id.is_empty() {
-            return Err(QuiverError::InvalidArgument(
-                "this ticket carries no query id".into(),
-            ));
-        }
-        self.running.cancel(&bound.id);
+        let query_id = handles::decode_ticket(&statement.statement_handle)?
+            .query_id
+            .ok_or_else(|| {
+                QuiverError::InvalidArgument("this ticket carries no query id".into())
+            })?;
+        self.running.cancel(&query_id);
         Ok(())
     }
 
@@ -554,8 +560,11 @@ impl FlightSqlService for FrontDoor {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run(handles::decode_ticket(&ticket.statement_handle)?)
-            .await
+        let QueryTicket {
+            statement,
+            query_id,
+        } = handles::decode_ticket(&ticket.statement_handle)?;
+        self.run(statement, query_id).await
     }
 
     async fn do_get_prepared_statement(
@@ -563,8 +572,13 @@ impl FlightSqlService for FrontDoor {
         query: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run(self.resolve_prepared(&query.prepared_statement_handle)?)
-            .await
+        // A prepared statement run directly (not through the ticket GetFlightInfo returns) is no
+        // query a client can name, so there is nothing to track for CancelFlightInfo.
+        self.run(
+            self.resolve_prepared(&query.prepared_statement_handle)?,
+            None,
+        )
+        .await
     }
 
     async fn do_get_catalogs(
@@ -721,7 +735,7 @@ impl FlightSqlService for FrontDoor {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let mut bound = handles::decode_prepared(&query.prepared_statement_handle)?;
+        let mut handle = handles::decode_prepared(&query.prepared_statement_handle)?;
         let batches = read_batches(request, self.max_decoded_bytes).await?;
         let values = match batches.as_slice() {
             [] => None,
@@ -730,16 +744,16 @@ impl FlightSqlService for FrontDoor {
             }
         };
         // An empty batch (what some clients send for "no parameters") leaves the handle unbound.
-        bound.parameters = values.filter(|v| v.num_rows() > 0 || v.num_columns() > 0);
-        if let Some(values) = &bound.parameters {
+        handle.statement.parameters = values.filter(|v| v.num_rows() > 0 || v.num_columns() > 0);
+        if let Some(values) = &handle.statement.parameters {
             // Refuse bad values now, not at execution.
-            self.plan(&bound).await?;
-            if !bound.id.is_empty() {
-                self.bindings.insert(&bound.id, values.clone());
+            self.plan(&handle.statement).await?;
+            if let Some(id) = &handle.id {
+                self.bindings.insert(id, values.clone());
             }
         }
         Ok(DoPutPreparedStatementResult {
-            prepared_statement_handle: Some(handles::encode_prepared(&bound)?),
+            prepared_statement_handle: Some(handles::encode_prepared(&handle)?),
         })
     }
 
@@ -752,10 +766,9 @@ impl FlightSqlService for FrontDoor {
             return Err(transactions_unsupported().into());
         }
         let statement = self.engine.prepare(&query.query).await?;
-        let bound = BoundSql {
-            sql: query.query,
-            parameters: None,
-            id: random_id(),
+        let handle = PreparedHandle {
+            statement: BoundSql::new(query.query),
+            id: Some(StatementId::random()),
         };
         // An empty dataset schema tells JDBC to run the statement as an update.
         let dataset_schema = if statement.kind.is_update() {
@@ -764,7 +777,7 @@ impl FlightSqlService for FrontDoor {
             schema_bytes(&statement.schema)?
         };
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: handles::encode_prepared(&bound)?,
+            prepared_statement_handle: handles::encode_prepared(&handle)?,
             dataset_schema,
             parameter_schema: schema_bytes(&statement.parameter_schema())?,
         })
@@ -777,8 +790,10 @@ impl FlightSqlService for FrontDoor {
     ) -> Result<(), Status> {
         // Handles carry their statement: only values bound by id are freed. Closing an unknown
         // or already closed handle succeeds (JDBC rethrows close errors).
-        if let Ok(bound) = handles::decode_prepared(&query.prepared_statement_handle) {
-            self.bindings.remove(&bound.id);
+        if let Ok(PreparedHandle { id: Some(id), .. }) =
+            handles::decode_prepared(&query.prepared_statement_handle)
+        {
+            self.bindings.remove(&id);
         }
         Ok(())
     }
