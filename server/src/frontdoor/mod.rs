@@ -1,7 +1,8 @@
 //! The Flight SQL front door: what ADBC, JDBC, pyarrow and the Flight SQL CLI talk to.
 //!
-//! A thin protocol layer over [`QueryEngine`]: it decodes Flight SQL commands, asks the engine to
-//! plan or run statements, and encodes results. Contract, from what real clients need
+//! A thin protocol layer over the engine, which it reaches only through [`QueryService`] (in
+//! Quiver's own types, no DataFusion): it decodes Flight SQL commands, asks the engine to plan or
+//! run statements or to list tables, and encodes results. Contract, from what real clients need
 //! (`shared/design/flight-sql-clients.md`):
 //! * `CreatePreparedStatement` only plans. DDL runs exactly once: at `GetFlightInfo` (ADBC and
 //!   most clients never `DoGet` a result without columns; `DoGet` of a DDL ticket streams the
@@ -17,7 +18,9 @@
 //! * session options (`catalog`, `schema`) are kept per session ([`sessions`]); credentials were
 //!   checked before any of this runs ([`crate::security::auth`]);
 //! * Substrait and transactions answer a clear `Unimplemented`, as do unknown actions;
-//! * errors keep DataFusion's message with a meaningful code (see [`crate::error`]).
+//! * errors keep DataFusion's message with a meaningful code, decided in [`crate::error`] only
+//!   (this module builds no `Status` itself);
+//! * ids are typed: tickets carry a [`QueryId`], prepared statements a [`StatementId`].
 
 mod column_types;
 mod handles;
@@ -63,8 +66,6 @@ use arrow_flight::{
     Ticket,
 };
 use bytes::Bytes;
-use datafusion::catalog::TableProvider;
-use datafusion::datasource::TableType;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use prost::bytes::Bytes as ProstBytes;
@@ -73,9 +74,8 @@ use quiver_proto::frontdoor::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::arrow_compat::plain_schema;
 use crate::engine::{IfExists, IfMissing};
-use crate::engine::{QueryEngine, QueryStream, Statement};
+use crate::engine::{QueryService, QueryStream, Statement, TableKind};
 use crate::error::{QuiverError, Result};
 use crate::ids::{QueryId, StatementId};
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
@@ -86,7 +86,7 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, St
 
 /// The Flight SQL service.
 pub(crate) struct FrontDoor {
-    engine: Arc<QueryEngine>,
+    engine: Arc<dyn QueryService>,
     sql_info: SqlInfoData,
     xdbc_types: XdbcTypeInfoData,
     sessions: Sessions,
@@ -109,7 +109,7 @@ impl std::fmt::Debug for FrontDoor {
 }
 
 impl FrontDoor {
-    pub(crate) fn new(engine: Arc<QueryEngine>) -> Result<Self> {
+    pub(crate) fn new(engine: Arc<dyn QueryService>) -> Result<Self> {
         Ok(Self {
             engine,
             sql_info: sql_info::sql_info()?,
@@ -194,7 +194,7 @@ impl FrontDoor {
                 batches: stream::empty().boxed(),
             }
         } else {
-            self.engine.execute_statement(statement).await?
+            self.engine.execute(statement).await?
         };
         let encoded = encode(result);
         let Some(query_id) = query_id else {
@@ -279,7 +279,7 @@ impl FrontDoor {
                     key
                 });
                 self.sessions
-                    .set(&key, options, self.engine.session())
+                    .set(&key, options, &self.engine.catalogs())
                     .encode_to_vec()
             }
             GET_SESSION_OPTIONS => {
@@ -329,33 +329,19 @@ impl FrontDoor {
             query.table_types.push("TABLE".into());
         }
         let mut builder = query.into_builder();
-        let ctx = self.engine.session();
-        for catalog_name in ctx.catalog_names() {
-            let Some(catalog) = ctx.catalog(&catalog_name) else {
-                continue;
+        for table in self.engine.tables().await? {
+            let columns = if include_schema {
+                column_types::with_sql_types(&table.columns)
+            } else {
+                Arc::new(Schema::empty())
             };
-            for schema_name in catalog.schema_names() {
-                let Some(schema) = catalog.schema(&schema_name) else {
-                    continue;
-                };
-                for table_name in schema.table_names() {
-                    let Some(table) = schema.table(&table_name).await? else {
-                        continue;
-                    };
-                    let table_schema = if include_schema {
-                        column_types::with_sql_types(&plain_schema(&table.schema()))
-                    } else {
-                        Arc::new(Schema::empty())
-                    };
-                    builder.append(
-                        &catalog_name,
-                        &schema_name,
-                        &table_name,
-                        table_type_name(table.as_ref()),
-                        &table_schema,
-                    )?;
-                }
-            }
+            builder.append(
+                &table.catalog,
+                &table.schema,
+                &table.name,
+                table_type_name(table.kind),
+                &columns,
+            )?;
         }
         Ok(builder.build()?)
     }
@@ -408,11 +394,12 @@ async fn read_batches(
         .await?)
 }
 
-fn table_type_name(table: &dyn TableProvider) -> &'static str {
-    match table.table_type() {
-        TableType::Base => "TABLE",
-        TableType::View => "VIEW",
-        TableType::Temporary => "LOCAL TEMPORARY",
+/// Flight SQL's (and JDBC's) name for a kind of table.
+fn table_type_name(kind: TableKind) -> &'static str {
+    match kind {
+        TableKind::Table => "TABLE",
+        TableKind::View => "VIEW",
+        TableKind::Temporary => "LOCAL TEMPORARY",
     }
 }
 
@@ -587,8 +574,8 @@ impl FlightSqlService for FrontDoor {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        for name in self.engine.session().catalog_names() {
-            builder.append(name);
+        for catalog in self.engine.catalogs() {
+            builder.append(catalog.name);
         }
         Ok(encode_batch(builder.build().map_err(QuiverError::from)?))
     }
@@ -599,13 +586,9 @@ impl FlightSqlService for FrontDoor {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        let ctx = self.engine.session();
-        for catalog_name in ctx.catalog_names() {
-            let Some(catalog) = ctx.catalog(&catalog_name) else {
-                continue;
-            };
-            for schema_name in catalog.schema_names() {
-                builder.append(&catalog_name, schema_name);
+        for catalog in self.engine.catalogs() {
+            for schema in catalog.schemas {
+                builder.append(&catalog.name, schema);
             }
         }
         Ok(encode_batch(builder.build().map_err(QuiverError::from)?))
