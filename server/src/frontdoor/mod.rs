@@ -30,6 +30,9 @@ mod sessions;
 mod sql_info;
 mod xdbc_types;
 
+#[cfg(test)]
+mod tests;
+
 use handles::{Bindings, BoundSql, PreparedHandle, QueryTicket};
 use running::RunningQueries;
 use sessions::Sessions;
