@@ -13,8 +13,8 @@
 //! * results stream as produced, pulled by the client through gRPC flow control; dropping the
 //!   `DoGet` stream, or `CancelFlightInfo` on its FlightInfo, cancels the query on every executor;
 //! * writes (`CREATE TABLE`, `INSERT`) run like DDL and report their row count; bulk ingest
-//!   (`CommandStatementIngest`) and parameter rows sent with a prepared update go through
-//!   [`crate::engine::writes`];
+//!   (`CommandStatementIngest`) and parameter rows sent with a prepared update are the engine's
+//!   writes ([`QueryService::ingest`], [`QueryService::execute_update`]);
 //! * session options (`catalog`, `schema`) are kept per session ([`sessions`]); credentials were
 //!   checked before any of this runs ([`crate::security::auth`]);
 //! * Substrait and transactions answer a clear `Unimplemented`, as do unknown actions;
@@ -649,7 +649,7 @@ impl FlightSqlService for FrontDoor {
     }
 
     /// Bulk ingest: the client's batches become a Parquet file of a managed table, committed
-    /// atomically (see [`crate::engine::writes`]).
+    /// atomically by the engine ([`QueryService::ingest`]).
     async fn do_put_statement_ingest(
         &self,
         command: CommandStatementIngest,
