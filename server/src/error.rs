@@ -78,6 +78,20 @@ impl QuiverError {
         }
     }
 
+    /// An error reading a client's request stream. tonic's decoder answers `OutOfRange` for a
+    /// message over the server's `max_decoding_message_size` (`max_message_bytes`): the client
+    /// sent more than the server accepts, which is `ResourceExhausted`, with what to do about it.
+    /// Any other status is the client's own and keeps its code.
+    pub(crate) fn from_client_status(status: Status, max_message_bytes: usize) -> Self {
+        match status.code() {
+            Code::OutOfRange => Self::ResourceExhausted(format!(
+                "a message is larger than this server accepts (--max-message-bytes, {max_message_bytes} bytes): send smaller batches ({})",
+                status.message()
+            )),
+            _ => Self::Flight(FlightError::Tonic(Box::new(status))),
+        }
+    }
+
     /// The gRPC status a client sees for this error.
     pub fn to_status(&self) -> Status {
         let code = match self {
@@ -271,6 +285,24 @@ mod tests {
         let status = datafusion_status(&e);
         assert_eq!(status.code(), Code::NotFound);
         assert!(status.message().contains("nope"));
+    }
+
+    #[test]
+    fn an_oversized_client_message_is_resource_exhausted() {
+        let too_big = Status::out_of_range("decoded message length too large");
+        let status = QuiverError::from_client_status(too_big, 1024).to_status();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("1024 bytes"), "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("decoded message length too large")
+        );
+        // The client's own stream errors keep their code and message.
+        let gone = Status::cancelled("the client hung up");
+        let status = QuiverError::from_client_status(gone, 1024).to_status();
+        assert_eq!(status.code(), Code::Cancelled);
+        assert_eq!(status.message(), "the client hung up");
     }
 
     #[test]

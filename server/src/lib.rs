@@ -28,7 +28,7 @@
 //! Folders by concern, each module private, its contract in its own `//!` doc:
 //! * `node`: the process shapes of the binary (coordinator, executor, `serve`) and sockets;
 //! * `frontdoor`: the Flight SQL protocol; it reaches the engine only through
-//!   [`QueryService`], in Quiver's own types, so it is tested without a cluster;
+//!   `QueryService` (`engine/api.rs`), in Quiver's own types, so it is tested without a cluster;
 //! * `engine`: statements (prepare, bind, classify), the one supervised run of a physical plan
 //!   (admission, deadlines, the departure watchdog, reruns), EXPLAIN, catalog DDL and writes
 //!   with their one uninterruptible commit;

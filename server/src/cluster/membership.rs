@@ -26,6 +26,7 @@ use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use url::Url;
 
+use crate::error::QuiverError;
 use crate::storage::catalog::Catalog;
 use crate::task::AbortOnDrop;
 
@@ -295,9 +296,11 @@ impl ClusterService for ClusterServiceImpl {
     ) -> Result<Response<RegisterExecutorResponse>, Status> {
         let req = request.into_inner();
         if req.executor_id.is_empty() {
-            return Err(Status::invalid_argument("executor_id must not be empty"));
+            return Err(
+                QuiverError::InvalidArgument("executor_id must not be empty".into()).into(),
+            );
         }
-        let url = normalize_worker_url(&req.worker_url).map_err(Status::invalid_argument)?;
+        let url = normalize_worker_url(&req.worker_url).map_err(QuiverError::InvalidArgument)?;
         self.registry.register(&req.executor_id, url);
         Ok(Response::new(RegisterExecutorResponse {
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,

@@ -18,12 +18,13 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Sleep;
+use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tonic::server::NamedService;
-use tonic::{Code, Status};
 
+use crate::error::QuiverError;
 use crate::node::net;
 
 /// Milliseconds a stage may run, set by the coordinator on every worker request.
@@ -127,13 +128,11 @@ impl HttpBody for DeadlineBody {
             return Poll::Pending;
         }
         self.expired = true;
-        let status = Status::new(
-            Code::DeadlineExceeded,
-            format!(
-                "a stage of the query ran past its deadline of {} ms (--stage-timeout-ms)",
-                self.timeout.as_millis()
-            ),
-        );
+        let status = QuiverError::DeadlineExceeded(format!(
+            "a stage of the query ran past its deadline of {} ms (--stage-timeout-ms)",
+            self.timeout.as_millis()
+        ))
+        .to_status();
         let mut trailers = HeaderMap::new();
         // Only fails for messages that cannot be encoded; ours is plain ASCII.
         let _ = status.add_header(&mut trailers);

@@ -18,6 +18,7 @@
 //! the query deadline, stage deadlines, the departure watchdog on the executors the run uses,
 //! errors naming a lost executor, and a rerun when one is lost before anything was shown.
 
+mod api;
 mod ddl;
 mod explain;
 mod placeholders;
@@ -25,6 +26,9 @@ mod run;
 mod statement;
 mod writes;
 
+#[cfg(test)]
+pub(crate) use api::in_process_engine;
+pub(crate) use api::{CatalogListing, QueryService, TableKind};
 pub(crate) use statement::{Statement, StatementKind};
 pub(crate) use writes::{IfExists, IfMissing};
 
@@ -127,11 +131,6 @@ impl QueryEngine {
             writer,
             locations,
         }
-    }
-
-    /// The session that holds the catalog, for metadata calls.
-    pub(crate) fn session(&self) -> &SessionContext {
-        &self.ctx
     }
 
     /// Plans `sql` without running it or changing anything.
@@ -276,52 +275,16 @@ pub(crate) fn table_name(reference: &TableReference) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use datafusion::execution::runtime_env::RuntimeEnv;
     use futures::TryStreamExt;
 
     use arrow::datatypes::DataType;
 
     use super::*;
-    use crate::cluster::distributed;
-    use crate::planner::settings;
-
-    fn engine(dir: &std::path::Path) -> QueryEngine {
-        let registry = ExecutorRegistry::new(
-            Duration::from_secs(10),
-            crate::security::cluster_auth::ClusterAuth::open(),
-        );
-        let state = distributed::coordinator_state(
-            settings::session_config(2).unwrap(),
-            Arc::new(RuntimeEnv::default()),
-            Arc::clone(&registry),
-            1 << 20,
-            None,
-            crate::security::cluster_auth::ClusterAuth::open(),
-        )
-        .unwrap();
-        let catalog = Catalog::load(Some(dir.join("catalog.toml")), vec![]).unwrap();
-        QueryEngine::new(
-            SessionContext::new_with_state(state),
-            Arc::new(catalog),
-            registry,
-            QueryLimits {
-                timeout: None,
-                stage_timeout: None,
-                memory: Arc::new(QueryMemory::new(Arc::new(RuntimeEnv::default()), None)),
-                test_commit_pause: None,
-            },
-            None,
-            Admission::new(0, 0),
-            None,
-        )
-    }
 
     #[tokio::test]
     async fn prepare_classifies_without_side_effects() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = engine(dir.path());
+        let engine = in_process_engine(dir.path());
         let ddl = format!(
             "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}/t.csv'",
             dir.path().display()
@@ -332,7 +295,7 @@ mod tests {
         assert_eq!(statement.kind, StatementKind::Ddl);
         assert!(statement.schema.fields().is_empty());
         assert!(
-            !engine.session().table_exist("t").unwrap(),
+            !engine.ctx.table_exist("t").unwrap(),
             "prepare must not run DDL"
         );
         assert!(!dir.path().join("catalog.toml").exists());
@@ -373,7 +336,7 @@ mod tests {
 
         // Running the DDL creates and persists the table; reading it needs an executor.
         assert_eq!(engine.execute_update(&statement).await.unwrap(), 0);
-        assert!(engine.session().table_exist("t").unwrap());
+        assert!(engine.ctx.table_exist("t").unwrap());
         let persisted = std::fs::read_to_string(dir.path().join("catalog.toml")).unwrap();
         assert!(persisted.contains("name = \"t\""), "{persisted}");
         // External tables are read-only.

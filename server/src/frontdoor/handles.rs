@@ -3,9 +3,11 @@
 //! Tickets and prepared-statement handles carry the statement itself (protobuf messages from
 //! `quiver-proto`) and, once bound, its parameter values as a one-row Arrow IPC stream. So a
 //! handle needs no coordinator state: it survives a coordinator restart and any coordinator can
-//! serve it. (The front door additionally remembers values bound to a handle's `id`, for
-//! clients that ignore the handle DoPut returns; that state expires.) Tickets carry a query id
-//! for CancelFlightInfo. Garbage handles answer `InvalidArgument`.
+//! serve it. A ticket carries its query's [`QueryId`] (for CancelFlightInfo), a prepared
+//! statement handle its [`StatementId`] (the front door remembers values bound to it, for clients
+//! that ignore the handle DoPut returns; that state expires). On the wire both ids are strings,
+//! and an empty one (a handle from before ids, or from another server) reads as no id. Garbage
+//! handles answer `InvalidArgument`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,6 +21,7 @@ use prost::Message;
 use quiver_proto::frontdoor::{PreparedStatementHandle, StatementTicket};
 
 use crate::error::{QuiverError, Result};
+use crate::ids::{QueryId, StatementId};
 use crate::security::ipc_guard;
 
 /// A statement and the parameter values bound to it.
@@ -26,8 +29,6 @@ use crate::security::ipc_guard;
 pub(super) struct BoundSql {
     pub(super) sql: String,
     pub(super) parameters: Option<RecordBatch>,
-    /// A prepared statement's id, or a ticket's query id; may be empty.
-    pub(super) id: String,
 }
 
 impl BoundSql {
@@ -35,46 +36,73 @@ impl BoundSql {
         Self {
             sql,
             parameters: None,
-            id: String::new(),
         }
     }
 }
 
-pub(super) fn encode_ticket(bound: &BoundSql) -> Result<Bytes> {
-    let ticket = StatementTicket {
-        sql: bound.sql.clone(),
-        parameters: encode_parameters(bound.parameters.as_ref())?,
-        query_id: bound.id.clone(),
-    };
-    Ok(ticket.encode_to_vec().into())
+/// What a statement ticket (`TicketStatementQuery`) carries: one query a client started.
+#[derive(Debug, Clone)]
+pub(super) struct QueryTicket {
+    pub(super) statement: BoundSql,
+    /// What CancelFlightInfo names; `None` in tickets from before query ids.
+    pub(super) query_id: Option<QueryId>,
 }
 
-pub(super) fn decode_ticket(bytes: &[u8]) -> Result<BoundSql> {
+/// What a prepared-statement handle carries.
+#[derive(Debug, Clone)]
+pub(super) struct PreparedHandle {
+    pub(super) statement: BoundSql,
+    /// What values bound through DoPut are remembered under; `None` in handles without one.
+    pub(super) id: Option<StatementId>,
+}
+
+pub(super) fn encode_ticket(ticket: &QueryTicket) -> Result<Bytes> {
+    let encoded = StatementTicket {
+        sql: ticket.statement.sql.clone(),
+        parameters: encode_parameters(ticket.statement.parameters.as_ref())?,
+        query_id: ticket
+            .query_id
+            .as_ref()
+            .map(|id| id.as_str().to_string())
+            .unwrap_or_default(),
+    };
+    Ok(encoded.encode_to_vec().into())
+}
+
+pub(super) fn decode_ticket(bytes: &[u8]) -> Result<QueryTicket> {
     let ticket = StatementTicket::decode(bytes)
         .map_err(|_| QuiverError::InvalidArgument("malformed statement ticket".into()))?;
-    Ok(BoundSql {
-        sql: ticket.sql,
-        parameters: decode_parameters(&ticket.parameters)?,
-        id: ticket.query_id,
+    Ok(QueryTicket {
+        statement: BoundSql {
+            sql: ticket.sql,
+            parameters: decode_parameters(&ticket.parameters)?,
+        },
+        query_id: QueryId::parse(&ticket.query_id),
     })
 }
 
-pub(super) fn encode_prepared(bound: &BoundSql) -> Result<Bytes> {
-    let handle = PreparedStatementHandle {
-        sql: bound.sql.clone(),
-        parameters: encode_parameters(bound.parameters.as_ref())?,
-        id: bound.id.clone(),
+pub(super) fn encode_prepared(handle: &PreparedHandle) -> Result<Bytes> {
+    let encoded = PreparedStatementHandle {
+        sql: handle.statement.sql.clone(),
+        parameters: encode_parameters(handle.statement.parameters.as_ref())?,
+        id: handle
+            .id
+            .as_ref()
+            .map(|id| id.as_str().to_string())
+            .unwrap_or_default(),
     };
-    Ok(handle.encode_to_vec().into())
+    Ok(encoded.encode_to_vec().into())
 }
 
-pub(super) fn decode_prepared(bytes: &[u8]) -> Result<BoundSql> {
+pub(super) fn decode_prepared(bytes: &[u8]) -> Result<PreparedHandle> {
     let handle = PreparedStatementHandle::decode(bytes)
         .map_err(|_| QuiverError::InvalidArgument("malformed prepared statement handle".into()))?;
-    Ok(BoundSql {
-        sql: handle.sql,
-        parameters: decode_parameters(&handle.parameters)?,
-        id: handle.id,
+    Ok(PreparedHandle {
+        statement: BoundSql {
+            sql: handle.sql,
+            parameters: decode_parameters(&handle.parameters)?,
+        },
+        id: StatementId::parse(&handle.id),
     })
 }
 
@@ -142,18 +170,18 @@ fn ipc_framing_fits(bytes: &[u8]) -> bool {
 /// number, so leaked handles cost nothing for long; ClosePreparedStatement frees them at once.
 #[derive(Debug, Default)]
 pub(super) struct Bindings {
-    entries: Mutex<HashMap<String, (RecordBatch, Instant)>>,
+    entries: Mutex<HashMap<StatementId, (RecordBatch, Instant)>>,
 }
 
 const BINDING_IDLE_EXPIRY: Duration = Duration::from_secs(3600);
 const MAX_BINDINGS: usize = 10_000;
 
 impl Bindings {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (RecordBatch, Instant)>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<StatementId, (RecordBatch, Instant)>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn insert(&self, id: &str, values: RecordBatch) {
+    pub(super) fn insert(&self, id: &StatementId, values: RecordBatch) {
         let mut entries = self.entries();
         let now = Instant::now();
         if entries.len() >= MAX_BINDINGS {
@@ -167,10 +195,10 @@ impl Bindings {
                 entries.remove(&oldest);
             }
         }
-        entries.insert(id.to_string(), (values, now));
+        entries.insert(id.clone(), (values, now));
     }
 
-    pub(super) fn get(&self, id: &str) -> Option<RecordBatch> {
+    pub(super) fn get(&self, id: &StatementId) -> Option<RecordBatch> {
         let mut entries = self.entries();
         let now = Instant::now();
         match entries.get_mut(id) {
@@ -186,7 +214,7 @@ impl Bindings {
         }
     }
 
-    pub(super) fn remove(&self, id: &str) {
+    pub(super) fn remove(&self, id: &StatementId) {
         self.entries().remove(id);
     }
 }
@@ -223,22 +251,48 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let plain = BoundSql::new("select 1".into());
+        let query_id = QueryId::random();
+        let plain = QueryTicket {
+            statement: BoundSql::new("select 1".into()),
+            query_id: Some(query_id.clone()),
+        };
         let decoded = decode_ticket(&encode_ticket(&plain).unwrap()).unwrap();
-        assert_eq!(decoded.sql, "select 1");
-        assert!(decoded.parameters.is_none());
+        assert_eq!(decoded.statement.sql, "select 1");
+        assert!(decoded.statement.parameters.is_none());
+        assert_eq!(decoded.query_id, Some(query_id));
 
         let values =
             RecordBatch::try_from_iter(vec![("0", Arc::new(Int64Array::from(vec![7])) as _)])
                 .unwrap();
-        let bound = BoundSql {
-            sql: "select ?".into(),
-            parameters: Some(values.clone()),
-            id: "h1".into(),
+        let statement_id = StatementId::random();
+        let bound = PreparedHandle {
+            statement: BoundSql {
+                sql: "select ?".into(),
+                parameters: Some(values.clone()),
+            },
+            id: Some(statement_id.clone()),
         };
         let decoded = decode_prepared(&encode_prepared(&bound).unwrap()).unwrap();
-        assert_eq!(decoded.parameters, Some(values));
-        assert_eq!(decoded.id, "h1");
+        assert_eq!(decoded.statement.parameters, Some(values));
+        assert_eq!(decoded.id, Some(statement_id));
+
+        // Handles without ids (older servers) still decode, to no id.
+        let old_ticket = StatementTicket {
+            sql: "select 2".into(),
+            parameters: Vec::new(),
+            query_id: String::new(),
+        };
+        let decoded = decode_ticket(&old_ticket.encode_to_vec()).unwrap();
+        assert_eq!(decoded.statement.sql, "select 2");
+        assert_eq!(decoded.query_id, None);
+        let old_handle = PreparedStatementHandle {
+            sql: "select 3".into(),
+            parameters: Vec::new(),
+            id: String::new(),
+        };
+        let decoded = decode_prepared(&old_handle.encode_to_vec()).unwrap();
+        assert_eq!(decoded.statement.sql, "select 3");
+        assert_eq!(decoded.id, None);
 
         assert!(matches!(
             decode_ticket(&[0xff, 0xff, 0xff]),
@@ -260,10 +314,8 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-            for result in [decode_ticket(&bytes), decode_prepared(&bytes)] {
-                if let Err(e) = result {
-                    proptest::prop_assert_eq!(e.to_status().code(), tonic::Code::InvalidArgument);
-                }
+            for e in [decode_ticket(&bytes).err(), decode_prepared(&bytes).err()].into_iter().flatten() {
+                proptest::prop_assert_eq!(e.to_status().code(), tonic::Code::InvalidArgument);
             }
         }
 
@@ -272,10 +324,13 @@ mod tests {
             let values =
                 RecordBatch::try_from_iter(vec![("0", Arc::new(Int64Array::from(vec![7])) as _)])
                     .unwrap();
-            let bound = BoundSql { sql: sql.clone(), parameters: Some(values), id: "id".into() };
+            let bound = PreparedHandle {
+                statement: BoundSql { sql: sql.clone(), parameters: Some(values) },
+                id: Some(StatementId::random()),
+            };
             let mut bytes = encode_prepared(&bound).unwrap().to_vec();
             let decoded = decode_prepared(&bytes).unwrap();
-            proptest::prop_assert_eq!(decoded.sql, sql);
+            proptest::prop_assert_eq!(decoded.statement.sql, sql);
             let at = flip % bytes.len();
             bytes[at] = value;
             if let Err(e) = decode_prepared(&bytes) {

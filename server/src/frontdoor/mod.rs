@@ -1,7 +1,8 @@
 //! The Flight SQL front door: what ADBC, JDBC, pyarrow and the Flight SQL CLI talk to.
 //!
-//! A thin protocol layer over [`QueryEngine`]: it decodes Flight SQL commands, asks the engine to
-//! plan or run statements, and encodes results. Contract, from what real clients need
+//! A thin protocol layer over the engine, which it reaches only through [`QueryService`] (in
+//! Quiver's own types, no DataFusion): it decodes Flight SQL commands, asks the engine to plan or
+//! run statements or to list tables, and encodes results. Contract, from what real clients need
 //! (`shared/design/flight-sql-clients.md`):
 //! * `CreatePreparedStatement` only plans. DDL runs exactly once: at `GetFlightInfo` (ADBC and
 //!   most clients never `DoGet` a result without columns; `DoGet` of a DDL ticket streams the
@@ -12,12 +13,14 @@
 //! * results stream as produced, pulled by the client through gRPC flow control; dropping the
 //!   `DoGet` stream, or `CancelFlightInfo` on its FlightInfo, cancels the query on every executor;
 //! * writes (`CREATE TABLE`, `INSERT`) run like DDL and report their row count; bulk ingest
-//!   (`CommandStatementIngest`) and parameter rows sent with a prepared update go through
-//!   [`crate::engine::writes`];
+//!   (`CommandStatementIngest`) and parameter rows sent with a prepared update are the engine's
+//!   writes ([`QueryService::ingest`], [`QueryService::execute_update`]);
 //! * session options (`catalog`, `schema`) are kept per session ([`sessions`]); credentials were
 //!   checked before any of this runs ([`crate::security::auth`]);
 //! * Substrait and transactions answer a clear `Unimplemented`, as do unknown actions;
-//! * errors keep DataFusion's message with a meaningful code (see [`crate::error`]).
+//! * errors keep DataFusion's message with a meaningful code, decided in [`crate::error`] only
+//!   (this module builds no `Status` itself);
+//! * ids are typed: tickets carry a [`QueryId`], prepared statements a [`StatementId`].
 
 mod column_types;
 mod handles;
@@ -27,7 +30,10 @@ mod sessions;
 mod sql_info;
 mod xdbc_types;
 
-use handles::{Bindings, BoundSql};
+#[cfg(test)]
+mod tests;
+
+use handles::{Bindings, BoundSql, PreparedHandle, QueryTicket};
 use running::RunningQueries;
 use sessions::Sessions;
 
@@ -63,8 +69,6 @@ use arrow_flight::{
     Ticket,
 };
 use bytes::Bytes;
-use datafusion::catalog::TableProvider;
-use datafusion::datasource::TableType;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use prost::bytes::Bytes as ProstBytes;
@@ -73,10 +77,10 @@ use quiver_proto::frontdoor::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::arrow_compat::plain_schema;
 use crate::engine::{IfExists, IfMissing};
-use crate::engine::{QueryEngine, QueryStream, Statement};
+use crate::engine::{QueryService, QueryStream, Statement, TableKind};
 use crate::error::{QuiverError, Result};
+use crate::ids::{QueryId, StatementId};
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
 use crate::security::auth::{Identity, IssuedToken, SESSION_COOKIE, random_id};
 use crate::security::ipc_guard;
@@ -85,7 +89,7 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, St
 
 /// The Flight SQL service.
 pub(crate) struct FrontDoor {
-    engine: Arc<QueryEngine>,
+    engine: Arc<dyn QueryService>,
     sql_info: SqlInfoData,
     xdbc_types: XdbcTypeInfoData,
     sessions: Sessions,
@@ -108,7 +112,7 @@ impl std::fmt::Debug for FrontDoor {
 }
 
 impl FrontDoor {
-    pub(crate) fn new(engine: Arc<QueryEngine>) -> Result<Self> {
+    pub(crate) fn new(engine: Arc<dyn QueryService>) -> Result<Self> {
         Ok(Self {
             engine,
             sql_info: sql_info::sql_info()?,
@@ -123,11 +127,13 @@ impl FrontDoor {
     /// A prepared statement handle with the values bound to it, also when the client binds
     /// through DoPut but then keeps using the handle it got at prepare time (flightsql-dbapi).
     fn resolve_prepared(&self, handle: &[u8]) -> Result<BoundSql> {
-        let mut bound = handles::decode_prepared(handle)?;
-        if bound.parameters.is_none() && !bound.id.is_empty() {
-            bound.parameters = self.bindings.get(&bound.id);
+        let PreparedHandle { mut statement, id } = handles::decode_prepared(handle)?;
+        if statement.parameters.is_none()
+            && let Some(id) = &id
+        {
+            statement.parameters = self.bindings.get(id);
         }
-        Ok(bound)
+        Ok(statement)
     }
 
     /// The tonic service to mount on the coordinator's server.
@@ -164,10 +170,9 @@ impl FrontDoor {
             None
         };
         let ticket = TicketStatementQuery {
-            statement_handle: handles::encode_ticket(&BoundSql {
-                sql: bound.sql,
-                parameters: bound.parameters,
-                id: random_id(),
+            statement_handle: handles::encode_ticket(&QueryTicket {
+                statement: bound,
+                query_id: Some(QueryId::random()),
             })?,
         };
         let mut info = flight_info(&statement.schema, ticket.as_any(), descriptor)?;
@@ -177,9 +182,14 @@ impl FrontDoor {
         Ok(Response::new(info))
     }
 
-    /// DoGet: streams a query's result. Updates already ran at `GetFlightInfo`; their tickets
-    /// stream the empty result without running them again.
-    async fn run(&self, bound: BoundSql) -> Result<Response<DoGetStream>, Status> {
+    /// DoGet: streams a query's result, cancellable by its query id when it has one. Updates
+    /// already ran at `GetFlightInfo`; their tickets stream the empty result without running
+    /// them again.
+    async fn run(
+        &self,
+        bound: BoundSql,
+        query_id: Option<QueryId>,
+    ) -> Result<Response<DoGetStream>, Status> {
         let statement = self.plan(&bound).await?;
         let result = if statement.kind.is_update() {
             QueryStream {
@@ -187,14 +197,14 @@ impl FrontDoor {
                 batches: stream::empty().boxed(),
             }
         } else {
-            self.engine.execute_statement(statement).await?
+            self.engine.execute(statement).await?
         };
         let encoded = encode(result);
-        if bound.id.is_empty() {
+        let Some(query_id) = query_id else {
             return Ok(Response::new(encoded));
-        }
+        };
         Ok(Response::new(
-            self.running.track(&bound.id, encoded)?.boxed(),
+            self.running.track(&query_id, encoded)?.boxed(),
         ))
     }
 
@@ -244,13 +254,12 @@ impl FrontDoor {
                         .into(),
                 )
             })?;
-        let bound = handles::decode_ticket(&statement.statement_handle)?;
-        if bound.id.is_empty() {
-            return Err(QuiverError::InvalidArgument(
-                "this ticket carries no query id".into(),
-            ));
-        }
-        self.running.cancel(&bound.id);
+        let query_id = handles::decode_ticket(&statement.statement_handle)?
+            .query_id
+            .ok_or_else(|| {
+                QuiverError::InvalidArgument("this ticket carries no query id".into())
+            })?;
+        self.running.cancel(&query_id);
         Ok(())
     }
 
@@ -261,7 +270,7 @@ impl FrontDoor {
         let key = Self::session_key(&request);
         let action = request.into_inner();
         let malformed =
-            |what: &str| Status::invalid_argument(format!("malformed {what} request body"));
+            |what: &str| QuiverError::InvalidArgument(format!("malformed {what} request body"));
         let mut new_cookie = None;
         let body = match action.r#type.as_str() {
             SET_SESSION_OPTIONS => {
@@ -273,7 +282,7 @@ impl FrontDoor {
                     key
                 });
                 self.sessions
-                    .set(&key, options, self.engine.session())
+                    .set(&key, options, &self.engine.catalogs())
                     .encode_to_vec()
             }
             GET_SESSION_OPTIONS => {
@@ -289,9 +298,9 @@ impl FrontDoor {
             CANCEL_FLIGHT_INFO => {
                 let cancel = CancelFlightInfoRequest::decode(action.body.as_ref())
                     .map_err(|_| malformed(CANCEL_FLIGHT_INFO))?;
-                let info = cancel
-                    .info
-                    .ok_or_else(|| Status::invalid_argument("CancelFlightInfo without info"))?;
+                let info = cancel.info.ok_or_else(|| {
+                    QuiverError::InvalidArgument("CancelFlightInfo without info".into())
+                })?;
                 self.cancel_info(&info)?;
                 CancelFlightInfoResult {
                     status: CancelStatus::Cancelled as i32,
@@ -299,9 +308,9 @@ impl FrontDoor {
                 .encode_to_vec()
             }
             other => {
-                return Err(Status::unimplemented(format!(
-                    "action '{other}' is not supported"
-                )));
+                return Err(
+                    QuiverError::Unsupported(format!("action '{other}' is not supported")).into(),
+                );
             }
         };
         let result = arrow_flight::Result { body: body.into() };
@@ -323,33 +332,19 @@ impl FrontDoor {
             query.table_types.push("TABLE".into());
         }
         let mut builder = query.into_builder();
-        let ctx = self.engine.session();
-        for catalog_name in ctx.catalog_names() {
-            let Some(catalog) = ctx.catalog(&catalog_name) else {
-                continue;
+        for table in self.engine.tables().await? {
+            let columns = if include_schema {
+                column_types::with_sql_types(&table.columns)
+            } else {
+                Arc::new(Schema::empty())
             };
-            for schema_name in catalog.schema_names() {
-                let Some(schema) = catalog.schema(&schema_name) else {
-                    continue;
-                };
-                for table_name in schema.table_names() {
-                    let Some(table) = schema.table(&table_name).await? else {
-                        continue;
-                    };
-                    let table_schema = if include_schema {
-                        column_types::with_sql_types(&plain_schema(&table.schema()))
-                    } else {
-                        Arc::new(Schema::empty())
-                    };
-                    builder.append(
-                        &catalog_name,
-                        &schema_name,
-                        &table_name,
-                        table_type_name(table.as_ref()),
-                        &table_schema,
-                    )?;
-                }
-            }
+            builder.append(
+                &table.catalog,
+                &table.schema,
+                &table.name,
+                table_type_name(table.kind),
+                &columns,
+            )?;
         }
         Ok(builder.build()?)
     }
@@ -381,16 +376,11 @@ fn client_batches(
     max_decoded_bytes: usize,
 ) -> FlightRecordBatchStream {
     FlightRecordBatchStream::new_from_flight_data(request.into_inner().map(move |data| {
-        let data = data.map_err(|status| match status.code() {
-            // tonic's decoder refusing a message over `max_decoding_message_size`.
-            tonic::Code::OutOfRange => FlightError::Tonic(Box::new(Status::resource_exhausted(
-                format!(
-                    "a message is larger than this server accepts (--max-message-bytes, {} bytes): send smaller batches ({})",
-                    max_decoded_bytes / MAX_COMPRESSION_RATIO,
-                    status.message()
-                ),
-            ))),
-            _ => FlightError::Tonic(Box::new(status)),
+        let data = data.map_err(|status| {
+            let limit = max_decoded_bytes / MAX_COMPRESSION_RATIO;
+            FlightError::Tonic(Box::new(
+                QuiverError::from_client_status(status, limit).to_status(),
+            ))
         })?;
         ipc_guard::check_message(&data.data_header, &data.data_body, max_decoded_bytes)
             .map_err(|e| FlightError::Tonic(Box::new(e.to_status())))?;
@@ -407,11 +397,12 @@ async fn read_batches(
         .await?)
 }
 
-fn table_type_name(table: &dyn TableProvider) -> &'static str {
-    match table.table_type() {
-        TableType::Base => "TABLE",
-        TableType::View => "VIEW",
-        TableType::Temporary => "LOCAL TEMPORARY",
+/// Flight SQL's (and JDBC's) name for a kind of table.
+fn table_type_name(kind: TableKind) -> &'static str {
+    match kind {
+        TableKind::Table => "TABLE",
+        TableKind::View => "VIEW",
+        TableKind::Temporary => "LOCAL TEMPORARY",
     }
 }
 
@@ -443,7 +434,7 @@ fn encode(result: QueryStream) -> DoGetStream {
     FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .build(batches)
-        .map_err(Status::from)
+        .map_err(|e| QuiverError::from(e).to_status())
         .boxed()
 }
 
@@ -559,8 +550,11 @@ impl FlightSqlService for FrontDoor {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run(handles::decode_ticket(&ticket.statement_handle)?)
-            .await
+        let QueryTicket {
+            statement,
+            query_id,
+        } = handles::decode_ticket(&ticket.statement_handle)?;
+        self.run(statement, query_id).await
     }
 
     async fn do_get_prepared_statement(
@@ -568,8 +562,13 @@ impl FlightSqlService for FrontDoor {
         query: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run(self.resolve_prepared(&query.prepared_statement_handle)?)
-            .await
+        // A prepared statement run directly (not through the ticket GetFlightInfo returns) is no
+        // query a client can name, so there is nothing to track for CancelFlightInfo.
+        self.run(
+            self.resolve_prepared(&query.prepared_statement_handle)?,
+            None,
+        )
+        .await
     }
 
     async fn do_get_catalogs(
@@ -578,8 +577,8 @@ impl FlightSqlService for FrontDoor {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        for name in self.engine.session().catalog_names() {
-            builder.append(name);
+        for catalog in self.engine.catalogs() {
+            builder.append(catalog.name);
         }
         Ok(encode_batch(builder.build().map_err(QuiverError::from)?))
     }
@@ -590,13 +589,9 @@ impl FlightSqlService for FrontDoor {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        let ctx = self.engine.session();
-        for catalog_name in ctx.catalog_names() {
-            let Some(catalog) = ctx.catalog(&catalog_name) else {
-                continue;
-            };
-            for schema_name in catalog.schema_names() {
-                builder.append(&catalog_name, schema_name);
+        for catalog in self.engine.catalogs() {
+            for schema in catalog.schemas {
+                builder.append(&catalog.name, schema);
             }
         }
         Ok(encode_batch(builder.build().map_err(QuiverError::from)?))
@@ -654,7 +649,7 @@ impl FlightSqlService for FrontDoor {
     }
 
     /// Bulk ingest: the client's batches become a Parquet file of a managed table, committed
-    /// atomically (see [`crate::engine::writes`]).
+    /// atomically by the engine ([`QueryService::ingest`]).
     async fn do_put_statement_ingest(
         &self,
         command: CommandStatementIngest,
@@ -726,7 +721,7 @@ impl FlightSqlService for FrontDoor {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let mut bound = handles::decode_prepared(&query.prepared_statement_handle)?;
+        let mut handle = handles::decode_prepared(&query.prepared_statement_handle)?;
         let batches = read_batches(request, self.max_decoded_bytes).await?;
         let values = match batches.as_slice() {
             [] => None,
@@ -735,16 +730,16 @@ impl FlightSqlService for FrontDoor {
             }
         };
         // An empty batch (what some clients send for "no parameters") leaves the handle unbound.
-        bound.parameters = values.filter(|v| v.num_rows() > 0 || v.num_columns() > 0);
-        if let Some(values) = &bound.parameters {
+        handle.statement.parameters = values.filter(|v| v.num_rows() > 0 || v.num_columns() > 0);
+        if let Some(values) = &handle.statement.parameters {
             // Refuse bad values now, not at execution.
-            self.plan(&bound).await?;
-            if !bound.id.is_empty() {
-                self.bindings.insert(&bound.id, values.clone());
+            self.plan(&handle.statement).await?;
+            if let Some(id) = &handle.id {
+                self.bindings.insert(id, values.clone());
             }
         }
         Ok(DoPutPreparedStatementResult {
-            prepared_statement_handle: Some(handles::encode_prepared(&bound)?),
+            prepared_statement_handle: Some(handles::encode_prepared(&handle)?),
         })
     }
 
@@ -757,10 +752,9 @@ impl FlightSqlService for FrontDoor {
             return Err(transactions_unsupported().into());
         }
         let statement = self.engine.prepare(&query.query).await?;
-        let bound = BoundSql {
-            sql: query.query,
-            parameters: None,
-            id: random_id(),
+        let handle = PreparedHandle {
+            statement: BoundSql::new(query.query),
+            id: Some(StatementId::random()),
         };
         // An empty dataset schema tells JDBC to run the statement as an update.
         let dataset_schema = if statement.kind.is_update() {
@@ -769,7 +763,7 @@ impl FlightSqlService for FrontDoor {
             schema_bytes(&statement.schema)?
         };
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: handles::encode_prepared(&bound)?,
+            prepared_statement_handle: handles::encode_prepared(&handle)?,
             dataset_schema,
             parameter_schema: schema_bytes(&statement.parameter_schema())?,
         })
@@ -782,8 +776,10 @@ impl FlightSqlService for FrontDoor {
     ) -> Result<(), Status> {
         // Handles carry their statement: only values bound by id are freed. Closing an unknown
         // or already closed handle succeeds (JDBC rethrows close errors).
-        if let Ok(bound) = handles::decode_prepared(&query.prepared_statement_handle) {
-            self.bindings.remove(&bound.id);
+        if let Ok(PreparedHandle { id: Some(id), .. }) =
+            handles::decode_prepared(&query.prepared_statement_handle)
+        {
+            self.bindings.remove(&id);
         }
         Ok(())
     }
@@ -898,8 +894,9 @@ impl FlightSqlService for FrontDoor {
         query: ActionCancelQueryRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
-        let info = FlightInfo::decode(query.info.as_ref())
-            .map_err(|_| Status::invalid_argument("malformed FlightInfo in CancelQuery"))?;
+        let info = FlightInfo::decode(query.info.as_ref()).map_err(|_| {
+            QuiverError::InvalidArgument("malformed FlightInfo in CancelQuery".into())
+        })?;
         self.cancel_info(&info)?;
         Ok(ActionCancelQueryResult {
             result: CANCEL_RESULT_CANCELLED,

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use datafusion::prelude::SessionContext;
 use quiver_proto::frontdoor::session_option_value::OptionValue;
 use quiver_proto::frontdoor::set_session_options_result::{Error, ErrorValue};
 use quiver_proto::frontdoor::{
@@ -22,6 +21,7 @@ use quiver_proto::frontdoor::{
     SetSessionOptionsResult, close_session_result,
 };
 
+use crate::engine::CatalogListing;
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
 
 const IDLE_EXPIRY: Duration = Duration::from_secs(3600);
@@ -57,11 +57,12 @@ fn string_value(value: &str) -> SessionOptionValue {
 
 impl Sessions {
     /// Applies `request` to the session `key` (creating it); returns the per-option errors.
+    /// `catalogs` are those that exist, which the selected catalog and schema must name.
     pub(super) fn set(
         &self,
         key: &str,
         request: SetSessionOptionsRequest,
-        ctx: &SessionContext,
+        catalogs: &[CatalogListing],
     ) -> SetSessionOptionsResult {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if !sessions.contains_key(key) && sessions.len() >= MAX_SESSIONS {
@@ -92,7 +93,7 @@ impl Sessions {
                     None
                 }
                 ("catalog", Some(OptionValue::StringValue(catalog))) => {
-                    if ctx.catalog(&catalog).is_some() {
+                    if catalogs.iter().any(|c| c.name == catalog) {
                         session.catalog = catalog;
                         None
                     } else {
@@ -100,9 +101,9 @@ impl Sessions {
                     }
                 }
                 ("schema", Some(OptionValue::StringValue(schema))) => {
-                    let exists = ctx
-                        .catalog(&session.catalog)
-                        .is_some_and(|c| c.schema(&schema).is_some());
+                    let exists = catalogs
+                        .iter()
+                        .any(|c| c.name == session.catalog && c.has_schema(&schema));
                     if exists {
                         session.schema = schema;
                         None
@@ -179,10 +180,10 @@ mod tests {
 
     #[test]
     fn set_get_close() {
-        let ctx = SessionContext::new_with_config(
-            datafusion::prelude::SessionConfig::new()
-                .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME),
-        );
+        let catalogs = [CatalogListing {
+            name: CATALOG_NAME.into(),
+            schemas: vec![SCHEMA_NAME.into(), "information_schema".into()],
+        }];
         let sessions = Sessions::default();
         let result = sessions.set(
             "k",
@@ -190,13 +191,13 @@ mod tests {
                 ("catalog", Some(CATALOG_NAME)),
                 ("schema", Some(SCHEMA_NAME)),
             ]),
-            &ctx,
+            &catalogs,
         );
         assert!(result.errors.is_empty(), "{result:?}");
         let result = sessions.set(
             "k",
             request(&[("catalog", Some("nope")), ("colour", Some("red"))]),
-            &ctx,
+            &catalogs,
         );
         assert_eq!(
             result.errors["catalog"].value,
@@ -205,6 +206,11 @@ mod tests {
         assert_eq!(
             result.errors["colour"].value,
             ErrorValue::InvalidName as i32
+        );
+        let result = sessions.set("k", request(&[("schema", Some("nope"))]), &catalogs);
+        assert_eq!(
+            result.errors["schema"].value,
+            ErrorValue::InvalidValue as i32
         );
         let got = sessions.get(Some("k"));
         assert_eq!(

@@ -88,7 +88,7 @@ impl ExecutorService for StatusService {
         let state = &self.0;
         let tasks_running = distributed::running_tasks(&state.worker_url, &state.auth)
             .await
-            .map_err(|e| Status::unavailable(format!("reading task progress: {e}")))?;
+            .map_err(|e| QuiverError::Unavailable(format!("reading task progress: {e}")))?;
         Ok(Response::new(ExecutorStatus {
             executor_id: state.executor_id.clone(),
             worker_url: state.worker_url.to_string(),

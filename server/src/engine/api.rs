@@ -1,0 +1,229 @@
+//! The engine as the front door sees it: [`QueryService`], in Quiver's own types.
+//!
+//! The Flight SQL front door depends on this trait, never on [`QueryEngine`] or on DataFusion,
+//! as InfluxDB 3's Flight server depends on its `QueryExecutor`: the protocol layer can then be
+//! tested against an in-process engine, and the engine can change behind it. What crosses the
+//! seam:
+//! * statements ([`Statement`]): planned without side effects, bound to one row of values,
+//!   checked, run as an update (a row count) or as a query (a [`QueryStream`] in exactly the
+//!   schema `prepare` announced); the plan inside a statement stays the engine's;
+//! * bulk ingest of a client's batches into a managed table;
+//! * catalog, schema and table listings as plain structs; a table's columns are its Arrow
+//!   schema in the types clients receive (see [`crate::arrow_compat`]).
+//!
+//! Errors are [`QuiverError`](crate::error::QuiverError)s; their gRPC code is decided in
+//! [`crate::error`] only.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::datasource::TableType;
+use futures::stream::BoxStream;
+
+use super::{IfExists, IfMissing, QueryEngine, QueryStream, Statement};
+use crate::arrow_compat::plain_schema;
+use crate::error::Result;
+
+/// What the front door asks of the engine.
+#[async_trait]
+pub(crate) trait QueryService: Send + Sync + 'static {
+    /// Plans `sql` without running it or changing anything (DDL included).
+    async fn prepare(&self, sql: &str) -> Result<Statement>;
+
+    /// Binds the first row of `values` to the statement's placeholders, by position.
+    fn bind(&self, statement: Statement, values: &RecordBatch) -> Result<Statement>;
+
+    /// Fails fast, before a client fetches, if the statement cannot run now (unbound
+    /// parameters, no live executor for a plan that reads tables).
+    fn check_runnable(&self, statement: &Statement) -> Result<()>;
+
+    /// Runs a statement that returns no rows (DDL, writes); returns the rows it wrote (0 for
+    /// DDL).
+    async fn execute_update(&self, statement: &Statement) -> Result<i64>;
+
+    /// Runs a statement; its stream has the schema the statement announced, and dropping it
+    /// cancels the query. Updates run to completion here and stream nothing.
+    async fn execute(&self, statement: Statement) -> Result<QueryStream>;
+
+    /// Bulk ingest of a client's batches (in the `incoming` schema) into `table`; returns the
+    /// rows written.
+    async fn ingest(
+        &self,
+        table: &str,
+        if_missing: IfMissing,
+        if_exists: IfExists,
+        incoming: SchemaRef,
+        batches: BoxStream<'static, Result<RecordBatch>>,
+    ) -> Result<u64>;
+
+    /// Every catalog with its schemas.
+    fn catalogs(&self) -> Vec<CatalogListing>;
+
+    /// Every table and view of every schema, with its columns.
+    async fn tables(&self) -> Result<Vec<TableListing>>;
+}
+
+/// A catalog and the names of its schemas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CatalogListing {
+    pub(crate) name: String,
+    pub(crate) schemas: Vec<String>,
+}
+
+impl CatalogListing {
+    /// Whether the catalog has a schema called `schema`.
+    pub(crate) fn has_schema(&self, schema: &str) -> bool {
+        self.schemas.iter().any(|s| s == schema)
+    }
+}
+
+/// One table or view.
+#[derive(Debug, Clone)]
+pub(crate) struct TableListing {
+    pub(crate) catalog: String,
+    pub(crate) schema: String,
+    pub(crate) name: String,
+    pub(crate) kind: TableKind,
+    /// The columns, in the types a query over the table returns.
+    pub(crate) columns: SchemaRef,
+}
+
+/// What a listed table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TableKind {
+    /// A table with data of its own (external or managed).
+    Table,
+    /// A view, or a system table computed when read (`information_schema`).
+    View,
+    /// A session's temporary table. Quiver refuses to create them; listed only so that a
+    /// table DataFusion reports this way is not misnamed.
+    Temporary,
+}
+
+#[async_trait]
+impl QueryService for QueryEngine {
+    async fn prepare(&self, sql: &str) -> Result<Statement> {
+        QueryEngine::prepare(self, sql).await
+    }
+
+    fn bind(&self, statement: Statement, values: &RecordBatch) -> Result<Statement> {
+        QueryEngine::bind(self, statement, values)
+    }
+
+    fn check_runnable(&self, statement: &Statement) -> Result<()> {
+        QueryEngine::check_runnable(self, statement)
+    }
+
+    async fn execute_update(&self, statement: &Statement) -> Result<i64> {
+        QueryEngine::execute_update(self, statement).await
+    }
+
+    async fn execute(&self, statement: Statement) -> Result<QueryStream> {
+        self.execute_statement(statement).await
+    }
+
+    async fn ingest(
+        &self,
+        table: &str,
+        if_missing: IfMissing,
+        if_exists: IfExists,
+        incoming: SchemaRef,
+        batches: BoxStream<'static, Result<RecordBatch>>,
+    ) -> Result<u64> {
+        QueryEngine::ingest(self, table, if_missing, if_exists, incoming, batches).await
+    }
+
+    fn catalogs(&self) -> Vec<CatalogListing> {
+        self.ctx
+            .catalog_names()
+            .into_iter()
+            .filter_map(|name| {
+                // A catalog deregistered between the two calls is simply not listed.
+                let catalog = self.ctx.catalog(&name)?;
+                Some(CatalogListing {
+                    name,
+                    schemas: catalog.schema_names(),
+                })
+            })
+            .collect()
+    }
+
+    async fn tables(&self) -> Result<Vec<TableListing>> {
+        let mut tables = Vec::new();
+        for catalog_name in self.ctx.catalog_names() {
+            let Some(catalog) = self.ctx.catalog(&catalog_name) else {
+                continue;
+            };
+            for schema_name in catalog.schema_names() {
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                for table_name in schema.table_names() {
+                    // A table dropped while we list is not listed.
+                    let Some(table) = schema.table(&table_name).await? else {
+                        continue;
+                    };
+                    let kind = match table.table_type() {
+                        TableType::Base => TableKind::Table,
+                        TableType::View => TableKind::View,
+                        TableType::Temporary => TableKind::Temporary,
+                    };
+                    tables.push(TableListing {
+                        catalog: catalog_name.clone(),
+                        schema: schema_name.clone(),
+                        name: table_name,
+                        kind,
+                        columns: plain_schema(&table.schema()),
+                    });
+                }
+            }
+        }
+        Ok(tables)
+    }
+}
+
+/// A real engine for unit tests: no executors, no warehouse, its catalog file in `dir`. Plans
+/// that read tables answer `Unavailable`; constant queries and DDL run on the coordinator.
+#[cfg(test)]
+pub(crate) fn in_process_engine(dir: &std::path::Path) -> QueryEngine {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use datafusion::execution::runtime_env::RuntimeEnv;
+    use datafusion::prelude::SessionContext;
+
+    use super::QueryLimits;
+    use crate::cluster::distributed;
+    use crate::cluster::membership::ExecutorRegistry;
+    use crate::planner::settings;
+    use crate::resources::{Admission, QueryMemory};
+    use crate::security::cluster_auth::ClusterAuth;
+    use crate::storage::catalog::Catalog;
+
+    let registry = ExecutorRegistry::new(Duration::from_secs(10), ClusterAuth::open());
+    let state = distributed::coordinator_state(
+        settings::session_config(2).expect("the default session config is valid"),
+        Arc::new(RuntimeEnv::default()),
+        Arc::clone(&registry),
+        1 << 20,
+        None,
+        ClusterAuth::open(),
+    )
+    .expect("a coordinator session builds");
+    let catalog =
+        Catalog::load(Some(dir.join("catalog.toml")), vec![]).expect("an empty catalog loads");
+    QueryEngine::new(
+        SessionContext::new_with_state(state),
+        Arc::new(catalog),
+        registry,
+        QueryLimits {
+            timeout: None,
+            stage_timeout: None,
+            memory: Arc::new(QueryMemory::new(Arc::new(RuntimeEnv::default()), None)),
+            test_commit_pause: None,
+        },
+        None,
+        Admission::new(0, 0),
+        None,
+    )
+}
