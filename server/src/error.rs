@@ -139,13 +139,13 @@ pub(crate) fn datafusion_status(e: &DataFusionError) -> Status {
     match datafusion_code(e) {
         // An executor's error reaches the coordinator re-encoded, a status inside it as text.
         Code::Internal => crate::cluster::distributed::flattened_status(&message)
-            .map(|status| {
-                let message = if status.message().is_empty() {
+            .map(|(code, inner)| {
+                let message = if inner.is_empty() {
                     message.clone()
                 } else {
-                    status.message().to_string()
+                    inner
                 };
-                Status::new(status.code(), message)
+                Status::new(code, message)
             })
             .unwrap_or_else(|| Status::new(Code::Internal, message)),
         code => Status::new(code, message),

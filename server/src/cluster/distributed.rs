@@ -433,7 +433,8 @@ impl LatestSettings {
     }
 }
 
-/// The gRPC status inside an error an executor sent, when datafusion-distributed flattened it.
+/// The gRPC code and message inside an error an executor sent, when datafusion-distributed
+/// flattened it ([`crate::error`] turns them into the status a client sees).
 ///
 /// The crate carries a worker's error as its DataFusion error tree, except `External` errors
 /// (a status from a third node, a Quiver error with its code): those cross as text only, their
@@ -441,7 +442,7 @@ impl LatestSettings {
 /// This reads the code and the message back, so a lost executor still reads as `Unavailable`
 /// and a client sees the message rather than the rendering. Checked for datafusion-distributed
 /// 4.0.0 (a test fails when the workspace pins another version).
-pub(crate) fn flattened_status(text: &str) -> Option<tonic::Status> {
+pub(crate) fn flattened_status(text: &str) -> Option<(tonic::Code, String)> {
     const CODE: &str = "code: '";
     const MESSAGE: &str = ", message: \"";
     let start = text.find(CODE)? + CODE.len();
@@ -454,7 +455,7 @@ pub(crate) fn flattened_status(text: &str) -> Option<tonic::Status> {
         .strip_prefix(MESSAGE)
         .and_then(unescape_debug)
         .unwrap_or_default();
-    Some(tonic::Status::new(code, message))
+    Some((code, message))
 }
 
 /// The string a `{:?}` rendering starts (after its opening quote), up to its closing quote.
@@ -512,12 +513,13 @@ mod tests {
             "External error: {}",
             DataFusionError::External(Box::new(sent.clone()))
         );
-        let status = flattened_status(&text).expect("a status");
-        assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert_eq!(status.message(), sent.message());
+        let (code, message) = flattened_status(&text).expect("a status");
+        assert_eq!(code, tonic::Code::Unavailable);
+        assert_eq!(message, sent.message());
 
-        let bare = flattened_status(&tonic::Status::cancelled("").to_string()).unwrap();
-        assert_eq!(bare.code(), tonic::Code::Cancelled);
+        let (code, message) = flattened_status(&tonic::Status::cancelled("").to_string()).unwrap();
+        assert_eq!(code, tonic::Code::Cancelled);
+        assert!(message.is_empty());
         assert!(flattened_status("code: 'nonsense', message: \"x\"").is_none());
         assert!(flattened_status("no status here").is_none());
     }
