@@ -39,7 +39,7 @@ fn plain_field(field: &FieldRef) -> FieldRef {
     Arc::new(Field::clone(field).with_data_type(data_type))
 }
 
-/// `schema` with [`plain_type`] applied to every field; names, nullability and metadata kept.
+/// `schema` with `plain_type` applied to every field; names, nullability and metadata kept.
 pub fn plain_schema(schema: &Schema) -> SchemaRef {
     let fields: Fields = schema.fields().iter().map(plain_field).collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))

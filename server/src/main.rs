@@ -98,7 +98,7 @@ struct ClusterArgs {
     #[arg(long)]
     insecure: bool,
     /// Where tables created with CREATE TABLE / bulk ingest store their Parquet files: a
-    /// directory or s3://bucket/prefix (serve: <data-dir>/warehouse; otherwise writes are refused).
+    /// directory or s3://bucket/prefix (serve: DATA_DIR/warehouse; otherwise writes are refused).
     #[arg(long, value_name = "DIR_OR_URL")]
     warehouse: Option<String>,
     /// Largest message a client may send, in bytes (ingest and parameter batches).
@@ -206,7 +206,7 @@ struct ExecutorArgs {
     /// Address to serve the worker service on.
     #[arg(long, default_value = "127.0.0.1:50052", value_parser = parse_listen)]
     listen: SocketAddr,
-    /// URL other nodes reach this executor at (default: http://<bound address>).
+    /// URL other nodes reach this executor at (default: http://BOUND_ADDRESS).
     #[arg(long)]
     advertise: Option<String>,
     /// Write the bound HOST:PORT here once the server accepts connections.
