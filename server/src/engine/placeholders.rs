@@ -3,18 +3,13 @@
 //! JDBC and ADBC (`paramstyle = "qmark"`) send `?` placeholders, but DataFusion turns every `?`
 //! into the same placeholder, so `SELECT ? + ?` could not be bound by position.
 //! [`number_placeholders`] rewrites each `?` outside string literals, quoted identifiers and
-//! comments into `$1`, `$2`, … before planning; `$n` placeholders pass through unchanged. One
-//! statement uses one style: mixing `?` with `$n` is `InvalidArgument` (the two numberings
-//! would collide).
-
-use crate::error::{QuiverError, Result};
+//! comments into `$1`, `$2`, … before planning; `$n` placeholders pass through unchanged.
 
 /// Rewrites `?` placeholders to `$1..$n`, in order of appearance.
-pub(super) fn number_placeholders(sql: &str) -> Result<String> {
+pub(super) fn number_placeholders(sql: &str) -> String {
     if !sql.contains('?') {
-        return Ok(sql.to_string());
+        return sql.to_string();
     }
-    let mut numbered = false;
     let mut out = String::with_capacity(sql.len() + 8);
     let mut chars = sql.chars().peekable();
     let mut next = 1;
@@ -55,10 +50,6 @@ pub(super) fn number_placeholders(sql: &str) -> Result<String> {
                     prev = b;
                 }
             }
-            '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
-                numbered = true;
-                out.push(c);
-            }
             '?' => {
                 out.push('$');
                 out.push_str(&next.to_string());
@@ -67,12 +58,7 @@ pub(super) fn number_placeholders(sql: &str) -> Result<String> {
             _ => out.push(c),
         }
     }
-    if numbered && next > 1 {
-        return Err(QuiverError::InvalidArgument(
-            "use either ? or $1, $2, ... placeholders in one statement, not both".into(),
-        ));
-    }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -80,30 +66,16 @@ mod tests {
     use super::number_placeholders;
 
     #[test]
-    fn mixed_styles_are_refused() {
-        let err = number_placeholders("SELECT $1, ?").unwrap_err();
-        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
-        // A `$1` inside a literal is text, not a placeholder.
-        assert_eq!(
-            number_placeholders("SELECT '$1', ?").unwrap(),
-            "SELECT '$1', $1"
-        );
-    }
-
-    #[test]
     fn numbers_only_real_placeholders() {
-        assert_eq!(number_placeholders("SELECT 1").unwrap(), "SELECT 1");
+        assert_eq!(number_placeholders("SELECT 1"), "SELECT 1");
         assert_eq!(
-            number_placeholders("SELECT ? + ? FROM t WHERE a = ?").unwrap(),
+            number_placeholders("SELECT ? + ? FROM t WHERE a = ?"),
             "SELECT $1 + $2 FROM t WHERE a = $3"
         );
         assert_eq!(
-            number_placeholders("SELECT '?', 'it''s ?', \"q?\" -- ?\n, ? /* ? */ , ?").unwrap(),
+            number_placeholders("SELECT '?', 'it''s ?', \"q?\" -- ?\n, ? /* ? */ , ?"),
             "SELECT '?', 'it''s ?', \"q?\" -- ?\n, $1 /* ? */ , $2"
         );
-        assert_eq!(
-            number_placeholders("SELECT $1, $2").unwrap(),
-            "SELECT $1, $2"
-        );
+        assert_eq!(number_placeholders("SELECT $1, $2"), "SELECT $1, $2");
     }
 }

@@ -59,7 +59,7 @@ pub(crate) struct Statement {
 impl Statement {
     /// Plans `sql` without running it or changing anything.
     pub(super) async fn plan(state: &SessionState, sql: &str) -> Result<Self> {
-        let numbered = number_placeholders(sql)?;
+        let numbered = number_placeholders(sql);
         let plan = state.create_logical_plan(&numbered).await?;
         let kind = classify(&plan)?;
         let schema = match kind {
