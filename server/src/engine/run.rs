@@ -20,7 +20,7 @@
 //! up before the first row (which gRPC notices only while a response streams) still cancels it.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -45,13 +45,18 @@ use super::QueryStream;
 
 /// Runs physical plans on the cluster under the guarantees of the module contract.
 pub(crate) struct PlanRunner {
-    registry: Arc<ExecutorRegistry>,
-    memory: Arc<QueryMemory>,
+    attempts: Arc<Attempts>,
     /// How long a query may run, from admission to its last batch; `None` is no limit.
     query_timeout: Option<Duration>,
+    admission: Admission,
+}
+
+/// Starts attempts and judges how they failed; shared with the lazily started query streams.
+struct Attempts {
+    registry: Arc<ExecutorRegistry>,
+    memory: Arc<QueryMemory>,
     /// How long each stage of a query may run on an executor; `None` is no limit.
     stage_timeout: Option<Duration>,
-    admission: Admission,
 }
 
 /// A run that went to its end: what the caller's consumer returned, and the plan and placements
@@ -69,6 +74,14 @@ struct Attempt {
     batches: BoxStream<'static, DFResult<RecordBatch>>,
 }
 
+/// What an attempt's error means for the run.
+enum Verdict {
+    /// An executor it used is lost and others are live: run it again.
+    Rerun,
+    /// The run ends with this error.
+    Fail(QuiverError),
+}
+
 impl PlanRunner {
     pub(crate) fn new(
         registry: Arc<ExecutorRegistry>,
@@ -78,16 +91,18 @@ impl PlanRunner {
         admission: Admission,
     ) -> Self {
         Self {
-            registry,
-            memory,
+            attempts: Arc::new(Attempts {
+                registry,
+                memory,
+                stage_timeout,
+            }),
             query_timeout,
-            stage_timeout,
             admission,
         }
     }
 
     pub(crate) fn registry(&self) -> &Arc<ExecutorRegistry> {
-        &self.registry
+        &self.attempts.registry
     }
 
     /// The deadline of a query starting now.
@@ -110,60 +125,60 @@ impl PlanRunner {
     ) -> Result<QueryStream> {
         let deadline = self.deadline();
         let slot = self.admit(deadline).await?;
-        let state = ctx.state();
-        let physical = deadline.run(state.create_physical_plan(plan)).await??;
-        let current = Arc::new(Mutex::new(Arc::new(TaskPlacements::default())));
-        let supervised = {
-            let runner = self.handle();
-            let current = Arc::clone(&current);
-            let ctx = ctx.clone();
-            let plan = plan.clone();
-            stream::once(async move {
-                let mut physical = Some(physical);
-                let mut rerun = false;
-                loop {
-                    let state = ctx.state();
-                    let physical = match physical.take() {
-                        Some(p) => p,
-                        None => state.create_physical_plan(&plan).await?,
-                    };
-                    let attempt = runner.start(&state, physical).map_err(to_datafusion)?;
-                    *current.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Arc::clone(&attempt.placements);
-                    let mut batches = attempt.batches;
-                    let first = deadline.run(batches.next()).await.map_err(to_datafusion)?;
-                    if let Some(Err(e)) = &first
-                        && !rerun
-                        && runner.may_rerun(e, &attempt.placements, "query").await?
-                    {
-                        rerun = true;
-                        continue;
+        let physical = deadline
+            .run(ctx.state().create_physical_plan(plan))
+            .await??;
+        let attempts = Arc::clone(&self.attempts);
+        let ctx = ctx.clone();
+        let plan = plan.clone();
+        let supervised = stream::once(async move {
+            let mut physical = Some(physical);
+            let mut rerun = false;
+            loop {
+                let state = ctx.state();
+                let physical = match physical.take() {
+                    Some(p) => p,
+                    None => state.create_physical_plan(&plan).await?,
+                };
+                let attempt = attempts.start(&state, physical)?;
+                let placements = attempt.placements;
+                let mut batches = attempt.batches;
+                let first = match deadline.run(batches.next()).await? {
+                    None => None,
+                    Some(Ok(batch)) => Some(batch),
+                    Some(Err(e)) => match attempts.judge(e, &placements, "query", !rerun).await {
+                        Verdict::Rerun => {
+                            rerun = true;
+                            continue;
+                        }
+                        Verdict::Fail(e) => return Err(e),
+                    },
+                };
+                // After the first row nothing reruns: later errors only name lost executors.
+                let attempts = Arc::clone(&attempts);
+                let rest = batches.then(move |batch| {
+                    let attempts = Arc::clone(&attempts);
+                    let placements = Arc::clone(&placements);
+                    async move {
+                        match batch {
+                            Ok(batch) => Ok(batch),
+                            Err(e) => Err(attempts.failure(e, &placements, "query").await),
+                        }
                     }
-                    return Ok::<_, DataFusionError>(stream::iter(first).chain(batches));
-                }
-            })
-            .try_flatten()
-        };
+                });
+                return Ok(stream::iter(first.map(Ok)).chain(rest));
+            }
+        })
+        .try_flatten();
         // The query keeps its admission slot until its stream ends or is dropped.
         let held = supervised.map(move |item| {
             let _slot = &slot;
             item
         });
-        let registry = Arc::clone(&self.registry);
         let target = Arc::clone(&schema);
         let batches = deadline
             .bound(held)
-            .then(move |batch| {
-                let target = Arc::clone(&target);
-                let registry = Arc::clone(&registry);
-                let placements = Arc::clone(&current.lock().unwrap_or_else(|e| e.into_inner()));
-                async move {
-                    match batch {
-                        Ok(batch) => Ok(cast_batch(&batch, &target)?),
-                        Err(e) => Err(name_lost_executors(e, &registry, &placements).await),
-                    }
-                }
-            })
+            .map(move |batch| Ok(cast_batch(&batch?, &target)?))
             .boxed();
         Ok(QueryStream { schema, batches })
     }
@@ -187,62 +202,30 @@ impl PlanRunner {
         let mut rerun = false;
         loop {
             let physical = deadline.run(state.create_physical_plan(plan)).await??;
-            let attempt = self.start(state, physical)?;
-            let placements = Arc::clone(&attempt.placements);
-            let physical = Arc::clone(&attempt.physical);
+            let attempt = self.attempts.start(state, physical)?;
+            let placements = attempt.placements;
             let batches = attempt.batches.map_err(QuiverError::from).boxed();
-            let outcome = deadline.run(consume(batches)).await?;
-            match outcome {
+            match deadline.run(consume(batches)).await? {
                 Ok(value) => {
                     return Ok(Completed {
                         value,
-                        physical,
+                        physical: attempt.physical,
                         placements,
                     });
                 }
                 Err(e) => {
                     let e = to_datafusion(e);
-                    if !rerun && self.may_rerun(&e, &placements, what).await? {
-                        rerun = true;
-                        continue;
+                    match self.attempts.judge(e, &placements, what, !rerun).await {
+                        Verdict::Rerun => rerun = true,
+                        Verdict::Fail(e) => return Err(e),
                     }
-                    return Err(name_lost_executors(e, &self.registry, &placements).await);
                 }
             }
         }
     }
-
-    /// A handle the lazily started query stream owns (the runner itself is borrowed).
-    fn handle(&self) -> RunnerHandle {
-        RunnerHandle {
-            registry: Arc::clone(&self.registry),
-            memory: Arc::clone(&self.memory),
-            stage_timeout: self.stage_timeout,
-        }
-    }
-
-    fn start(&self, state: &SessionState, physical: Arc<dyn ExecutionPlan>) -> Result<Attempt> {
-        self.handle().start(state, physical)
-    }
-
-    async fn may_rerun(
-        &self,
-        e: &DataFusionError,
-        placements: &TaskPlacements,
-        what: &str,
-    ) -> Result<bool, DataFusionError> {
-        self.handle().may_rerun(e, placements, what).await
-    }
 }
 
-/// What starting and judging an attempt needs, owned.
-struct RunnerHandle {
-    registry: Arc<ExecutorRegistry>,
-    memory: Arc<QueryMemory>,
-    stage_timeout: Option<Duration>,
-}
-
-impl RunnerHandle {
+impl Attempts {
     fn start(&self, state: &SessionState, physical: Arc<dyn ExecutionPlan>) -> Result<Attempt> {
         let attempt = AttemptId::random();
         let placements = Arc::new(TaskPlacements::default());
@@ -264,37 +247,56 @@ impl RunnerHandle {
         })
     }
 
-    /// Whether `e` ended an attempt because an executor it used is gone and another attempt can
-    /// run: probes the executors (evicting those that do not answer), then checks the placed ones.
-    /// With none left to run on, the run fails `Unavailable`.
-    async fn may_rerun(
+    /// What `e`, which ended an attempt with `placements`, means for the run of a `what`
+    /// ("query", "write") that may still rerun: another attempt when an executor it used is lost
+    /// and another is live; `Unavailable` when none is; otherwise [`Attempts::failure`].
+    async fn judge(
         &self,
-        e: &DataFusionError,
+        e: DataFusionError,
         placements: &TaskPlacements,
         what: &str,
-    ) -> Result<bool, DataFusionError> {
-        let Some(lost) = lost_executors(e, &self.registry, placements).await else {
-            return Ok(false);
-        };
-        let lost = display_urls(&lost);
-        if self.registry.live_worker_urls().is_empty() {
-            return Err(to_datafusion(QuiverError::Unavailable(format!(
-                "executor {lost} was lost while the {what} ran and no live executor is left to run it again"
-            ))));
+        may_rerun: bool,
+    ) -> Verdict {
+        match self.lost(&e, placements).await {
+            Some(lost) if may_rerun => {
+                if self.registry.live_worker_urls().is_empty() {
+                    return Verdict::Fail(QuiverError::Unavailable(format!(
+                        "executor {lost} was lost while the {what} ran and no live executor is left to run it again"
+                    )));
+                }
+                tracing::warn!(executors = %lost, error = %e, "executor lost before anything was shown: running the {what} again");
+                Verdict::Rerun
+            }
+            lost => Verdict::Fail(lost_error(e, lost, what)),
         }
-        tracing::warn!(executors = %lost, error = %e, "executor lost before anything was shown: running the {what} again");
-        Ok(true)
+    }
+
+    /// The error a run of a `what` ends with when `e` ended an attempt that may not rerun.
+    async fn failure(
+        &self,
+        e: DataFusionError,
+        placements: &TaskPlacements,
+        what: &str,
+    ) -> QuiverError {
+        let lost = self.lost(&e, placements).await;
+        lost_error(e, lost, what)
+    }
+
+    /// The executors of the attempt that no longer answer (probed once, those that do not answer
+    /// evicted), when `e` is an error their loss explains.
+    async fn lost(&self, e: &DataFusionError, placements: &TaskPlacements) -> Option<String> {
+        if !may_be_lost_executor(e) {
+            return None;
+        }
+        let lost = self.registry.lost_since(&placements.executors()).await;
+        (!lost.is_empty()).then(|| display_urls(&lost))
     }
 }
 
-/// An error a lost executor explains becomes `Unavailable` naming the executors of the attempt
-/// that no longer answer (with the transport's own words after them); other errors pass.
-async fn name_lost_executors(
-    e: DataFusionError,
-    registry: &ExecutorRegistry,
-    placements: &TaskPlacements,
-) -> QuiverError {
-    let Some(lost) = lost_executors(&e, registry, placements).await else {
+/// `e` as the run's error: `Unavailable` naming the `lost` executors (with the transport's own
+/// words after them) when there are some, else as it is.
+fn lost_error(e: DataFusionError, lost: Option<String>, what: &str) -> QuiverError {
+    let Some(lost) = lost else {
         return e.into();
     };
     let status = datafusion_status(&e);
@@ -304,22 +306,8 @@ async fn name_lost_executors(
         format!(" ({})", status.message())
     };
     QuiverError::Unavailable(format!(
-        "executor {} was lost while the query ran; run it again{cause}",
-        display_urls(&lost)
+        "executor {lost} was lost while the {what} ran; run it again{cause}"
     ))
-}
-
-/// The executors of the attempt that no longer answer, when `e` is an error their loss explains.
-async fn lost_executors(
-    e: &DataFusionError,
-    registry: &ExecutorRegistry,
-    placements: &TaskPlacements,
-) -> Option<Vec<Url>> {
-    if !may_be_lost_executor(e) {
-        return None;
-    }
-    let lost = registry.lost_since(&placements.executors()).await;
-    (!lost.is_empty()).then_some(lost)
 }
 
 fn display_urls(urls: &[Url]) -> String {
@@ -423,8 +411,8 @@ impl Deadline {
     /// deadline passes.
     fn bound(
         self,
-        stream: impl Stream<Item = DFResult<RecordBatch>> + Send + 'static,
-    ) -> BoxStream<'static, DFResult<RecordBatch>> {
+        stream: impl Stream<Item = Result<RecordBatch>> + Send + 'static,
+    ) -> BoxStream<'static, Result<RecordBatch>> {
         if self.0.is_none() {
             return stream.boxed();
         }
@@ -432,7 +420,7 @@ impl Deadline {
             let mut stream = state?;
             match self.run(stream.next()).await {
                 Ok(item) => item.map(|item| (item, Some(stream))),
-                Err(e) => Some((Err(to_datafusion(e)), None)),
+                Err(e) => Some((Err(e), None)),
             }
         })
         .boxed()
@@ -453,10 +441,10 @@ mod tests {
         assert_eq!(err.to_status().code(), tonic::Code::DeadlineExceeded);
         assert!(Deadline::start(None).run(async { 1 }).await.is_ok());
 
-        let endless = stream::pending::<DFResult<RecordBatch>>();
+        let endless = stream::pending::<Result<RecordBatch>>();
         let mut bounded = Deadline::start(Some(Duration::from_millis(50))).bound(endless);
         let e = bounded.next().await.unwrap().unwrap_err();
-        assert_eq!(datafusion_status(&e).code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(e.to_status().code(), tonic::Code::DeadlineExceeded);
         assert!(bounded.next().await.is_none());
     }
 
