@@ -1,6 +1,6 @@
 //! The engine as the front door sees it: [`QueryService`], in Quiver's own types.
 //!
-//! The Flight SQL front door depends on this trait, never on [`QueryEngine`] or on DataFusion,
+//! The Flight SQL front door depends on this trait, never on the engine's own type or on DataFusion,
 //! as InfluxDB 3's Flight server depends on its `QueryExecutor`: the protocol layer can then be
 //! tested against an in-process engine, and the engine can change behind it. What crosses the
 //! seam:
@@ -18,9 +18,10 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::datasource::TableType;
+use datafusion::prelude::SessionContext;
 use futures::stream::BoxStream;
 
-use super::{IfExists, IfMissing, QueryEngine, QueryStream, Statement};
+use super::{IfExists, IfMissing, QueryStream, Statement};
 use crate::arrow_compat::plain_schema;
 use crate::error::Result;
 
@@ -100,99 +101,66 @@ pub(crate) enum TableKind {
     Temporary,
 }
 
-#[async_trait]
-impl QueryService for QueryEngine {
-    async fn prepare(&self, sql: &str) -> Result<Statement> {
-        QueryEngine::prepare(self, sql).await
-    }
-
-    fn bind(&self, statement: Statement, values: &RecordBatch) -> Result<Statement> {
-        QueryEngine::bind(self, statement, values)
-    }
-
-    fn check_runnable(&self, statement: &Statement) -> Result<()> {
-        QueryEngine::check_runnable(self, statement)
-    }
-
-    async fn execute_update(&self, statement: &Statement) -> Result<i64> {
-        QueryEngine::execute_update(self, statement).await
-    }
-
-    async fn execute(&self, statement: Statement) -> Result<QueryStream> {
-        self.execute_statement(statement).await
-    }
-
-    async fn ingest(
-        &self,
-        table: &str,
-        if_missing: IfMissing,
-        if_exists: IfExists,
-        incoming: SchemaRef,
-        batches: BoxStream<'static, Result<RecordBatch>>,
-    ) -> Result<u64> {
-        QueryEngine::ingest(self, table, if_missing, if_exists, incoming, batches).await
-    }
-
-    fn catalogs(&self) -> Vec<CatalogListing> {
-        self.ctx
-            .catalog_names()
-            .into_iter()
-            .filter_map(|name| {
-                // A catalog deregistered between the two calls is simply not listed.
-                let catalog = self.ctx.catalog(&name)?;
-                Some(CatalogListing {
-                    name,
-                    schemas: catalog.schema_names(),
-                })
+/// Every catalog of `ctx` with its schemas.
+pub(super) fn list_catalogs(ctx: &SessionContext) -> Vec<CatalogListing> {
+    ctx.catalog_names()
+        .into_iter()
+        .filter_map(|name| {
+            // A catalog deregistered between the two calls is simply not listed.
+            let catalog = ctx.catalog(&name)?;
+            Some(CatalogListing {
+                name,
+                schemas: catalog.schema_names(),
             })
-            .collect()
-    }
+        })
+        .collect()
+}
 
-    async fn tables(&self) -> Result<Vec<TableListing>> {
-        let mut tables = Vec::new();
-        for catalog_name in self.ctx.catalog_names() {
-            let Some(catalog) = self.ctx.catalog(&catalog_name) else {
+/// Every table and view of every schema of `ctx`, with its columns.
+pub(super) async fn list_tables(ctx: &SessionContext) -> Result<Vec<TableListing>> {
+    let mut tables = Vec::new();
+    for catalog_name in ctx.catalog_names() {
+        let Some(catalog) = ctx.catalog(&catalog_name) else {
+            continue;
+        };
+        for schema_name in catalog.schema_names() {
+            let Some(schema) = catalog.schema(&schema_name) else {
                 continue;
             };
-            for schema_name in catalog.schema_names() {
-                let Some(schema) = catalog.schema(&schema_name) else {
+            for table_name in schema.table_names() {
+                // A table dropped while we list is not listed.
+                let Some(table) = schema.table(&table_name).await? else {
                     continue;
                 };
-                for table_name in schema.table_names() {
-                    // A table dropped while we list is not listed.
-                    let Some(table) = schema.table(&table_name).await? else {
-                        continue;
-                    };
-                    let kind = match table.table_type() {
-                        TableType::Base => TableKind::Table,
-                        TableType::View => TableKind::View,
-                        TableType::Temporary => TableKind::Temporary,
-                    };
-                    tables.push(TableListing {
-                        catalog: catalog_name.clone(),
-                        schema: schema_name.clone(),
-                        name: table_name,
-                        kind,
-                        columns: plain_schema(&table.schema()),
-                    });
-                }
+                let kind = match table.table_type() {
+                    TableType::Base => TableKind::Table,
+                    TableType::View => TableKind::View,
+                    TableType::Temporary => TableKind::Temporary,
+                };
+                tables.push(TableListing {
+                    catalog: catalog_name.clone(),
+                    schema: schema_name.clone(),
+                    name: table_name,
+                    kind,
+                    columns: plain_schema(&table.schema()),
+                });
             }
         }
-        Ok(tables)
     }
+    Ok(tables)
 }
 
 /// A real engine for unit tests: no executors, no warehouse, its catalog file in `dir`. Plans
 /// that read tables answer `Unavailable`; constant queries and DDL run on the coordinator.
 #[cfg(test)]
-pub(crate) fn in_process_engine(dir: &std::path::Path) -> QueryEngine {
+pub(crate) fn in_process_engine(dir: &std::path::Path) -> super::QueryEngine {
     use std::sync::Arc;
     use std::time::Duration;
 
     use datafusion::execution::runtime_env::RuntimeEnv;
     use datafusion::prelude::SessionContext;
 
-    use super::QueryLimits;
+    use super::{QueryEngine, QueryLimits};
     use crate::cluster::distributed;
     use crate::cluster::membership::ExecutorRegistry;
     use crate::planner::settings;

@@ -1,8 +1,8 @@
 //! The coordinator's query engine: what the Flight SQL front door talks to.
 //!
-//! [`QueryEngine::prepare`] turns SQL into a [`Statement`] without side effects (DDL included),
-//! so it can back `CreatePreparedStatement` and `GetFlightInfo`; [`QueryEngine::bind`] binds
-//! parameter values; [`QueryEngine::execute_statement`] runs a statement and returns its result
+//! [`QueryService::prepare`] turns SQL into a [`Statement`] without side effects (DDL included),
+//! so it can back `CreatePreparedStatement` and `GetFlightInfo`; [`QueryService::bind`] binds
+//! parameter values; [`QueryService::execute`] runs a statement and returns its result
 //! as a stream whose schema is exactly the one `prepare` announced (plain Arrow types, see
 //! [`crate::arrow_compat`]). Results stream as the head stage produces them and dropping the
 //! stream cancels the query on every executor.
@@ -28,7 +28,7 @@ mod writes;
 
 #[cfg(test)]
 pub(crate) use api::in_process_engine;
-pub(crate) use api::{CatalogListing, QueryService, TableKind};
+pub(crate) use api::{CatalogListing, QueryService, TableKind, TableListing};
 pub(crate) use statement::{Statement, StatementKind};
 pub(crate) use writes::{IfExists, IfMissing};
 
@@ -37,11 +37,11 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use futures::Stream;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::cluster::membership::ExecutorRegistry;
@@ -133,19 +133,28 @@ impl QueryEngine {
         }
     }
 
+    /// Queries that read tables need at least one live executor.
+    fn require_executors(&self, plan: &LogicalPlan) -> Result<()> {
+        require_executors(self.runner.registry(), plan)
+    }
+}
+
+/// The engine's API: see [`QueryService`].
+#[async_trait]
+impl QueryService for QueryEngine {
     /// Plans `sql` without running it or changing anything.
-    pub(crate) async fn prepare(&self, sql: &str) -> Result<Statement> {
+    async fn prepare(&self, sql: &str) -> Result<Statement> {
         Statement::plan(&self.ctx.state(), sql).await
     }
 
     /// Binds the first row of `values` to the statement's placeholders, by position.
-    pub(crate) fn bind(&self, statement: Statement, values: &RecordBatch) -> Result<Statement> {
+    fn bind(&self, statement: Statement, values: &RecordBatch) -> Result<Statement> {
         statement.bind(values)
     }
 
     /// Runs a statement that returns no rows (DDL, writes) and returns the affected row count
     /// (0 for DDL).
-    pub(crate) async fn execute_update(&self, statement: &Statement) -> Result<i64> {
+    async fn execute_update(&self, statement: &Statement) -> Result<i64> {
         self.check_runnable(statement)?;
         match statement.kind {
             StatementKind::Ddl => {
@@ -172,7 +181,7 @@ impl QueryEngine {
     }
 
     /// Runs a statement; updates (DDL, writes) run to completion here and stream nothing.
-    pub(crate) async fn execute_statement(&self, statement: Statement) -> Result<QueryStream> {
+    async fn execute(&self, statement: Statement) -> Result<QueryStream> {
         self.check_runnable(&statement)?;
         match statement.kind {
             StatementKind::Ddl | StatementKind::Write => {
@@ -203,13 +212,13 @@ impl QueryEngine {
     }
 
     /// Bulk ingest of a client's batches into `table`; returns the rows written.
-    pub(crate) async fn ingest(
+    async fn ingest(
         &self,
         table: &str,
         if_missing: IfMissing,
         if_exists: IfExists,
         incoming: SchemaRef,
-        batches: impl Stream<Item = Result<RecordBatch>> + Send,
+        batches: BoxStream<'static, Result<RecordBatch>>,
     ) -> Result<u64> {
         self.writer
             .ingest(table, if_missing, if_exists, incoming, batches)
@@ -217,7 +226,7 @@ impl QueryEngine {
     }
 
     /// Fails fast, before a client fetches, if the statement cannot run now.
-    pub(crate) fn check_runnable(&self, statement: &Statement) -> Result<()> {
+    fn check_runnable(&self, statement: &Statement) -> Result<()> {
         if !statement.parameters.is_empty() {
             return Err(QuiverError::InvalidArgument(format!(
                 "the statement has {} parameter(s): bind values before executing it",
@@ -239,9 +248,12 @@ impl QueryEngine {
         }
     }
 
-    /// Queries that read tables need at least one live executor.
-    fn require_executors(&self, plan: &LogicalPlan) -> Result<()> {
-        require_executors(self.runner.registry(), plan)
+    fn catalogs(&self) -> Vec<CatalogListing> {
+        api::list_catalogs(&self.ctx)
+    }
+
+    async fn tables(&self) -> Result<Vec<TableListing>> {
+        api::list_tables(&self.ctx).await
     }
 }
 
@@ -353,7 +365,7 @@ mod tests {
         // Constant queries run on the coordinator, views become plain Utf8.
         let one = engine.prepare("SELECT 'a' AS s").await.unwrap();
         engine.check_runnable(&one).unwrap();
-        let result = engine.execute_statement(one).await.unwrap();
+        let result = engine.execute(one).await.unwrap();
         assert_eq!(result.schema.field(0).data_type(), &DataType::Utf8);
         let batches: Vec<RecordBatch> = result.batches.try_collect().await.unwrap();
         assert_eq!(batches[0].num_rows(), 1);
