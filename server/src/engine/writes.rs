@@ -38,7 +38,7 @@ use crate::task;
 use super::run::{Deadline, PlanRunner};
 use super::table_name;
 use crate::error::{QuiverError, Result};
-use crate::storage::catalog::{self, Catalog, TableDef};
+use crate::storage::catalog::{self, Catalog, CatalogGuard, TableDef};
 use crate::storage::object_stores::StoreOptions;
 use crate::storage::warehouse::{DataFile, Warehouse};
 
@@ -318,10 +318,10 @@ impl TableWriter {
 
     /// The catalog's options for the warehouse's object store, if it is remote.
     async fn store_options(&self) -> StoreOptions {
-        let Some(root) = self.warehouse.as_ref().and_then(|w| w.store_root()) else {
-            return StoreOptions::new();
-        };
-        self.catalog.lock().await.store_options(root)
+        match &self.warehouse {
+            Some(warehouse) => store_options(&self.catalog.lock().await, warehouse),
+            None => StoreOptions::new(),
+        }
     }
 
     /// Commits `file` (written under `location`) to table `name`; see the module contract. The
@@ -379,10 +379,9 @@ impl CommitJob {
         let name = name.as_str();
         let location = location.as_str();
         let runtime = ctx.runtime_env();
-        let options = match warehouse.store_root() {
-            Some(root) => catalog.lock().await.store_options(root),
-            None => StoreOptions::new(),
-        };
+        // Everything that can fail or wait comes first; nothing has changed yet.
+        let mut guard = catalog.lock().await;
+        let options = store_options(&guard, &warehouse);
         let discard = |file: DataFile| {
             let (warehouse, runtime, options) = (&warehouse, &runtime, &options);
             async move {
@@ -391,9 +390,6 @@ impl CommitJob {
                     .await;
             }
         };
-
-        // Everything that can fail or wait comes first; nothing has changed yet.
-        let mut guard = catalog.lock().await;
         let current = guard.get(name).cloned();
         let (next, unreferenced) = match commit {
             Commit::Create { replace } => {
@@ -481,6 +477,14 @@ impl CommitJob {
         tracing::info!(table = %name, rows = file.rows, file = %file.name, "committed a write");
         Ok(file.rows)
     }
+}
+
+/// The catalog's options for `warehouse`'s object store (none for a local warehouse).
+fn store_options(catalog: &CatalogGuard, warehouse: &Warehouse) -> StoreOptions {
+    warehouse
+        .store_root()
+        .map(|root| catalog.store_options(root))
+        .unwrap_or_default()
 }
 
 fn flag_table(name: &str) -> QuiverError {
