@@ -9,8 +9,10 @@
 //!
 //! [locations]
 //! # Prefixes CREATE EXTERNAL TABLE may point at; anything else is PERMISSION_DENIED.
-//! # Without this section any location is allowed; an empty list forbids the statement.
+//! # Without this key any location is allowed; an empty list forbids the statement.
 //! external_tables = ["/srv/lake/", "s3://lake/"]
+//! # Directories COPY … TO may write into; without this key COPY is PERMISSION_DENIED.
+//! copy_targets = ["/srv/exports/", "s3://lake/exports/"]
 //! ```
 
 use std::path::{Component, Path, PathBuf};
@@ -44,30 +46,50 @@ impl ServerConfigFile {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocationPolicy {
-    /// Allowed location prefixes (local directories or `s3://bucket/prefix`).
-    pub external_tables: Vec<String>,
+    /// Location prefixes external tables may read (local directories or `s3://bucket/prefix`);
+    /// `None` allows any.
+    #[serde(default)]
+    pub external_tables: Option<Vec<String>>,
+    /// Directories `COPY … TO` may write into; none (the default) refuses `COPY`.
+    #[serde(default)]
+    pub copy_targets: Vec<String>,
 }
 
 impl LocationPolicy {
     /// Allows `location` if it lies under one of the prefixes. Local paths with `..` are refused
     /// rather than resolved.
     pub fn check(&self, location: &str) -> Result<()> {
-        let denied = || {
-            QuiverError::PermissionDenied(format!(
-                "LOCATION '{location}' is outside the locations this server allows for external tables ([locations] external_tables in its config)"
-            ))
+        let Some(allowed) = &self.external_tables else {
+            return Ok(());
         };
-        let location = normalize(location).ok_or_else(denied)?;
-        let allowed = self
-            .external_tables
-            .iter()
-            .filter_map(|p| normalize(p))
-            .any(|prefix| {
-                let dir = prefix.trim_end_matches('/');
-                location == dir || location.starts_with(&format!("{dir}/"))
-            });
-        if allowed { Ok(()) } else { Err(denied()) }
+        if under(allowed, location) {
+            return Ok(());
+        }
+        Err(QuiverError::PermissionDenied(format!(
+            "LOCATION '{location}' is outside the locations this server allows for external tables ([locations] external_tables in its config)"
+        )))
     }
+
+    /// Allows `COPY … TO location` if it lies under one of the `copy_targets`.
+    pub fn check_copy_target(&self, location: &str) -> Result<()> {
+        if under(&self.copy_targets, location) {
+            return Ok(());
+        }
+        Err(QuiverError::PermissionDenied(format!(
+            "COPY target '{location}' is outside the directories this server lets COPY write ([locations] copy_targets in its config)"
+        )))
+    }
+}
+
+/// Whether `location` lies under one of `prefixes`.
+fn under(prefixes: &[String], location: &str) -> bool {
+    let Some(location) = normalize(location) else {
+        return false;
+    };
+    prefixes.iter().filter_map(|p| normalize(p)).any(|prefix| {
+        let dir = prefix.trim_end_matches('/');
+        location == dir || location.starts_with(&format!("{dir}/"))
+    })
 }
 
 /// A comparable form of a location: local paths absolute, without `file://`, `.` or `..`
@@ -96,8 +118,18 @@ mod tests {
     #[test]
     fn locations_under_allowed_prefixes_only() {
         let policy = LocationPolicy {
-            external_tables: vec!["/srv/lake/".into(), "s3://lake/raw".into()],
+            external_tables: Some(vec!["/srv/lake/".into(), "s3://lake/raw".into()]),
+            copy_targets: vec!["/srv/out/".into()],
         };
+        policy.check_copy_target("/srv/out/x/").unwrap();
+        for denied in ["/srv/lake/x", "/srv/out/../etc", "/srv/outside"] {
+            let err = policy.check_copy_target(denied).unwrap_err();
+            assert_eq!(
+                err.to_status().code(),
+                tonic::Code::PermissionDenied,
+                "{denied}"
+            );
+        }
         for ok in [
             "/srv/lake/t/",
             "/srv/lake",
@@ -122,6 +154,16 @@ mod tests {
                 "{denied}"
             );
         }
-        assert!(LocationPolicy::default().check("/srv/lake/").is_err());
+        assert!(LocationPolicy::default().check("/srv/lake/").is_ok());
+        assert!(
+            LocationPolicy::default()
+                .check_copy_target("/srv/lake/")
+                .is_err()
+        );
+        let none = LocationPolicy {
+            external_tables: Some(vec![]),
+            copy_targets: vec![],
+        };
+        assert!(none.check("/srv/lake/").is_err());
     }
 }

@@ -92,6 +92,12 @@ impl QuiverError {
         }
     }
 
+    /// An error that was already turned into the status a client sees (kept for a second
+    /// reader); it keeps that code and message.
+    pub(crate) fn from_status(status: Status) -> Self {
+        Self::Flight(FlightError::Tonic(Box::new(status)))
+    }
+
     /// The gRPC status a client sees for this error.
     pub fn to_status(&self) -> Status {
         let code = match self {
@@ -117,7 +123,8 @@ impl QuiverError {
                 FlightError::NotYetImplemented(_) => Code::Unimplemented,
                 FlightError::ExternalError(_) => Code::Internal,
             },
-            Self::Io { .. } | Self::Internal(_) => Code::Internal,
+            Self::Io { source, .. } => io_code(source),
+            Self::Internal(_) => Code::Internal,
         };
         Status::new(code, self.to_string())
     }
@@ -205,11 +212,7 @@ fn datafusion_code(e: &DataFusionError) -> Code {
             object_store::Error::Unauthenticated { .. } => Code::Unauthenticated,
             _ => Code::Unavailable,
         },
-        DataFusionError::IoError(e) => match e.kind() {
-            std::io::ErrorKind::NotFound => Code::NotFound,
-            std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
-            _ => Code::Internal,
-        },
+        DataFusionError::IoError(e) => io_code(e),
         DataFusionError::ParquetError(_)
         | DataFusionError::ExecutionJoin(_)
         | DataFusionError::Internal(_)
@@ -223,6 +226,18 @@ fn datafusion_code(e: &DataFusionError) -> Code {
             .first()
             .map(datafusion_code)
             .unwrap_or(Code::Internal),
+    }
+}
+
+/// A full disk or quota is a limit the operator can lift; other local I/O failures are ours.
+fn io_code(e: &std::io::Error) -> Code {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Code::NotFound,
+        std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            Code::ResourceExhausted
+        }
+        _ => Code::Internal,
     }
 }
 

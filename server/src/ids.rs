@@ -7,6 +7,9 @@
 //!   attempt's tasks share one pool and a rerun never shares state with the run it replaces.
 //! * [`StatementId`]: one prepared statement (`CreatePreparedStatement`); values bound through
 //!   `DoPut` are remembered under it.
+//! * [`WriteId`]: one write (`CREATE TABLE AS`, `INSERT`, `COPY`, bulk ingest). Every file the
+//!   write's attempts produce carries it in its name, and the write journal names its staging
+//!   by it, so a failed or crashed write's files can be found and removed.
 //!
 //! Ids are random, URL-safe text (128 bits), opaque to clients, and travel in tickets, handles
 //! and request headers as that text.
@@ -68,6 +71,10 @@ typed_id!(
 typed_id!(
     /// One prepared statement; see the module doc.
     StatementId
+);
+typed_id!(
+    /// One write; see the module doc.
+    WriteId
 );
 
 #[cfg(test)]

@@ -34,6 +34,8 @@
 //!   with their one uninterruptible commit;
 //! * `cluster`: membership and the seam to datafusion-distributed (the only module naming it),
 //!   stage deadlines;
+//! * `sink`: the distributed write path: a writer per task of the last stage, one commit on
+//!   the coordinator, the write journal and the collector of failed writes' files;
 //! * `storage`: catalog, warehouse, object stores, the demo dataset;
 //! * `planner`: the settings every node plans with and Quiver's optimizer rules;
 //! * `security`: client auth, cluster signatures, the IPC guard;
@@ -53,6 +55,7 @@ mod node;
 mod planner;
 mod resources;
 mod security;
+mod sink;
 mod storage;
 mod task;
 
@@ -60,7 +63,7 @@ pub use arrow_compat::{cast_batch, plain_schema};
 pub use config::ServerConfigFile;
 pub use error::{QuiverError, Result};
 pub use frontdoor::DEFAULT_MAX_MESSAGE_BYTES;
-pub use ids::{AttemptId, QueryId, StatementId};
+pub use ids::{AttemptId, QueryId, StatementId, WriteId};
 pub use node::coordinator::{
     CoordinatorConfig, RunningCoordinator, TlsFiles, start as start_coordinator,
 };
@@ -71,5 +74,5 @@ pub use planner::settings::{DISTRIBUTED_SETTINGS, session_config};
 pub use resources::{ResourceLimits, parse_bytes};
 pub use security::auth::{DEFAULT_HASH_ITERATIONS, hash_password};
 pub use security::cluster_auth::{ClusterAuth, Signed};
-pub use storage::catalog::{TableDef, absolute_location};
+pub use storage::catalog::{ManagedFile, TableDef, absolute_location};
 pub use storage::tpch;

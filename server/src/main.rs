@@ -80,6 +80,17 @@ struct ClusterArgs {
     /// DEADLINE_EXCEEDED (0 = no limit).
     #[arg(long, default_value_t = 3_600_000)]
     stage_timeout_ms: u64,
+    /// Writes (CREATE TABLE AS, INSERT, COPY, ingest) start a new file once one reaches this
+    /// size (e.g. 128MiB; COPY takes OPTIONS (target_file_bytes '…') per statement).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes, default_value = "128MiB")]
+    target_file_bytes: u64,
+    /// Seconds the write journal keeps a write after it started: what a write on a lost
+    /// executor may still add is collected until then.
+    #[arg(long, default_value_t = 3600)]
+    staging_grace_secs: u64,
+    /// Seconds between passes of the collector of failed or interrupted writes' files.
+    #[arg(long, default_value_t = 300)]
+    staging_interval_secs: u64,
     /// Test only: every write's commit sleeps this many milliseconds after its catalog write,
     /// so a test can hang up in the middle of a commit.
     #[arg(long, default_value_t = 0, hide = true)]
@@ -287,6 +298,9 @@ fn coordinator_config(
             .then(|| Duration::from_millis(cluster.stage_timeout_ms)),
         test_commit_pause: (cluster.test_commit_pause_ms > 0)
             .then(|| Duration::from_millis(cluster.test_commit_pause_ms)),
+        target_file_bytes: cluster.target_file_bytes,
+        staging_grace: Duration::from_secs(cluster.staging_grace_secs),
+        staging_interval: Duration::from_secs(cluster.staging_interval_secs),
     })
 }
 

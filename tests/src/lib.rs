@@ -6,6 +6,7 @@
 //! every process is killed when its handle drops, so a failing test never leaves a cluster
 //! behind or hangs CI.
 
+pub mod catalog;
 pub mod cluster;
 pub mod compare;
 pub mod oracle;

@@ -27,9 +27,10 @@ use datafusion_distributed::grpc::{
     BoxCloneSyncChannel, GetTaskProgressRequest, ObservabilityServiceClient, create_worker_client,
 };
 use datafusion_distributed::{
-    ChannelResolver, DistributedExt, DistributedMetricsFormat, NetworkBoundaryExt, RouteTasksEvent,
-    RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage, Worker,
-    WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DesiredTaskCountHandler,
+    DistributedExt, DistributedMetricsFormat, DistributedTaskContext, NetworkBoundaryExt,
+    RouteTasksEvent, RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage,
+    Worker, WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::transport::server::Router;
@@ -45,6 +46,7 @@ use crate::planner::settings;
 use crate::planner::window_sorts::SortWindowPartitions;
 use crate::resources::QueryMemory;
 use crate::security::cluster_auth::{ClusterAuth, Signed, Verified};
+use crate::sink::{ParallelWriteExec, QuiverCodec, QuiverPlanner};
 
 /// Resolves workers from the live executor set, re-read on every query.
 struct LiveExecutors(Arc<ExecutorRegistry>);
@@ -74,7 +76,11 @@ pub(crate) fn coordinator_state(
         .with_distributed_channel_resolver(SignedChannels::new(auth))
         .with_physical_optimizer_rule(Arc::new(YieldingJoins))
         .with_physical_optimizer_rule(Arc::new(SortWindowPartitions))
+        // Quiver's own logical nodes (writes) plan first; the distributed planner splits the result.
+        .with_query_planner(Arc::new(QuiverPlanner))
         .with_distributed_planner()
+        .with_distributed_user_codec(QuiverCodec)
+        .with_distributed_desired_task_count_handler(WritersOnEveryExecutor(Arc::clone(&registry)))
         .with_distributed_route_tasks_handler(TaskRouter {
             registry,
             next: AtomicUsize::new(0),
@@ -87,6 +93,30 @@ pub(crate) fn coordinator_state(
         // Per-task metrics travel back only for EXPLAIN ANALYZE ([`with_metrics`]).
         .with_distributed_metrics_collection(false)?
         .build())
+}
+
+/// Writers spread over every live executor, so a write's rows never funnel through one node (the
+/// stage below still decides when it needs more tasks than that).
+struct WritersOnEveryExecutor(Arc<ExecutorRegistry>);
+
+#[async_trait]
+impl DesiredTaskCountHandler for WritersOnEveryExecutor {
+    async fn handle(
+        &self,
+        ev: DesiredTaskCountEvent<'_>,
+    ) -> Option<Result<DesiredTaskCountEventResponse>> {
+        if !ev.plan.is::<ParallelWriteExec>() {
+            return None;
+        }
+        let executors = self.0.live_worker_urls().len().max(1);
+        Some(Ok(DesiredTaskCountEventResponse::desired(executors)))
+    }
+}
+
+/// The index of the task a plan fragment runs in, within its stage (0 outside distributed
+/// execution): names what the task writes.
+pub(crate) fn task_index(ctx: &Arc<TaskContext>) -> usize {
+    DistributedTaskContext::from_ctx(ctx).task_index
 }
 
 /// See [`coordinator_state`].
@@ -324,6 +354,7 @@ impl WorkerSessionBuilder for ExecutorSessions {
         }
         ctx.builder
             .set_distributed_channel_resolver(self.channels.clone());
+        ctx.builder.set_distributed_user_codec(QuiverCodec);
         // Requests this task makes to other executors carry the query's id and stage deadline.
         ctx.builder
             .set_distributed_passthrough_headers(quiver_headers(&ctx.headers))?;

@@ -178,17 +178,26 @@ pub(crate) fn in_process_engine(dir: &std::path::Path) -> super::QueryEngine {
         ClusterAuth::open(),
     )
     .expect("a coordinator session builds");
-    let catalog =
-        Catalog::load(Some(dir.join("catalog.toml")), vec![]).expect("an empty catalog loads");
+    let catalog = Arc::new(
+        Catalog::load(Some(dir.join("catalog.toml")), vec![]).expect("an empty catalog loads"),
+    );
     QueryEngine::new(
         SessionContext::new_with_state(state),
-        Arc::new(catalog),
+        Arc::clone(&catalog),
         registry,
         QueryLimits {
             timeout: None,
             stage_timeout: None,
             memory: Arc::new(QueryMemory::new(Arc::new(RuntimeEnv::default()), None)),
-            test_commit_pause: None,
+            writes: super::WriteSettings {
+                staging: Arc::new(crate::sink::staging::StagingCollector::new(
+                    Arc::clone(&catalog),
+                    Arc::new(RuntimeEnv::default()),
+                    Duration::from_secs(3600),
+                )),
+                target_file_bytes: crate::sink::DEFAULT_TARGET_FILE_BYTES,
+                test_commit_pause: None,
+            },
         },
         None,
         Admission::new(0, 0),

@@ -87,6 +87,8 @@ pub(super) async fn run(
         ddl: Some(statement.sql.clone()),
         managed: false,
         files: Vec::new(),
+        partition_by: Vec::new(),
+        schema: None,
     };
     if let Err(e) = guard.add(def) {
         // Keep memory and disk in agreement: what is not persisted does not exist.

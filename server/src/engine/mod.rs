@@ -9,9 +9,10 @@
 //!
 //! Statements ([`statement`]): queries, `EXPLAIN [ANALYZE]` ([`explain`], showing the distributed
 //! plan), the catalog DDL `CREATE EXTERNAL TABLE`, `CREATE VIEW`, `DROP TABLE`, `DROP VIEW`
-//! ([`ddl`], persisted in the catalog), and writes into managed tables ([`writes`]:
-//! `CREATE TABLE [AS]`, `INSERT INTO/OVERWRITE`, bulk ingest). `COPY` and `SET` answer
-//! `PermissionDenied`; other DDL and DML `Unimplemented`.
+//! ([`ddl`], persisted in the catalog), and writes ([`writes`]: `CREATE TABLE [AS]
+//! [PARTITIONED BY]`, `INSERT INTO/OVERWRITE`, `COPY … TO`, bulk ingest), which executors write
+//! in parallel and the coordinator commits once. `SET` answers `PermissionDenied`; other DDL and
+//! DML `Unimplemented`.
 //!
 //! Every plan that runs on the cluster (queries, `EXPLAIN ANALYZE`, every write's input) runs
 //! through the one [`run::PlanRunner`], which gives them all the same guarantees: admission and
@@ -30,7 +31,7 @@ mod writes;
 pub(crate) use api::in_process_engine;
 pub(crate) use api::{CatalogListing, QueryService, TableKind, TableListing};
 pub(crate) use statement::{Statement, StatementKind};
-pub(crate) use writes::{IfExists, IfMissing};
+pub(crate) use writes::{IfExists, IfMissing, WriteSettings};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,9 +90,8 @@ pub(crate) struct QueryLimits {
     pub(crate) stage_timeout: Option<Duration>,
     /// Each query's runtime and memory pool on the coordinator.
     pub(crate) memory: Arc<QueryMemory>,
-    /// Test only (`--test-commit-pause-ms`): every commit sleeps this long after the catalog
-    /// file is written, so a test can hang up in the middle of a commit.
-    pub(crate) test_commit_pause: Option<Duration>,
+    /// How writes roll their files (and the test-only commit pause).
+    pub(crate) writes: WriteSettings,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -122,7 +122,8 @@ impl QueryEngine {
             Arc::clone(&catalog),
             Arc::clone(&runner),
             warehouse,
-            limits.test_commit_pause,
+            locations.clone(),
+            limits.writes,
         );
         Self {
             ctx,
@@ -169,7 +170,7 @@ impl QueryService for QueryEngine {
                 Ok(0)
             }
             StatementKind::Write => {
-                let rows = self.writer.run_write(&statement.plan).await?;
+                let rows = self.writer.run_write(statement).await?;
                 Ok(i64::try_from(rows).unwrap_or(i64::MAX))
             }
             StatementKind::Query | StatementKind::Explain { .. } => {
@@ -201,6 +202,18 @@ impl QueryService for QueryEngine {
                     LogicalPlan::Explain(e) => Arc::clone(&e.plan),
                     LogicalPlan::Analyze(a) => Arc::clone(&a.input),
                     _ => return Err(QuiverError::Internal("explain without a plan".into())),
+                };
+                // A write explains as the plan it runs: where it writes, on how many tasks.
+                let inner = if statement::classify(&inner)? == StatementKind::Write {
+                    if analyze {
+                        return Err(QuiverError::Unsupported(
+                            "EXPLAIN ANALYZE of a write is not supported (it would write): use EXPLAIN".into(),
+                        ));
+                    }
+                    let write = statement.clone().with_plan(inner.as_ref().clone());
+                    Arc::new(self.writer.explain_plan(&write).await?)
+                } else {
+                    inner
                 };
                 let batch = explain::explain(&self.ctx, &self.runner, &inner, analyze).await?;
                 Ok(QueryStream {
@@ -242,6 +255,7 @@ impl QueryService for QueryEngine {
                     self.require_executors(&cmd.input)
                 }
                 LogicalPlan::Dml(dml) => self.require_executors(&dml.input),
+                LogicalPlan::Copy(copy) => self.require_executors(&copy.input),
                 _ => Ok(()),
             },
             StatementKind::Ddl | StatementKind::Explain { analyze: false } => Ok(()),
@@ -316,11 +330,16 @@ mod tests {
         assert_eq!(explain.kind, StatementKind::Explain { analyze: false });
         assert_eq!(explain.schema.fields().len(), 2);
 
+        // COPY plans as a write; without a [locations] copy_targets policy it may not run.
+        let copy = engine
+            .prepare("COPY (SELECT 1 AS a) TO '/tmp/never/' STORED AS PARQUET")
+            .await
+            .unwrap();
+        assert_eq!(copy.kind, StatementKind::Write);
+        let err = engine.execute_update(&copy).await.unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::PermissionDenied);
+        assert!(!std::path::Path::new("/tmp/never").exists());
         for (statement, code) in [
-            (
-                "COPY (SELECT 1) TO '/tmp/never.parquet'",
-                tonic::Code::PermissionDenied,
-            ),
             (
                 "SET datafusion.execution.batch_size = 1",
                 tonic::Code::PermissionDenied,

@@ -63,6 +63,9 @@ struct Attempts {
 /// of the attempt that produced it (for `EXPLAIN ANALYZE`).
 pub(crate) struct Completed<T> {
     pub(crate) value: T,
+    /// Whether an attempt was lost and the run started again (a write then has a dead
+    /// attempt's files to remove).
+    pub(crate) reran: bool,
     pub(crate) physical: Arc<dyn ExecutionPlan>,
     pub(crate) placements: Arc<TaskPlacements>,
 }
@@ -209,6 +212,7 @@ impl PlanRunner {
                 Ok(value) => {
                     return Ok(Completed {
                         value,
+                        reran: rerun,
                         physical: attempt.physical,
                         placements,
                     });

@@ -4,9 +4,11 @@
 //! ([`StatementKind`]), which decides how clients run it: queries and `EXPLAIN` return rows,
 //! DDL and writes return none (an empty schema, so JDBC runs them as updates). Planning runs
 //! nothing, DDL included. `?` placeholders become `$1..$n`; each is announced as one nullable
-//! field, typed where DataFusion inferred a type and Utf8 otherwise. Statements Quiver does not
-//! run are refused here with a code that says why: `COPY` and `SET`/`RESET` are
-//! `PermissionDenied`, temporary objects, other DDL and DML `Unimplemented`.
+//! field, typed where DataFusion inferred a type and Utf8 otherwise. `CREATE TABLE … PARTITIONED
+//! BY (col, …)` (Hive syntax, which DataFusion does not plan) is taken apart here: the partition
+//! columns are kept on the statement and the rest planned as usual. Statements Quiver does not
+//! run are refused here with a code that says why: `SET`/`RESET` are `PermissionDenied`,
+//! temporary objects, other DDL and DML `Unimplemented`.
 
 use std::sync::Arc;
 
@@ -15,6 +17,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as LogicalStatement, WriteOp};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    DataType as SqlDataType, HiveDistributionStyle, Statement as SqlStatement,
+};
 
 use crate::arrow_compat::{plain_schema, plain_type};
 use crate::error::{QuiverError, Result};
@@ -28,7 +34,7 @@ pub(crate) enum StatementKind {
     Query,
     /// Changes the catalog; returns no rows and an empty schema.
     Ddl,
-    /// Writes table data (`CREATE TABLE`, `INSERT`); returns a row count, not rows.
+    /// Writes data (`CREATE TABLE`, `INSERT`, `COPY`); returns a row count, not rows.
     Write,
     /// `EXPLAIN` / `EXPLAIN ANALYZE`: returns the plan as rows.
     Explain { analyze: bool },
@@ -54,13 +60,18 @@ pub(crate) struct Statement {
     /// bound value keeps its own type).
     typed: Vec<bool>,
     pub(super) plan: LogicalPlan,
+    /// `CREATE TABLE … PARTITIONED BY (…)`: the partition columns, in order.
+    pub(super) partition_by: Vec<String>,
 }
 
 impl Statement {
     /// Plans `sql` without running it or changing anything.
     pub(super) async fn plan(state: &SessionState, sql: &str) -> Result<Self> {
         let numbered = number_placeholders(sql);
-        let plan = state.create_logical_plan(&numbered).await?;
+        let dialect = state.config().options().sql_parser.dialect;
+        let mut parsed = state.sql_to_statement(&numbered, &dialect)?;
+        let partition_by = take_partition_by(&mut parsed)?;
+        let plan = state.statement_to_plan(parsed).await?;
         let kind = classify(&plan)?;
         let schema = match kind {
             StatementKind::Ddl | StatementKind::Write => Arc::new(Schema::empty()),
@@ -75,6 +86,7 @@ impl Statement {
             parameters,
             typed,
             plan,
+            partition_by,
         })
     }
 
@@ -126,6 +138,11 @@ impl Statement {
         Ok(statement)
     }
 
+    /// The same statement running `plan` (what an `EXPLAIN` explains).
+    pub(super) fn with_plan(self, plan: LogicalPlan) -> Self {
+        Self { plan, ..self }
+    }
+
     /// One nullable field per placeholder, named `$1..$n`; a type DataFusion could not infer from
     /// the query is announced as Utf8 (strings coerce to the type the query needs).
     pub(crate) fn parameter_schema(&self) -> SchemaRef {
@@ -136,7 +153,7 @@ impl Statement {
 pub(super) fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
     let unsupported = |what: &str| {
         Err(QuiverError::Unsupported(format!(
-            "{what} is not supported; Quiver runs queries, EXPLAIN, CREATE [EXTERNAL] TABLE, CREATE TABLE AS, INSERT INTO/OVERWRITE, CREATE VIEW and DROP TABLE/VIEW"
+            "{what} is not supported; Quiver runs queries, EXPLAIN, CREATE [EXTERNAL] TABLE, CREATE TABLE AS, INSERT INTO/OVERWRITE, COPY TO, CREATE VIEW and DROP TABLE/VIEW"
         )))
     };
     match plan {
@@ -159,11 +176,10 @@ pub(super) fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
         ) => Ok(StatementKind::Ddl),
         LogicalPlan::Ddl(other) => unsupported(other.name()),
         LogicalPlan::Dml(dml) => unsupported(&dml.op.to_string()),
-        // COPY writes files wherever the server can, and SET changes the shared session's
-        // runtime settings for every client: neither is a client's to do.
-        LogicalPlan::Copy(_) => Err(QuiverError::PermissionDenied(
-            "COPY writes files on the server and is not allowed; read results through Flight SQL, or write tables with CREATE TABLE AS / INSERT".into(),
-        )),
+        // COPY writes where the server's location policy allows, checked when it runs.
+        LogicalPlan::Copy(_) => Ok(StatementKind::Write),
+        // SET changes the shared session's runtime settings for every client: not a client's
+        // to do.
         LogicalPlan::Statement(
             LogicalStatement::SetVariable(_) | LogicalStatement::ResetVariable(_),
         ) => {
@@ -178,6 +194,47 @@ pub(super) fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
         LogicalPlan::Analyze(_) => Ok(StatementKind::Explain { analyze: true }),
         _ => Ok(StatementKind::Query),
     }
+}
+
+/// Removes the Hive `PARTITIONED BY (col, …)` clause of a `CREATE TABLE` (DataFusion refuses to
+/// plan it) and returns its column names. Types given there must be the column's own: the
+/// columns are declared in the column list (or come from the query).
+fn take_partition_by(statement: &mut DFStatement) -> Result<Vec<String>> {
+    let DFStatement::Statement(inner) = statement else {
+        return Ok(Vec::new());
+    };
+    let SqlStatement::CreateTable(create) = inner.as_mut() else {
+        return Ok(Vec::new());
+    };
+    let HiveDistributionStyle::PARTITIONED { columns } =
+        std::mem::replace(&mut create.hive_distribution, HiveDistributionStyle::NONE)
+    else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = Vec::new();
+    for column in columns {
+        let name = column.name.value.clone();
+        if names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            return Err(QuiverError::InvalidArgument(format!(
+                "PARTITIONED BY names column '{name}' twice"
+            )));
+        }
+        let declared = create
+            .columns
+            .iter()
+            .find(|c| c.name.value.eq_ignore_ascii_case(&name));
+        match (declared, &column.data_type) {
+            // Hive style: the partition column is declared here only; move it to the columns.
+            (None, data_type)
+                if create.query.is_none() && !matches!(data_type, SqlDataType::Unspecified) =>
+            {
+                create.columns.push(column.clone());
+            }
+            _ => {}
+        }
+        names.push(name);
+    }
+    Ok(names)
 }
 
 /// The statement's placeholders as `$1..$n` fields, in position order, each with whether its

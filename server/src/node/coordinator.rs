@@ -17,7 +17,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::cluster::distributed;
 use crate::cluster::membership::{ClusterServiceImpl, ExecutorRegistry};
 use crate::config::LocationPolicy;
-use crate::engine::{QueryEngine, QueryLimits};
+use crate::engine::{QueryEngine, QueryLimits, WriteSettings};
 use crate::error::{QuiverError, Result};
 use crate::frontdoor::FrontDoor;
 use crate::node::net::{self, ServerHandle};
@@ -25,6 +25,8 @@ use crate::planner::settings;
 use crate::resources::{Admission, QueryMemory, ResourceLimits};
 use crate::security::auth::{AuthConfig, Authenticated, Authenticator};
 use crate::security::cluster_auth::{ClusterAuth, Verified};
+use crate::sink::MIN_TARGET_FILE_BYTES;
+use crate::sink::staging::StagingCollector;
 use crate::storage::catalog::{Catalog, TableDef};
 use crate::storage::warehouse::Warehouse;
 use crate::task::AbortOnDrop;
@@ -53,6 +55,12 @@ pub struct CoordinatorConfig {
     pub stage_timeout: Option<Duration>,
     /// Test only: every commit sleeps this long after its catalog write (`--test-commit-pause-ms`).
     pub test_commit_pause: Option<Duration>,
+    /// Writes start a new file once one reaches this size.
+    pub target_file_bytes: u64,
+    /// How long the write journal keeps a write after it started, and how often the staging
+    /// collector runs (see `sink::staging`).
+    pub staging_grace: Duration,
+    pub staging_interval: Duration,
     /// Client authentication; `None` accepts every client (loopback only unless `insecure`).
     pub auth: Option<AuthConfig>,
     /// Where `CREATE EXTERNAL TABLE` may point; `None` allows any location.
@@ -99,6 +107,16 @@ impl TlsFiles {
 
 impl CoordinatorConfig {
     pub fn validate(&self) -> Result<()> {
+        if self.target_file_bytes < MIN_TARGET_FILE_BYTES {
+            return Err(QuiverError::InvalidArgument(format!(
+                "--target-file-bytes must be at least {MIN_TARGET_FILE_BYTES}"
+            )));
+        }
+        if self.staging_interval.is_zero() {
+            return Err(QuiverError::InvalidArgument(
+                "--staging-interval-secs must be positive".into(),
+            ));
+        }
         if self.heartbeat_interval.is_zero() || self.executor_timeout <= self.heartbeat_interval {
             return Err(QuiverError::InvalidArgument(format!(
                 "the executor timeout ({:?}) must be longer than the heartbeat interval ({:?})",
@@ -137,6 +155,7 @@ pub struct RunningCoordinator {
     server: ServerHandle,
     _local_cluster_server: Option<ServerHandle>,
     _reaper: AbortOnDrop,
+    _collector: AbortOnDrop,
 }
 
 impl RunningCoordinator {
@@ -213,6 +232,16 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         );
     }
 
+    // What a crashed or failed write left goes now (no write of an earlier process can commit
+    // any more), then periodically.
+    let staging = Arc::new(StagingCollector::new(
+        Arc::clone(&catalog),
+        ctx.runtime_env(),
+        config.staging_grace,
+    ));
+    staging.collect().await;
+    let collector = Arc::clone(&staging).run_periodically(config.staging_interval);
+
     let warehouse = config
         .warehouse
         .as_deref()
@@ -226,7 +255,11 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
             timeout: config.query_timeout,
             stage_timeout: config.stage_timeout,
             memory,
-            test_commit_pause: config.test_commit_pause,
+            writes: WriteSettings {
+                staging,
+                target_file_bytes: config.target_file_bytes,
+                test_commit_pause: config.test_commit_pause,
+            },
         },
         warehouse,
         Admission::new(config.max_concurrent_queries, config.max_queued_queries),
@@ -297,5 +330,6 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         server,
         _local_cluster_server: local_cluster_server,
         _reaper: reaper,
+        _collector: collector,
     })
 }

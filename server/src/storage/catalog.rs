@@ -3,16 +3,31 @@
 //! Tables come from three places: `--table NAME[:FORMAT]=URL` flags (fixed for the life of the
 //! process), the TOML catalog file given with `--catalog`, and SQL (`CREATE EXTERNAL TABLE`,
 //! `CREATE VIEW`, `DROP TABLE`, `DROP VIEW`), which the coordinator persists into the catalog
-//! file. Every table is registered
-//! in DataFusion through a `CREATE EXTERNAL TABLE` statement, so flag, file and SQL tables behave
-//! the same; tables created with SQL are stored as the statement the user ran, so nothing
-//! (explicit columns, options, partition columns) is lost on restart.
+//! file. External tables are registered in DataFusion through a `CREATE EXTERNAL TABLE`
+//! statement, so flag, file and SQL tables behave the same; tables created with SQL are stored as
+//! the statement the user ran, so nothing (explicit columns, options, partition columns) is lost
+//! on restart.
+//!
+//! Managed tables (written by Quiver: `CREATE TABLE AS`, `INSERT`, bulk ingest) are different:
+//! the entry lists the table's data files ([`ManagedFile`], paths relative to `url`, possibly in
+//! hive partition directories, see [`crate::storage::hive`]), its partition columns and its Arrow
+//! schema, and the table is exactly those files
+//! ([`crate::storage::managed_table::ManagedTable`]). The directory may hold other files
+//! (uncommitted or replaced ones); they are not part of the table.
+//!
+//! Writes that have started but not finished are journaled in `pending_writes`
+//! ([`PendingWrite`]): after a crash, the files a pending write staged under its location and
+//! that no table references ([`CatalogGuard::referenced_files`]) can be cleaned up.
 //!
 //! Invariants:
 //! * the catalog file is replaced atomically (temp file, fsync, rename, fsync of the directory),
-//!   so a crash leaves either the old or the new catalog, never a torn one;
-//! * DDL is serialized by [`Catalog::lock`]; the file is written only after DataFusion accepted
-//!   the statement, and a failed write undoes the registration.
+//!   so a crash leaves either the old or the new catalog, never a torn one; tables and the
+//!   pending-write journal change together in one such write;
+//! * DDL and commits are serialized by [`Catalog::lock`]; the file is written only after
+//!   DataFusion accepted the statement, and a failed write undoes the registration;
+//! * catalogs written by earlier versions still load: a managed file given as a plain string is
+//!   a file of unknown size and row count, and a managed table without a stored schema takes the
+//!   schema of its first file.
 //!
 //! ```toml
 //! [[tables]]
@@ -20,29 +35,41 @@
 //! url = "s3://taxi/trips/"
 //! format = "parquet"
 //!
+//! [[tables]]
+//! name = "events"
+//! url = "/var/lib/quiver/warehouse/events/"
+//! format = "parquet"
+//! managed = true
+//! partition_by = ["day"]
+//! schema = "/////…"  # base64 of an Arrow IPC stream holding only the schema
+//! files = [{ path = "day=2024-01-01/part-0a1b….parquet", rows = 1000, bytes = 52311 }]
+//!
 //! [object_stores."s3://taxi"]
 //! endpoint = "http://127.0.0.1:9000"
 //! region = "us-east-1"
 //! allow_http = "true"
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use datafusion::catalog::TableProvider;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use url::Url;
 
 use crate::error::{QuiverError, Result};
+use crate::storage::hive;
+use crate::storage::managed_table::ManagedTable;
 use crate::storage::object_stores::{self, StoreOptions};
 
 /// File formats a table can be stored in.
@@ -116,7 +143,81 @@ pub struct TableDef {
     pub managed: bool,
     /// A managed table's data files, relative to `url`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<String>,
+    pub files: Vec<ManagedFile>,
+    /// A managed table's hive partition columns, outermost directory first; they are the last
+    /// columns of `schema`, in this order, and are not stored inside the files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+    /// A managed table's full Arrow schema (partition columns last): base64 of an Arrow IPC
+    /// stream holding only the schema. `None` in catalogs of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+}
+
+/// One data file of a managed table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ManagedFileEntry")]
+pub struct ManagedFile {
+    /// Relative to the table's `url`, e.g. `day=2024-01-01/part-….parquet`.
+    pub path: String,
+    /// Rows in the file; 0 when unknown (catalogs of earlier versions).
+    pub rows: u64,
+    /// The file's exact size in bytes; 0 when unknown (catalogs of earlier versions).
+    pub bytes: u64,
+}
+
+impl ManagedFile {
+    /// A file whose row count and size are not known (they are looked up when needed).
+    pub fn unknown_size(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// The forms a managed file takes in a catalog file: earlier versions wrote the bare path.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ManagedFileEntry {
+    Legacy(String),
+    Full {
+        path: String,
+        #[serde(default)]
+        rows: u64,
+        #[serde(default)]
+        bytes: u64,
+    },
+}
+
+impl From<ManagedFileEntry> for ManagedFile {
+    fn from(entry: ManagedFileEntry) -> Self {
+        match entry {
+            ManagedFileEntry::Legacy(path) => Self::unknown_size(path),
+            ManagedFileEntry::Full { path, rows, bytes } => Self { path, rows, bytes },
+        }
+    }
+}
+
+/// A write that has started (and may have staged files under `location`) but has not finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PendingWrite {
+    pub id: String,
+    /// The table directory the write stages its files in.
+    pub location: String,
+    pub kind: PendingKind,
+    pub started_unix_ms: u64,
+}
+
+/// What a pending write produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PendingKind {
+    /// Files of a managed table (CREATE TABLE AS, INSERT, bulk ingest).
+    Table,
+    /// Files of a `COPY … TO`, which no table references.
+    Copy,
 }
 
 impl TableDef {
@@ -144,12 +245,23 @@ impl TableDef {
             ddl: None,
             managed: false,
             files: Vec::new(),
+            partition_by: Vec::new(),
+            schema: None,
         })
     }
 
-    /// A managed table of Parquet `files` in the warehouse directory `location`.
-    pub fn managed(name: &str, location: &str, files: Vec<String>) -> Self {
-        Self {
+    /// A managed table of Parquet `files` in the warehouse directory `location`, with its full
+    /// `schema`: the partition columns `partition_by` are its last columns, in that order, and
+    /// are of a type a directory name can hold (`hive::check_partition_type`).
+    pub fn managed(
+        name: &str,
+        location: &str,
+        files: Vec<ManagedFile>,
+        schema: &Schema,
+        partition_by: Vec<String>,
+    ) -> Result<Self> {
+        check_partition_columns(name, schema, &partition_by)?;
+        Ok(Self {
             name: name.to_string(),
             url: location.to_string(),
             format: Some(TableFormat::Parquet),
@@ -157,7 +269,27 @@ impl TableDef {
             ddl: None,
             managed: true,
             files,
-        }
+            partition_by,
+            schema: Some(encode_schema(schema)?),
+        })
+    }
+
+    /// A managed table's stored schema (`None` for tables of earlier versions, whose schema is
+    /// that of their files).
+    pub fn table_schema(&self) -> Result<Option<SchemaRef>> {
+        let Some(encoded) = &self.schema else {
+            return Ok(None);
+        };
+        let undecodable = |e: &dyn std::fmt::Display| {
+            QuiverError::InvalidArgument(format!(
+                "table '{}': the stored schema does not decode: {e}",
+                self.name
+            ))
+        };
+        let bytes = BASE64.decode(encoded).map_err(|e| undecodable(&e))?;
+        let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| undecodable(&e))?;
+        Ok(Some(reader.schema()))
     }
 
     /// The statement that registers this table in DataFusion.
@@ -199,6 +331,48 @@ pub fn absolute_location(location: &str) -> Result<String> {
     Ok(s)
 }
 
+/// Partition columns name distinct columns that end the schema, in order, with types a directory
+/// name can hold.
+pub(crate) fn check_partition_columns(
+    table: &str,
+    schema: &Schema,
+    partition_by: &[String],
+) -> Result<()> {
+    let fields = schema.fields();
+    if partition_by.len() > fields.len() {
+        return Err(QuiverError::InvalidArgument(format!(
+            "table '{table}' has {} columns and cannot be partitioned by {} columns",
+            fields.len(),
+            partition_by.len()
+        )));
+    }
+    let tail = &fields[fields.len() - partition_by.len()..];
+    for (i, (column, field)) in partition_by.iter().zip(tail).enumerate() {
+        if partition_by[..i].contains(column) {
+            return Err(QuiverError::InvalidArgument(format!(
+                "table '{table}': partition column '{column}' is named twice"
+            )));
+        }
+        if field.name() != column {
+            return Err(QuiverError::InvalidArgument(format!(
+                "table '{table}': partition columns ({}) must be the last columns of the schema, in order; found '{}' where '{column}' belongs",
+                partition_by.join(", "),
+                field.name()
+            )));
+        }
+        hive::check_partition_type(column, field.data_type())?;
+    }
+    Ok(())
+}
+
+/// The schema as base64 of an Arrow IPC stream with no batches: compact, exact (every Arrow
+/// type and metadata), and readable by any Arrow implementation.
+fn encode_schema(schema: &Schema) -> Result<String> {
+    let mut writer = StreamWriter::try_new(Vec::new(), schema)?;
+    writer.finish()?;
+    Ok(BASE64.encode(writer.into_inner()?))
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -214,6 +388,9 @@ pub(crate) struct CatalogFile {
     pub tables: Vec<TableDef>,
     #[serde(default)]
     pub object_stores: BTreeMap<String, StoreOptions>,
+    /// Writes started and not yet finished (committed or cleaned up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_writes: Vec<PendingWrite>,
 }
 
 impl CatalogFile {
@@ -396,8 +573,8 @@ async fn register(ctx: &SessionContext, table: &TableDef, file: &CatalogFile) ->
     Ok(())
 }
 
-/// Registers (or re-registers) a managed table: a Parquet listing of exactly its committed files,
-/// read with the session's Parquet options (so strings stay plain Utf8, as everywhere).
+/// Registers (or re-registers) a managed table: exactly its committed files, read with the
+/// session's Parquet options (so strings stay plain Utf8, as everywhere).
 pub(crate) async fn register_managed(ctx: &SessionContext, table: &TableDef) -> Result<()> {
     let provider = managed_provider(ctx, table).await?;
     register_provider(ctx, &table.name, provider)
@@ -415,28 +592,13 @@ pub(crate) fn register_provider(
 }
 
 /// The table provider of a managed table: everything registering it needs that can fail or
-/// wait (it reads a footer), so a commit can do it before it changes anything.
+/// wait (it may read a footer and look up file sizes), so a commit can do it before it changes
+/// anything.
 pub(crate) async fn managed_provider(
     ctx: &SessionContext,
     table: &TableDef,
 ) -> Result<Arc<dyn TableProvider>> {
-    let urls = table
-        .files
-        .iter()
-        .map(|f| ListingTableUrl::parse(format!("{}{f}", table.url)))
-        .collect::<datafusion::error::Result<Vec<_>>>()?;
-    let first = urls.first().ok_or_else(|| {
-        QuiverError::Internal(format!("managed table '{}' has no files", table.name))
-    })?;
-    let state = ctx.state();
-    let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-    let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
-    // Every file of a managed table has the table's schema: read one footer, not all.
-    let schema = options.infer_schema(&state, first).await?;
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(schema);
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    Ok(Arc::new(ManagedTable::try_new(&ctx.state(), table).await?))
 }
 
 /// Exclusive access to the catalog for one DDL statement or commit.
@@ -484,6 +646,42 @@ impl CatalogGuard {
             return Ok(());
         }
         self.commit(next)
+    }
+
+    /// Journals a write that is about to stage files (replacing an entry with the same id) and
+    /// writes the catalog file.
+    pub(crate) fn add_pending(&mut self, write: PendingWrite) -> Result<()> {
+        let mut next = self.file.clone();
+        next.pending_writes.retain(|w| w.id != write.id);
+        next.pending_writes.push(write);
+        self.commit(next)
+    }
+
+    /// Forgets a pending write (committed or cleaned up) and writes the catalog file; unknown
+    /// ids are a no-op.
+    pub(crate) fn remove_pending(&mut self, id: &str) -> Result<()> {
+        if !self.file.pending_writes.iter().any(|w| w.id == id) {
+            return Ok(());
+        }
+        let mut next = self.file.clone();
+        next.pending_writes.retain(|w| w.id != id);
+        self.commit(next)
+    }
+
+    /// The writes journaled as started and not finished.
+    pub(crate) fn pending(&self) -> Vec<PendingWrite> {
+        self.file.pending_writes.clone()
+    }
+
+    /// The paths (relative to `location`) of every file a managed table at `location` lists:
+    /// the files a cleanup of `location` must keep.
+    pub(crate) fn referenced_files(&self, location: &str) -> HashSet<String> {
+        self.file
+            .tables
+            .iter()
+            .filter(|t| t.managed && t.url == location)
+            .flat_map(|t| t.files.iter().map(|f| f.path.clone()))
+            .collect()
     }
 
     fn commit(&mut self, next: CatalogFile) -> Result<()> {
@@ -536,6 +734,8 @@ mod tests {
                     ),
                     managed: false,
                     files: Vec::new(),
+                    partition_by: Vec::new(),
+                    schema: None,
                 })
                 .unwrap();
         }
@@ -558,6 +758,165 @@ mod tests {
         assert!(matches!(
             CatalogFile::read(&path),
             Err(QuiverError::Catalog { .. })
+        ));
+    }
+
+    fn events_schema() -> Schema {
+        use arrow::datatypes::{DataType, Field};
+        Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("payload", DataType::Utf8View, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("region", DataType::Utf8, true),
+        ])
+        .with_metadata([("origin".to_string(), "test".to_string())].into())
+    }
+
+    #[tokio::test]
+    async fn managed_tables_and_pending_writes_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.toml");
+        let schema = events_schema();
+        let files = vec![
+            ManagedFile {
+                path: "day=2024-01-01/region=eu/part-1.parquet".into(),
+                rows: 10,
+                bytes: 1234,
+            },
+            ManagedFile {
+                path: format!(
+                    "day=2024-01-02/region={}/part-2.parquet",
+                    hive::NULL_PARTITION
+                ),
+                rows: 3,
+                bytes: 99,
+            },
+        ];
+        let def = TableDef::managed(
+            "events",
+            "/wh/events/",
+            files.clone(),
+            &schema,
+            vec!["day".into(), "region".into()],
+        )
+        .unwrap();
+        let pending = PendingWrite {
+            id: "w-1".into(),
+            location: "/wh/events/".into(),
+            kind: PendingKind::Table,
+            started_unix_ms: 1_700_000_000_000,
+        };
+        let catalog = Arc::new(Catalog::load(Some(path.clone()), vec![]).unwrap());
+        {
+            let mut guard = catalog.lock().await;
+            guard.add(def.clone()).unwrap();
+            guard.add_pending(pending.clone()).unwrap();
+            guard
+                .add_pending(PendingWrite {
+                    id: "w-2".into(),
+                    location: "/wh/out/".into(),
+                    kind: PendingKind::Copy,
+                    started_unix_ms: 1,
+                })
+                .unwrap();
+            guard.remove_pending("w-2").unwrap();
+            guard.remove_pending("never-started").unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("kind = \"table\""), "{text}");
+
+        let reloaded = Arc::new(Catalog::load(Some(path.clone()), vec![]).unwrap());
+        let guard = reloaded.lock().await;
+        let table = guard.get("events").unwrap();
+        assert_eq!(table, &def);
+        assert_eq!(table.files, files);
+        assert_eq!(table.partition_by, ["day", "region"]);
+        assert_eq!(table.table_schema().unwrap().unwrap().as_ref(), &schema);
+        assert_eq!(guard.pending(), vec![pending]);
+        let referenced = guard.referenced_files("/wh/events/");
+        assert_eq!(referenced.len(), 2);
+        assert!(referenced.contains("day=2024-01-01/region=eu/part-1.parquet"));
+        assert!(guard.referenced_files("/wh/other/").is_empty());
+    }
+
+    #[test]
+    fn catalogs_of_earlier_versions_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[tables]]
+name = "old"
+url = "/wh/old/"
+format = "parquet"
+managed = true
+files = ["part-a.parquet", "part-b.parquet"]
+
+[[tables]]
+name = "ext"
+url = "s3://b/ext/"
+"#,
+        )
+        .unwrap();
+        let file = CatalogFile::read(&path).unwrap();
+        let old = &file.tables[0];
+        assert_eq!(
+            old.files,
+            vec![
+                ManagedFile::unknown_size("part-a.parquet"),
+                ManagedFile::unknown_size("part-b.parquet")
+            ]
+        );
+        assert!(old.partition_by.is_empty());
+        assert!(old.table_schema().unwrap().is_none());
+        assert!(file.pending_writes.is_empty());
+        // Written back in the new form, which reads back the same.
+        file.write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("path = \"part-a.parquet\""), "{text}");
+        assert!(!text.contains("pending_writes"), "{text}");
+        assert_eq!(CatalogFile::read(&path).unwrap(), file);
+    }
+
+    #[test]
+    fn partition_columns_are_checked() {
+        let schema = events_schema();
+        let make = |cols: &[&str]| {
+            TableDef::managed(
+                "t",
+                "/wh/t/",
+                vec![],
+                &schema,
+                cols.iter().map(|c| c.to_string()).collect(),
+            )
+        };
+        make(&[]).unwrap();
+        make(&["region"]).unwrap();
+        make(&["day", "region"]).unwrap();
+        for bad in [
+            &["day"][..],
+            &["region", "day"],
+            &["nope"],
+            &["region", "region"],
+            &["id", "payload", "day", "region", "x"],
+        ] {
+            let e = make(bad).unwrap_err();
+            assert!(matches!(e, QuiverError::InvalidArgument(_)), "{bad:?}: {e}");
+        }
+        let doubles = Schema::new(vec![arrow::datatypes::Field::new(
+            "price",
+            arrow::datatypes::DataType::Float64,
+            true,
+        )]);
+        let e =
+            TableDef::managed("t", "/wh/t/", vec![], &doubles, vec!["price".into()]).unwrap_err();
+        assert!(e.to_string().contains("Float64"), "{e}");
+        let mut broken = make(&[]).unwrap();
+        broken.schema = Some("not base64!".into());
+        assert!(matches!(
+            broken.table_schema(),
+            Err(QuiverError::InvalidArgument(_))
         ));
     }
 }

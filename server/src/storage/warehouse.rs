@@ -1,43 +1,26 @@
 //! The warehouse: where managed tables (`CREATE TABLE`, `INSERT`, bulk ingest) keep their files.
 //!
 //! Contract:
-//! * every write produces complete, immutable Parquet files with fresh names; nothing is ever
-//!   rewritten in place;
-//! * a file becomes visible under its final name only once complete: locally it is written to a
-//!   hidden temp file, fsynced, renamed and the directory fsynced; on S3 it is a multipart upload
-//!   that exists only once completed. A failed or cancelled write removes its temp file;
-//! * files are not part of a table until the catalog lists them ([`crate::storage::catalog`] commits after
-//!   the files are durable), so readers never see a partial file or a partial write, and a
-//!   write that fails before its commit leaves nothing visible (at worst an unreferenced file).
+//! * each table has a directory ([`Warehouse::table_location`]); writes add complete, immutable
+//!   files with fresh names to it ([`crate::sink`] writes them, on the executors); nothing is
+//!   ever rewritten in place;
+//! * files are not part of a table until the catalog lists them ([`crate::storage::catalog`]
+//!   commits after the files are durable), so readers never see a partial file or a partial
+//!   write, and a write that fails before its commit leaves nothing visible (its files are
+//!   removed, or collected later by [`crate::sink::staging`]);
+//! * files the catalog stopped listing (replaced, dropped) are deleted by [`Warehouse::delete`].
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use futures::{Stream, StreamExt};
 use object_store::ObjectStoreExt;
-use object_store::buffered::BufWriter;
-use object_store::path::Path as ObjectPath;
-use parquet::arrow::AsyncArrowWriter;
-use parquet::arrow::async_writer::AsyncFileWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use url::Url;
 
 use crate::error::{QuiverError, Result};
+use crate::storage::managed_table::data_file_path;
 use crate::storage::object_stores::{self, StoreOptions};
-use crate::task;
-
-/// A data file that was written and is durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DataFile {
-    /// The file's name inside its table directory.
-    pub name: String,
-    pub rows: u64,
-}
 
 /// The warehouse root: a local directory or an object-store prefix.
 #[derive(Debug, Clone)]
@@ -98,36 +81,6 @@ impl Warehouse {
         }
     }
 
-    /// Writes `batches` (all in `schema`) as one new Parquet file under `table_location`.
-    /// With no rows the file still holds the schema.
-    pub(crate) async fn write(
-        &self,
-        runtime: &RuntimeEnv,
-        options: &StoreOptions,
-        table_location: &str,
-        schema: SchemaRef,
-        batches: impl Stream<Item = Result<RecordBatch>> + Send,
-    ) -> Result<DataFile> {
-        let name = format!("part-{}.parquet", uuid::Uuid::new_v4().simple());
-        match &self.location {
-            Location::Local(_) => {
-                let dir = PathBuf::from(table_location);
-                write_local(&dir, &name, schema, batches).await
-            }
-            Location::Remote { store_root, .. } => {
-                object_stores::ensure_registered(runtime, store_root, options)?;
-                let store = runtime.object_store(ObjectStoreUrl::parse(store_root.as_str())?)?;
-                let url = Url::parse(&format!("{table_location}{name}"))
-                    .map_err(|e| QuiverError::Internal(format!("data file URL: {e}")))?;
-                let path = ObjectPath::from_url_path(url.path())
-                    .map_err(|e| QuiverError::Internal(format!("data file path: {e}")))?;
-                let writer = BufWriter::new(Arc::clone(&store), path);
-                let rows = write_parquet(writer, schema, batches).await?;
-                Ok(DataFile { name, rows })
-            }
-        }
-    }
-
     /// Deletes files no table refers to any more. Best effort: a leftover file is unreferenced
     /// and harmless, so failures are logged, not returned.
     pub(crate) async fn delete(
@@ -164,8 +117,8 @@ async fn delete_remote(
     let store = runtime
         .object_store(ObjectStoreUrl::parse(store_root.as_str()).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
-    let url = Url::parse(&format!("{table_location}{name}")).map_err(|e| e.to_string())?;
-    let path = ObjectPath::from_url_path(url.path()).map_err(|e| e.to_string())?;
+    let dir = ListingTableUrl::parse(table_location).map_err(|e| e.to_string())?;
+    let path = data_file_path(dir.prefix(), name).map_err(|e| e.to_string())?;
     store.delete(&path).await.map_err(|e| e.to_string())
 }
 
@@ -185,143 +138,34 @@ fn directory_name(table: &str) -> String {
     if name.is_empty() { "_".into() } else { name }
 }
 
-fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build()
-}
-
-async fn write_parquet<W: AsyncFileWriter>(
-    writer: W,
-    schema: SchemaRef,
-    batches: impl Stream<Item = Result<RecordBatch>> + Send,
-) -> Result<u64> {
-    let mut writer = AsyncArrowWriter::try_new(writer, schema, Some(writer_properties()))
-        .map_err(|e| QuiverError::Internal(format!("parquet writer: {e}")))?;
-    let mut rows = 0u64;
-    let mut batches = std::pin::pin!(batches);
-    while let Some(batch) = batches.next().await {
-        let batch = batch?;
-        rows += batch.num_rows() as u64;
-        writer
-            .write(&batch)
-            .await
-            .map_err(|e| QuiverError::Internal(format!("writing parquet: {e}")))?;
-    }
-    writer
-        .close()
-        .await
-        .map_err(|e| QuiverError::Internal(format!("finishing parquet: {e}")))?;
-    Ok(rows)
-}
-
-/// Removes a temp file unless disarmed: covers errors and cancelled (dropped) writes alike.
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-async fn write_local(
-    dir: &Path,
-    name: &str,
-    schema: SchemaRef,
-    batches: impl Stream<Item = Result<RecordBatch>> + Send,
-) -> Result<DataFile> {
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| QuiverError::io(format!("creating {}", dir.display()), e))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let final_path = dir.join(name);
-    let mut guard = RemoveOnDrop(Some(tmp.clone()));
-    let file = tokio::fs::File::create(&tmp)
-        .await
-        .map_err(|e| QuiverError::io(format!("creating {}", tmp.display()), e))?;
-    let rows = write_parquet(file, schema, batches).await?;
-    let (tmp_for_sync, final_for_sync, dir_for_sync) =
-        (tmp.clone(), final_path.clone(), dir.to_path_buf());
-    task::spawn_blocking("fsync", move || -> std::io::Result<()> {
-        std::fs::File::open(&tmp_for_sync)?.sync_all()?;
-        std::fs::rename(&tmp_for_sync, &final_for_sync)?;
-        std::fs::File::open(&dir_for_sync)?.sync_all()
-    })
-    .await?
-    .map_err(|e| QuiverError::io(format!("making {} durable", final_path.display()), e))?;
-    guard.0 = None;
-    Ok(DataFile {
-        name: name.to_string(),
-        rows,
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use arrow::array::Int64Array;
-    use arrow::datatypes::{DataType, Field, Schema};
-    use futures::stream;
-
     use super::*;
 
-    fn batch(schema: &SchemaRef, values: Vec<i64>) -> RecordBatch {
-        RecordBatch::try_new(Arc::clone(schema), vec![Arc::new(Int64Array::from(values))]).unwrap()
-    }
-
     #[tokio::test]
-    async fn local_writes_are_complete_or_absent() {
+    async fn table_directories_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let warehouse = Warehouse::new(&dir.path().display().to_string()).unwrap();
         let runtime = RuntimeEnv::default();
-        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
         let location = warehouse.table_location("My Table");
         assert!(location.ends_with("/my_table/"), "{location}");
-
-        let ok = stream::iter(vec![
-            Ok(batch(&schema, vec![1, 2])),
-            Ok(batch(&schema, vec![3])),
-        ]);
-        let file = warehouse
-            .write(
-                &runtime,
-                &StoreOptions::new(),
-                &location,
-                Arc::clone(&schema),
-                ok,
-            )
-            .await
-            .unwrap();
-        assert_eq!(file.rows, 3);
-        let entries: Vec<String> = std::fs::read_dir(&location)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(entries, vec![file.name.clone()]);
-
-        // A failing input leaves nothing behind.
-        let failing = stream::iter(vec![
-            Ok(batch(&schema, vec![1])),
-            Err(QuiverError::InvalidArgument("boom".into())),
-        ]);
-        let err = warehouse
-            .write(
-                &runtime,
-                &StoreOptions::new(),
-                &location,
-                Arc::clone(&schema),
-                failing,
-            )
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("boom"));
-        assert_eq!(std::fs::read_dir(&location).unwrap().count(), 1);
-
+        std::fs::create_dir_all(format!("{location}p=a%2Fb")).unwrap();
+        std::fs::write(format!("{location}p=a%2Fb/part-1.parquet"), b"x").unwrap();
+        std::fs::write(format!("{location}part-2.parquet"), b"x").unwrap();
         warehouse
-            .delete(&runtime, &StoreOptions::new(), &location, &[file.name])
+            .delete(
+                &runtime,
+                &StoreOptions::new(),
+                &location,
+                &[
+                    "p=a%2Fb/part-1.parquet".into(),
+                    "part-2.parquet".into(),
+                    "gone".into(),
+                ],
+            )
             .await;
-        assert_eq!(std::fs::read_dir(&location).unwrap().count(), 0);
+        assert!(!std::path::Path::new(&format!("{location}part-2.parquet")).exists());
+        assert!(!std::path::Path::new(&format!("{location}p=a%2Fb/part-1.parquet")).exists());
         assert!(Warehouse::new("relative/dir").is_err());
     }
 }

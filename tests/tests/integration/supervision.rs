@@ -321,75 +321,20 @@ async fn the_query_deadline_bounds_writes_and_explain_analyze() {
     );
 }
 
-/// The managed tables of a catalog file: name -> (directory, files). The catalog is TOML written
-/// by Quiver (`[[tables]]` with `name`, `url`, `managed`, `files`); read without a TOML crate.
+/// The managed tables of a catalog file: name -> (directory, files).
 fn managed_tables(catalog: &Path) -> BTreeMap<String, (PathBuf, Vec<String>)> {
-    let text = std::fs::read_to_string(catalog)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", catalog.display()));
-    let mut tables = BTreeMap::new();
-    for section in text.split("[[tables]]").skip(1) {
-        // Up to the next table of another kind ([object_stores…]).
-        let section = section.split("\n[").next().unwrap_or_default();
-        let value = |key: &str| {
-            section.lines().find_map(|line| {
-                let (k, v) = line.split_once('=')?;
-                (k.trim() == key).then(|| v.trim().to_string())
-            })
-        };
-        if value("managed").as_deref() != Some("true") {
-            continue;
-        }
-        let name = strings(&value("name").expect("a name"))
-            .pop()
-            .expect("a quoted name");
-        let url = strings(&value("url").expect("a url")).pop().expect("a url");
-        // `files = [ … ]`, on one line or several.
-        let files = section
-            .split_once("files")
-            .and_then(|(_, rest)| rest.split_once('['))
-            .and_then(|(_, rest)| rest.split_once(']'))
-            .map(|(list, _)| strings(list))
-            .unwrap_or_default();
-        tables.insert(name, (PathBuf::from(url), files));
-    }
-    tables
+    quiver_tests::catalog::managed_tables(catalog)
+        .into_iter()
+        .map(|(name, table)| (name, (table.dir, table.files)))
+        .collect()
 }
 
-/// The double- or single-quoted TOML strings in `s` (Quiver's names and paths need no escapes
-/// beyond `\\` and `\"`).
-fn strings(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '"' && c != '\'' {
-            continue;
-        }
-        let quote = c;
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' if quote == '"' => value.extend(chars.next()),
-                c if c == quote => break,
-                c => value.push(c),
-            }
-        }
-        out.push(value);
-    }
-    out
-}
-
-/// The names of the Parquet files (temporary ones included) in `dir`.
+/// The Parquet files (temporary ones included) under `dir`, relative to it.
 fn parquet_files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .filter(|name| name.contains(".parquet"))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    quiver_tests::catalog::files_under(dir)
+        .into_iter()
+        .filter(|name| name.contains(".parquet"))
+        .collect()
 }
 
 /// `table` is wholly the rows of `expected_source`, every file the catalog lists for it exists,

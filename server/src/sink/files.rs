@@ -1,0 +1,421 @@
+//! One writing task's rows into data files: hive partition directories, a new file past the
+//! target size, and a report of every completed file.
+//!
+//! Contract:
+//! * files are written through the object store the destination resolves to (the same
+//!   resolution readers use, so names round-trip), as multipart uploads that become visible only
+//!   once complete; local files are fsynced once complete;
+//! * a file is complete when it is reported; a task that fails or is dropped leaves at most files
+//!   it completed, which nothing references until the coordinator commits them (the write's
+//!   cleanup and the staging collector remove them);
+//! * memory is bounded: Parquet row groups are flushed past [`ROW_GROUP_BYTES`], and at most
+//!   [`MAX_OPEN_FILES`] partition files are open at once (the least recently written is closed).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::csv::WriterBuilder as CsvWriterBuilder;
+use arrow::datatypes::SchemaRef;
+use arrow::json::LineDelimitedWriter;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::{Stream, StreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+use tokio::io::AsyncWriteExt;
+
+use super::spec::{DataFormat, WriteSpec, WrittenFile, parquet_compression};
+use crate::error::{QuiverError, Result};
+use crate::storage::hive;
+use crate::storage::managed_table::data_file_path;
+use crate::storage::object_stores::{self, StoreOptions};
+use crate::task;
+
+/// Parquet row groups are flushed once their buffered size passes this.
+pub(crate) const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
+
+/// Rows per Parquet row group at most: small enough that a scan of a large file splits over
+/// several tasks by byte range.
+pub(crate) const ROW_GROUP_ROWS: usize = 256 * 1024;
+
+/// Partition files one task keeps open at once.
+pub(crate) const MAX_OPEN_FILES: usize = 32;
+
+/// Where a task's files go and what they are named.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskFiles {
+    pub(crate) spec: WriteSpec,
+    /// The rows as they arrive (partition columns last).
+    pub(crate) input: SchemaRef,
+    /// `<task>-<partition>`: with the write and attempt ids, unique across the write.
+    pub(crate) name: String,
+}
+
+/// Writes `batches` into files; returns every file completed, in completion order.
+pub(crate) async fn write_task_files(
+    runtime: &RuntimeEnv,
+    files: TaskFiles,
+    batches: impl Stream<Item = Result<RecordBatch>> + Send,
+) -> Result<Vec<WrittenFile>> {
+    let mut writer = PartitionedWriter::new(runtime, files)?;
+    let mut batches = std::pin::pin!(batches);
+    while let Some(batch) = batches.next().await {
+        writer.write(&batch?).await?;
+    }
+    writer.finish().await
+}
+
+struct PartitionedWriter {
+    store: Arc<dyn ObjectStore>,
+    /// The destination's path in the store.
+    base: ObjectPath,
+    files: TaskFiles,
+    file_schema: SchemaRef,
+    /// Column indices of the data (files) and of the partition values.
+    data_columns: Vec<usize>,
+    partition_columns: Vec<usize>,
+    open: HashMap<String, OpenFile>,
+    done: Vec<WrittenFile>,
+    /// Files started so far, to name the next one.
+    started: usize,
+    /// Batches written so far, to find the least recently written open file.
+    clock: u64,
+}
+
+impl PartitionedWriter {
+    fn new(runtime: &RuntimeEnv, files: TaskFiles) -> Result<Self> {
+        files.spec.check_input(&files.input)?;
+        let destination = &files.spec.destination;
+        if let Some(root) = object_stores::store_root(destination)? {
+            object_stores::ensure_registered(runtime, &root, &StoreOptions::new())?;
+        }
+        let url = ListingTableUrl::parse(destination)?;
+        let store = runtime.object_store(url.object_store())?;
+        let base = url.prefix().clone();
+        let file_schema = files.spec.file_schema(&files.input)?;
+        let n = files.input.fields().len();
+        let p = files.spec.partition_by.len();
+        if let DataFormat::Parquet { compression } = &files.spec.format {
+            parquet_compression(compression)?;
+        }
+        Ok(Self {
+            store,
+            base,
+            file_schema,
+            data_columns: (0..n - p).collect(),
+            partition_columns: (n - p..n).collect(),
+            files,
+            open: HashMap::new(),
+            done: Vec::new(),
+            started: 0,
+            clock: 0,
+        })
+    }
+
+    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let data = batch.project(&self.data_columns)?;
+        // Casting to the file schema checks NOT NULL columns.
+        let data = RecordBatch::try_new(Arc::clone(&self.file_schema), data.columns().to_vec())
+            .map_err(|e| QuiverError::InvalidArgument(format!("cannot write the rows: {e}")))?;
+        if self.partition_columns.is_empty() {
+            return self.write_to(String::new(), data).await;
+        }
+        for (dir, rows) in self.partition_rows(batch)? {
+            let rows = UInt32Array::from(rows);
+            let part = take_record_batch(&data, &rows)?;
+            self.write_to(dir, part).await?;
+        }
+        Ok(())
+    }
+
+    /// The rows of `batch` by partition directory, in the order directories first appear.
+    fn partition_rows(&self, batch: &RecordBatch) -> Result<Vec<(String, Vec<u32>)>> {
+        let options = FormatOptions::default();
+        let columns: Vec<(&str, &Arc<dyn Array>)> = self
+            .partition_columns
+            .iter()
+            .zip(&self.files.spec.partition_by)
+            .map(|(i, name)| (name.as_str(), batch.column(*i)))
+            .collect();
+        let formatters = columns
+            .iter()
+            .map(|(_, array)| ArrayFormatter::try_new(array.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut order: Vec<(String, Vec<u32>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut values: Vec<Option<String>> = vec![None; columns.len()];
+        for row in 0..batch.num_rows() {
+            for (k, ((_, array), formatter)) in columns.iter().zip(&formatters).enumerate() {
+                values[k] = array
+                    .is_valid(row)
+                    .then(|| formatter.value(row).to_string());
+            }
+            let named: Vec<(&str, Option<&str>)> = columns
+                .iter()
+                .zip(&values)
+                .map(|((name, _), v)| (*name, v.as_deref()))
+                .collect();
+            let dir = hive::partition_dir(&named);
+            let slot = match index.get(&dir) {
+                Some(slot) => *slot,
+                None => {
+                    index.insert(dir.clone(), order.len());
+                    order.push((dir, Vec::new()));
+                    order.len() - 1
+                }
+            };
+            order[slot].1.push(row as u32);
+        }
+        Ok(order)
+    }
+
+    async fn write_to(&mut self, dir: String, batch: RecordBatch) -> Result<()> {
+        self.clock += 1;
+        if !self.open.contains_key(&dir) {
+            if self.open.len() >= MAX_OPEN_FILES {
+                self.close_least_recent().await?;
+            }
+            let file = self.start_file(&dir)?;
+            self.open.insert(dir.clone(), file);
+        }
+        let clock = self.clock;
+        let target = self.files.spec.target_file_bytes;
+        let full = {
+            let file = self.open.get_mut(&dir).ok_or_else(|| {
+                QuiverError::Internal("an open partition file went missing".into())
+            })?;
+            file.last_written = clock;
+            file.write(&batch).await?;
+            file.size() >= target
+        };
+        if full && let Some(file) = self.open.remove(&dir) {
+            let written = file.close(self.store.as_ref(), &self.files.spec).await?;
+            self.done.push(written);
+        }
+        Ok(())
+    }
+
+    async fn close_least_recent(&mut self) -> Result<()> {
+        let oldest = self
+            .open
+            .iter()
+            .min_by_key(|(_, f)| f.last_written)
+            .map(|(dir, _)| dir.clone());
+        if let Some(file) = oldest.and_then(|dir| self.open.remove(&dir)) {
+            let written = file.close(self.store.as_ref(), &self.files.spec).await?;
+            self.done.push(written);
+        }
+        Ok(())
+    }
+
+    fn start_file(&mut self, dir: &str) -> Result<OpenFile> {
+        let spec = &self.files.spec;
+        let relative = format!(
+            "{dir}part-{}-{}-{}-{}.{}",
+            spec.write_id,
+            spec.attempt,
+            self.files.name,
+            self.started,
+            spec.format.extension()
+        );
+        self.started += 1;
+        // The name readers resolve too: the relative path verbatim under the destination.
+        let location = data_file_path(&self.base, &relative)?;
+        let upload = BufWriter::new(Arc::clone(&self.store), location.clone());
+        let body = match &spec.format {
+            DataFormat::Parquet { compression } => {
+                let properties = WriterProperties::builder()
+                    .set_compression(parquet_compression(compression)?)
+                    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+                    .build();
+                let writer = AsyncArrowWriter::try_new(
+                    upload,
+                    Arc::clone(&self.file_schema),
+                    Some(properties),
+                )
+                .map_err(parquet_error)?;
+                Body::Parquet(Box::new(writer))
+            }
+            DataFormat::Csv { .. } | DataFormat::Json => Body::Text {
+                format: spec.format.clone(),
+                upload: Box::new(upload),
+                bytes: 0,
+                started: false,
+            },
+        };
+        Ok(OpenFile {
+            relative,
+            location,
+            body,
+            rows: 0,
+            last_written: 0,
+        })
+    }
+
+    async fn finish(mut self) -> Result<Vec<WrittenFile>> {
+        let mut open: Vec<(String, OpenFile)> = self.open.drain().collect();
+        open.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, file) in open {
+            let written = file.close(self.store.as_ref(), &self.files.spec).await?;
+            self.done.push(written);
+        }
+        Ok(self.done)
+    }
+}
+
+struct OpenFile {
+    relative: String,
+    location: ObjectPath,
+    body: Body,
+    rows: u64,
+    last_written: u64,
+}
+
+enum Body {
+    Parquet(Box<AsyncArrowWriter<BufWriter>>),
+    /// CSV and JSON are encoded batch by batch into the upload.
+    Text {
+        format: DataFormat,
+        upload: Box<BufWriter>,
+        bytes: u64,
+        /// Whether a batch was written (a CSV header goes before the first only).
+        started: bool,
+    },
+}
+
+impl OpenFile {
+    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        match &mut self.body {
+            Body::Parquet(writer) => {
+                writer.write(batch).await.map_err(parquet_error)?;
+                if writer.in_progress_size() > ROW_GROUP_BYTES {
+                    writer.flush().await.map_err(parquet_error)?;
+                }
+            }
+            Body::Text {
+                format,
+                upload,
+                bytes,
+                started,
+            } => {
+                let encoded = encode_text(format, batch, !*started)?;
+                *started = true;
+                *bytes += encoded.len() as u64;
+                upload.write_all(&encoded).await.map_err(upload_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the file holds so far (Parquet: written plus buffered).
+    fn size(&self) -> u64 {
+        match &self.body {
+            Body::Parquet(writer) => (writer.bytes_written() + writer.in_progress_size()) as u64,
+            Body::Text { bytes, .. } => *bytes,
+        }
+    }
+
+    /// Completes the upload, makes a local file durable, and reports it.
+    async fn close(self, store: &dyn ObjectStore, spec: &WriteSpec) -> Result<WrittenFile> {
+        match self.body {
+            Body::Parquet(writer) => {
+                writer.close().await.map_err(parquet_error)?;
+            }
+            Body::Text { mut upload, .. } => {
+                upload.shutdown().await.map_err(upload_error)?;
+            }
+        }
+        let bytes = store.head(&self.location).await.map_err(store_error)?.size;
+        if object_stores::store_root(&spec.destination)?.is_none() {
+            let path = PathBuf::from(format!("{}{}", spec.destination, self.relative));
+            task::spawn_blocking("fsync", move || -> std::io::Result<()> {
+                std::fs::File::open(&path)?.sync_all()?;
+                if let Some(dir) = path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            })
+            .await?
+            .map_err(|e| QuiverError::io("making a data file durable", e))?;
+        }
+        tracing::info!(destination = %spec.destination, file = %self.relative, rows = self.rows, bytes, "wrote a data file");
+        Ok(WrittenFile {
+            path: self.relative,
+            rows: self.rows,
+            bytes,
+        })
+    }
+}
+
+/// One batch of a text format: CSV (with the header line when `header`: a file's first batch,
+/// if the format asks for headers) or newline-delimited JSON.
+fn encode_text(format: &DataFormat, batch: &RecordBatch, first: bool) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match format {
+        DataFormat::Csv { header } => {
+            let mut writer = CsvWriterBuilder::new()
+                .with_header(*header && first)
+                .build(&mut out);
+            writer.write(batch)?;
+        }
+        DataFormat::Json => {
+            let mut writer = LineDelimitedWriter::new(&mut out);
+            writer.write(batch)?;
+            writer.finish()?;
+        }
+        DataFormat::Parquet { .. } => {
+            return Err(QuiverError::Internal("Parquet is not a text format".into()));
+        }
+    }
+    Ok(out)
+}
+
+/// A failure of the object store: its own code (`Unavailable` for a failing store).
+pub(crate) fn store_error(e: object_store::Error) -> QuiverError {
+    QuiverError::DataFusion(DataFusionError::ObjectStore(Box::new(e)))
+}
+
+/// A failure of an upload: a full disk is `ResourceExhausted`, the store's errors keep their
+/// code, anything else on the way to the store is `Unavailable`.
+fn upload_error(e: std::io::Error) -> QuiverError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) {
+        return QuiverError::io("writing a data file", e);
+    }
+    match e.into_inner() {
+        Some(inner) => match inner.downcast::<object_store::Error>() {
+            Ok(store) => store_error(*store),
+            Err(other) => QuiverError::Unavailable(format!("writing a data file: {other}")),
+        },
+        None => QuiverError::Unavailable("writing a data file failed".into()),
+    }
+}
+
+/// A Parquet writer error: failures of the upload underneath keep their meaning.
+fn parquet_error(e: ParquetError) -> QuiverError {
+    match e {
+        ParquetError::External(inner) => match inner.downcast::<object_store::Error>() {
+            Ok(store) => store_error(*store),
+            Err(inner) => match inner.downcast::<std::io::Error>() {
+                Ok(io) => upload_error(*io),
+                Err(other) => QuiverError::Unavailable(format!("writing a data file: {other}")),
+            },
+        },
+        other => QuiverError::Internal(format!("writing Parquet: {other}")),
+    }
+}

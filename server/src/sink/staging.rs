@@ -1,0 +1,225 @@
+//! The write journal and the collector of what failed, cancelled or crashed writes left behind.
+//!
+//! Contract:
+//! * every write is recorded in the catalog file's journal ([`PendingWrite`]) before any of its
+//!   files exist, with where it writes: a managed table's directory (its files carry the write's
+//!   id in their names: `part-<write id>-…`) or a `COPY` target (its files sit under
+//!   `<target>/_staging/<write id>/` until the commit moves them);
+//! * [`StagingCollector::collect`] removes, for every journaled write that is not running in this
+//!   process, the files it left: in a table directory, its files the catalog does not reference
+//!   (a committed write's files are referenced and stay); under a `COPY` target, its staging
+//!   directory. It never deletes a file a table references, and never touches a write still
+//!   running here. An entry is kept for a grace period after its write started, so a task that
+//!   was still finishing a file on a lost or partitioned executor is collected on a later pass;
+//!   after the grace period the entry is dropped;
+//! * the coordinator collects on start (a crash's leftovers go at once: no write of the previous
+//!   process can commit any more) and then periodically.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::files::store_error;
+use crate::error::Result;
+use crate::ids::WriteId;
+use crate::storage::catalog::{Catalog, PendingKind, PendingWrite};
+use crate::storage::managed_table::data_file_path;
+use crate::storage::object_stores::{self, StoreOptions};
+use crate::task::AbortOnDrop;
+
+/// Where a `COPY` stages its files, under its target.
+pub(crate) const STAGING_DIR: &str = "_staging";
+
+/// Keeps the journal and collects leftovers; see the module contract.
+#[derive(Debug)]
+pub(crate) struct StagingCollector {
+    catalog: Arc<Catalog>,
+    runtime: Arc<RuntimeEnv>,
+    /// Writes of this process that have not ended.
+    running: Arc<Mutex<HashSet<String>>>,
+    grace: Duration,
+}
+
+/// A write in progress: it stays in the running set until dropped.
+#[derive(Debug)]
+pub(crate) struct RunningWrite {
+    id: WriteId,
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+impl RunningWrite {
+    pub(crate) fn id(&self) -> &WriteId {
+        &self.id
+    }
+}
+
+impl Drop for RunningWrite {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.id.as_str());
+    }
+}
+
+impl StagingCollector {
+    pub(crate) fn new(catalog: Arc<Catalog>, runtime: Arc<RuntimeEnv>, grace: Duration) -> Self {
+        Self {
+            catalog,
+            runtime,
+            running: Arc::default(),
+            grace,
+        }
+    }
+
+    /// Journals a new write into `location` before it writes anything.
+    pub(crate) async fn begin(&self, location: &str, kind: PendingKind) -> Result<RunningWrite> {
+        let id = WriteId::random();
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.as_str().to_string());
+        let write = RunningWrite {
+            id,
+            running: Arc::clone(&self.running),
+        };
+        let entry = PendingWrite {
+            id: write.id.as_str().to_string(),
+            location: location.to_string(),
+            kind,
+            started_unix_ms: now_ms(),
+        };
+        self.catalog.lock().await.add_pending(entry)?;
+        Ok(write)
+    }
+
+    /// Removes what `write` left that its commit did not make visible (after a failed attempt,
+    /// a failed or cancelled write). Best effort: what it misses, [`Self::collect`] gets later.
+    pub(crate) async fn discard_leftovers(&self, write: &WriteId) {
+        let entry = {
+            let guard = self.catalog.lock().await;
+            guard.pending().into_iter().find(|p| p.id == write.as_str())
+        };
+        if let Some(entry) = entry
+            && let Err(e) = self.clean(&entry).await
+        {
+            tracing::warn!(write = %write, location = %entry.location, error = %e, "could not remove a write's leftover files");
+        }
+    }
+
+    /// One collection pass over the journal; see the module contract.
+    pub(crate) async fn collect(&self) {
+        let pending = self.catalog.lock().await.pending();
+        for entry in pending {
+            let running = self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&entry.id);
+            if running {
+                continue;
+            }
+            match self.clean(&entry).await {
+                Ok(removed) if removed > 0 => {
+                    tracing::info!(write = %entry.id, location = %entry.location, files = removed, "removed files a failed or interrupted write left");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(write = %entry.id, location = %entry.location, error = %e, "could not collect a write's staging; will retry");
+                    continue;
+                }
+            }
+            let age = now_ms().saturating_sub(entry.started_unix_ms);
+            if u128::from(age) >= self.grace.as_millis() {
+                let removed = self.catalog.lock().await.remove_pending(&entry.id);
+                if let Err(e) = removed {
+                    tracing::warn!(write = %entry.id, error = %e, "could not drop a write from the journal");
+                }
+            }
+        }
+    }
+
+    /// Collects now and then every `every`, until the handle is dropped.
+    pub(crate) fn run_periodically(self: Arc<Self>, every: Duration) -> AbortOnDrop {
+        AbortOnDrop::spawn_named("staging collector", async move {
+            loop {
+                self.collect().await;
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Deletes what the journaled write left; returns the number of files removed.
+    async fn clean(&self, entry: &PendingWrite) -> Result<usize> {
+        let (store, base) = self.resolve(&entry.location).await?;
+        match entry.kind {
+            PendingKind::Copy => {
+                let staging = data_file_path(&base, &format!("{STAGING_DIR}/{}", entry.id))?;
+                delete_all(store.as_ref(), &staging, |_| true).await
+            }
+            PendingKind::Table => {
+                let referenced: HashSet<ObjectPath> = {
+                    let guard = self.catalog.lock().await;
+                    guard
+                        .referenced_files(&entry.location)
+                        .into_iter()
+                        .filter_map(|rel| data_file_path(&base, &rel).ok())
+                        .collect()
+                };
+                let marker = format!("part-{}-", entry.id);
+                delete_all(store.as_ref(), &base, |path| {
+                    path.filename()
+                        .is_some_and(|name| name.starts_with(&marker))
+                        && !referenced.contains(path)
+                })
+                .await
+            }
+        }
+    }
+
+    /// The store of `location` and the location's path in it.
+    async fn resolve(&self, location: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+        if let Some(root) = object_stores::store_root(location)? {
+            let options: StoreOptions = self.catalog.lock().await.store_options(&root);
+            object_stores::ensure_registered(self.runtime.as_ref(), &root, &options)?;
+        }
+        let url = ListingTableUrl::parse(location)?;
+        let store = self.runtime.object_store(url.object_store())?;
+        Ok((store, url.prefix().clone()))
+    }
+}
+
+/// Deletes every object under `prefix` that `doomed` picks; returns how many it deleted.
+async fn delete_all(
+    store: &dyn ObjectStore,
+    prefix: &ObjectPath,
+    doomed: impl Fn(&ObjectPath) -> bool,
+) -> Result<usize> {
+    let listed: Vec<ObjectPath> = match store.list(Some(prefix)).try_collect::<Vec<_>>().await {
+        Ok(objects) => objects.into_iter().map(|o| o.location).collect(),
+        // A directory that was never created holds nothing to collect.
+        Err(object_store::Error::NotFound { .. }) => return Ok(0),
+        Err(e) => return Err(store_error(e)),
+    };
+    let mut deleted = 0;
+    for path in listed.iter().filter(|p| doomed(p)) {
+        match store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => return Err(store_error(e)),
+        }
+    }
+    Ok(deleted)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
