@@ -333,7 +333,6 @@ impl TableWriter {
             store_options,
             target: target.clone(),
             overwrite: options.overwrite,
-            staging: String::new(),
             write_id: String::new(),
         });
         if run && !options.overwrite && committer.has_result().await? {
@@ -359,9 +358,8 @@ impl TableWriter {
             .unwrap_or_else(|| "explain".into());
         let staging = format!("{target}{STAGING_DIR}/{write_id}/");
         spec.write_id = write_id;
-        spec.destination = staging.clone();
+        spec.destination = staging;
         let committer: Arc<dyn Committer> = Arc::new(CopyCommit {
-            staging,
             write_id: spec.write_id.clone(),
             ..Arc::unwrap_or_clone(committer)
         });
@@ -805,8 +803,7 @@ struct CopyCommit {
     store_options: StoreOptions,
     /// The target directory, with a trailing slash.
     target: String,
-    /// `<target>/_staging/<write id>/`.
-    staging: String,
+    /// The write: its files are staged under `<target>/_staging/<write id>/`.
     write_id: String,
     overwrite: bool,
 }
@@ -890,36 +887,33 @@ impl Committer for CopyCommit {
             .put(&marker, PutPayload::from(manifest.to_string().into_bytes()))
             .await
             .map_err(store_error)?;
-        remove_empty_local_dirs(&self.staging);
+        prune_empty_local_dirs(&self.target);
         let rows = files.iter().map(|f| f.rows).sum();
         tracing::info!(target = %self.target, rows, files = files.len(), "committed a COPY");
         Ok(rows)
     }
 }
 
-/// A local staging directory's empty directories go with it (object stores have none).
-fn remove_empty_local_dirs(staging: &str) {
-    if matches!(object_stores::store_root(staging), Ok(None)) {
-        let dir = std::path::Path::new(staging.trim_end_matches('/'));
-        let mut dirs: Vec<std::path::PathBuf> = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            if let Ok(entries) = std::fs::read_dir(&d) {
-                for entry in entries.flatten() {
-                    if entry.path().is_dir() {
-                        stack.push(entry.path());
-                    }
-                }
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-        if let Some(parent) = dir.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
+/// Removes the empty directories under a local `target` (the staging directories a commit
+/// emptied, the partition directories of a replaced result); object stores have none.
+fn prune_empty_local_dirs(target: &str) {
+    if !matches!(object_stores::store_root(target), Ok(None)) {
+        return;
     }
+    fn prune(dir: &std::path::Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        let mut empty = true;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !(path.is_dir() && prune(&path) && std::fs::remove_dir(&path).is_ok()) {
+                empty = false;
+            }
+        }
+        empty
+    }
+    prune(std::path::Path::new(target.trim_end_matches('/')));
 }
 
 /// `COPY` options Quiver takes: `format.compression` (Parquet), `format.has_header` (CSV),

@@ -8,8 +8,10 @@
 //! * a file is complete when it is reported; a task that fails or is dropped leaves at most files
 //!   it completed, which nothing references until the coordinator commits them (the write's
 //!   cleanup and the staging collector remove them);
-//! * memory is bounded: Parquet row groups are flushed past [`ROW_GROUP_BYTES`], and at most
-//!   [`MAX_OPEN_FILES`] partition files are open at once (the least recently written is closed).
+//! * memory is bounded per writing partition: the Parquet row groups of its open files share
+//!   [`ROW_GROUP_BYTES`] (a file's row group is flushed past its share), each upload buffers at
+//!   most [`UPLOAD_BUFFER_BYTES`], and at most [`MAX_OPEN_FILES`] partition files are open at
+//!   once (the least recently written is closed).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -40,15 +42,18 @@ use crate::storage::managed_table::data_file_path;
 use crate::storage::object_stores::{self, StoreOptions};
 use crate::task;
 
-/// Parquet row groups are flushed once their buffered size passes this.
-pub(crate) const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// What the open files of one writing partition buffer in Parquet row groups, together.
+pub(crate) const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
+
+/// What one upload buffers before it sends a part (S3's smallest multipart part).
+pub(crate) const UPLOAD_BUFFER_BYTES: usize = 5 * 1024 * 1024;
 
 /// Rows per Parquet row group at most: small enough that a scan of a large file splits over
 /// several tasks by byte range.
 pub(crate) const ROW_GROUP_ROWS: usize = 256 * 1024;
 
-/// Partition files one task keeps open at once.
-pub(crate) const MAX_OPEN_FILES: usize = 32;
+/// Partition files one writing partition keeps open at once.
+pub(crate) const MAX_OPEN_FILES: usize = 16;
 
 /// Where a task's files go and what they are named.
 #[derive(Debug, Clone)]
@@ -192,12 +197,13 @@ impl PartitionedWriter {
         }
         let clock = self.clock;
         let target = self.files.spec.target_file_bytes;
+        let row_group_bytes = ROW_GROUP_BYTES / self.open.len().max(1);
         let full = {
             let file = self.open.get_mut(&dir).ok_or_else(|| {
                 QuiverError::Internal("an open partition file went missing".into())
             })?;
             file.last_written = clock;
-            file.write(&batch).await?;
+            file.write(&batch, row_group_bytes).await?;
             file.size() >= target
         };
         if full && let Some(file) = self.open.remove(&dir) {
@@ -233,7 +239,11 @@ impl PartitionedWriter {
         self.started += 1;
         // The name readers resolve too: the relative path verbatim under the destination.
         let location = data_file_path(&self.base, &relative)?;
-        let upload = BufWriter::new(Arc::clone(&self.store), location.clone());
+        let upload = BufWriter::with_capacity(
+            Arc::clone(&self.store),
+            location.clone(),
+            UPLOAD_BUFFER_BYTES,
+        );
         let body = match &spec.format {
             DataFormat::Parquet { compression } => {
                 let properties = WriterProperties::builder()
@@ -296,12 +306,13 @@ enum Body {
 }
 
 impl OpenFile {
-    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+    /// Writes `batch`; a Parquet row group is flushed once it buffers `row_group_bytes`.
+    async fn write(&mut self, batch: &RecordBatch, row_group_bytes: usize) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         match &mut self.body {
             Body::Parquet(writer) => {
                 writer.write(batch).await.map_err(parquet_error)?;
-                if writer.in_progress_size() > ROW_GROUP_BYTES {
+                if writer.in_progress_size() > row_group_bytes {
                     writer.flush().await.map_err(parquet_error)?;
                 }
             }
@@ -417,5 +428,147 @@ fn parquet_error(e: ParquetError) -> QuiverError {
             },
         },
         other => QuiverError::Internal(format!("writing Parquet: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use futures::stream;
+
+    use super::*;
+    use crate::sink::spec::MIN_TARGET_FILE_BYTES;
+
+    fn spec(dir: &std::path::Path, format: DataFormat, partition_by: &[&str]) -> WriteSpec {
+        WriteSpec {
+            write_id: "w1".into(),
+            attempt: "a1".into(),
+            destination: format!("{}/", dir.display()),
+            format,
+            partition_by: partition_by.iter().map(|s| s.to_string()).collect(),
+            not_null: vec!["v".into()],
+            target_file_bytes: MIN_TARGET_FILE_BYTES,
+        }
+    }
+
+    fn batches(schema: &SchemaRef, n: usize) -> Vec<Result<RecordBatch>> {
+        (0..n)
+            .map(|b| {
+                let v: Vec<i64> = (0..8192).map(|i| (b * 8192 + i) as i64).collect();
+                let p: Vec<Option<&str>> = (0..8192)
+                    .map(|i| match i % 3 {
+                        0 => Some("a/b"),
+                        1 => Some("c"),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(RecordBatch::try_new(
+                    Arc::clone(schema),
+                    vec![
+                        Arc::new(Int64Array::from(v)),
+                        Arc::new(StringArray::from(p)),
+                    ],
+                )
+                .unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn partitioned_files_roll_and_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RuntimeEnv::default();
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, true),
+            Field::new("p", DataType::Utf8, true),
+        ]));
+        let files = TaskFiles {
+            spec: spec(
+                dir.path(),
+                DataFormat::parquet("uncompressed").unwrap(),
+                &["p"],
+            ),
+            input: Arc::clone(&schema),
+            name: "0-0".into(),
+        };
+        let written = write_task_files(&runtime, files, stream::iter(batches(&schema, 40)))
+            .await
+            .unwrap();
+        assert_eq!(written.iter().map(|f| f.rows).sum::<u64>(), 40 * 8192);
+        // Three partitions, each past the target size more than once.
+        let dirs: std::collections::BTreeSet<&str> = written
+            .iter()
+            .map(|f| f.path.split('/').next().unwrap())
+            .collect();
+        assert_eq!(
+            dirs.into_iter().collect::<Vec<_>>(),
+            vec!["p=__HIVE_DEFAULT_PARTITION__", "p=a%2Fb", "p=c"]
+        );
+        assert!(written.len() > 3, "{written:?}");
+        for file in &written {
+            let on_disk = dir.path().join(&file.path);
+            let size = std::fs::metadata(&on_disk).unwrap().len();
+            assert_eq!(size, file.bytes, "{}", file.path);
+            assert!(
+                file.path.starts_with("p=") && file.path.contains("/part-w1-a1-0-0-"),
+                "{}",
+                file.path
+            );
+        }
+        // No file of the write holds the partition column.
+        let first = std::fs::File::open(dir.path().join(&written[0].path)).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(first).unwrap();
+        assert_eq!(reader.schema().fields().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn text_formats_and_not_null_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RuntimeEnv::default();
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, true),
+            Field::new("p", DataType::Utf8, true),
+        ]));
+        for format in [DataFormat::Csv { header: true }, DataFormat::Json] {
+            let out = dir.path().join(format.extension());
+            let files = TaskFiles {
+                spec: spec(&out, format.clone(), &[]),
+                input: Arc::clone(&schema),
+                name: "0-0".into(),
+            };
+            let written = write_task_files(&runtime, files, stream::iter(batches(&schema, 1)))
+                .await
+                .unwrap();
+            assert_eq!(written.len(), 1);
+            let text = std::fs::read_to_string(out.join(&written[0].path)).unwrap();
+            let lines = text.lines().count();
+            match format {
+                DataFormat::Csv { .. } => {
+                    assert_eq!(lines, 8193);
+                    assert!(text.starts_with("v,p\n"));
+                }
+                _ => assert_eq!(lines, 8192),
+            }
+        }
+        // A NULL in a NOT NULL column fails the write.
+        let nulls = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(vec![None, Some(1)])),
+                Arc::new(StringArray::from(vec!["x", "y"])),
+            ],
+        )
+        .unwrap();
+        let files = TaskFiles {
+            spec: spec(&dir.path().join("nn"), DataFormat::Json, &[]),
+            input: Arc::clone(&schema),
+            name: "0-0".into(),
+        };
+        let err = write_task_files(&runtime, files, stream::iter(vec![Ok(nulls)]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
     }
 }

@@ -223,3 +223,95 @@ fn now_ms() -> u64 {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::storage::catalog::{ManagedFile, TableDef};
+
+    fn touch(path: &std::path::Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"data").unwrap();
+    }
+
+    #[tokio::test]
+    async fn collects_what_failed_writes_left_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog =
+            Arc::new(Catalog::load(Some(dir.path().join("catalog.toml")), vec![]).unwrap());
+        let table = format!("{}/t/", dir.path().display());
+        let target = format!("{}/out/", dir.path().display());
+        let collector = StagingCollector::new(
+            Arc::clone(&catalog),
+            Arc::new(RuntimeEnv::default()),
+            Duration::from_secs(3600),
+        );
+
+        // A write that committed one file and left another (a dead attempt's).
+        let committed = collector.begin(&table, PendingKind::Table).await.unwrap();
+        let id = committed.id().as_str().to_string();
+        let kept = format!("p=a%2Fb/part-{id}-x-0-0-0.parquet");
+        let left = format!("p=a%2Fb/part-{id}-y-0-0-0.parquet");
+        let other = "part-someone-else-0-0-0.parquet";
+        for f in [&kept, &left, &other.to_string()] {
+            touch(&dir.path().join("t").join(f));
+        }
+        let schema = Schema::new(vec![
+            Field::new("v", DataType::Int64, true),
+            Field::new("p", DataType::Utf8, true),
+        ]);
+        let def = TableDef::managed(
+            "t",
+            &table,
+            vec![ManagedFile {
+                path: kept.clone(),
+                rows: 1,
+                bytes: 4,
+            }],
+            &schema,
+            vec!["p".into()],
+        )
+        .unwrap();
+        catalog.lock().await.add(def).unwrap();
+
+        // A COPY that crashed before its commit.
+        let copy = collector.begin(&target, PendingKind::Copy).await.unwrap();
+        let staged = dir
+            .path()
+            .join("out")
+            .join(STAGING_DIR)
+            .join(copy.id().as_str())
+            .join("part-1.csv");
+        touch(&staged);
+        let result = dir.path().join("out").join("old-result.csv");
+        touch(&result);
+
+        // Running writes are never touched.
+        collector.collect().await;
+        assert!(dir.path().join("t").join(&left).exists());
+        assert!(staged.exists());
+
+        drop(committed);
+        drop(copy);
+        collector.collect().await;
+        assert!(dir.path().join("t").join(&kept).exists(), "referenced");
+        assert!(!dir.path().join("t").join(&left).exists(), "unreferenced");
+        assert!(dir.path().join("t").join(other).exists(), "another write's");
+        assert!(!staged.exists());
+        assert!(result.exists(), "files outside the staging directory stay");
+        // Within the grace period the entries stay (a late file is collected next time).
+        assert_eq!(catalog.lock().await.pending().len(), 2);
+
+        let impatient = StagingCollector::new(
+            Arc::clone(&catalog),
+            Arc::new(RuntimeEnv::default()),
+            Duration::ZERO,
+        );
+        impatient.collect().await;
+        assert!(catalog.lock().await.pending().is_empty());
+        let persisted = std::fs::read_to_string(dir.path().join("catalog.toml")).unwrap();
+        assert!(!persisted.contains("pending_writes"), "{persisted}");
+    }
+}

@@ -92,9 +92,7 @@ impl Warehouse {
     ) {
         for name in names {
             let result = match &self.location {
-                Location::Local(_) => tokio::fs::remove_file(Path::new(table_location).join(name))
-                    .await
-                    .map_err(|e| e.to_string()),
+                Location::Local(_) => delete_local(Path::new(table_location), name).await,
                 Location::Remote { store_root, .. } => {
                     delete_remote(runtime, options, store_root, table_location, name).await
                 }
@@ -104,6 +102,23 @@ impl Warehouse {
             }
         }
     }
+}
+
+/// Deletes `name` under the local table directory `dir`, then the partition directories it
+/// leaves empty.
+async fn delete_local(dir: &Path, name: &str) -> std::result::Result<(), String> {
+    let path = dir.join(name);
+    tokio::fs::remove_file(&path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut parent = path.parent();
+    while let Some(d) = parent.filter(|d| d.starts_with(dir) && *d != dir) {
+        if tokio::fs::remove_dir(d).await.is_err() {
+            break;
+        }
+        parent = d.parent();
+    }
+    Ok(())
 }
 
 async fn delete_remote(
@@ -165,7 +180,8 @@ mod tests {
             )
             .await;
         assert!(!std::path::Path::new(&format!("{location}part-2.parquet")).exists());
-        assert!(!std::path::Path::new(&format!("{location}p=a%2Fb/part-1.parquet")).exists());
+        assert!(!std::path::Path::new(&format!("{location}p=a%2Fb")).exists());
+        assert!(std::path::Path::new(&location).exists());
         assert!(Warehouse::new("relative/dir").is_err());
     }
 }
