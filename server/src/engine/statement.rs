@@ -62,6 +62,8 @@ pub(crate) struct Statement {
     pub(super) plan: LogicalPlan,
     /// `CREATE TABLE … PARTITIONED BY (…)`: the partition columns, in order.
     pub(super) partition_by: Vec<String>,
+    /// The roll size of the files a write makes, when the client's session sets one.
+    pub(super) target_file_bytes: Option<u64>,
 }
 
 impl Statement {
@@ -87,7 +89,16 @@ impl Statement {
             typed,
             plan,
             partition_by,
+            target_file_bytes: None,
         })
+    }
+
+    /// The statement with the roll size its session asks of writes (`None`: the server's).
+    pub(crate) fn with_target_file_bytes(self, target_file_bytes: Option<u64>) -> Self {
+        Self {
+            target_file_bytes,
+            ..self
+        }
     }
 
     /// Binds the first row of `values` to the statement's placeholders, by position.

@@ -184,10 +184,13 @@ impl TableWriter {
     async fn plan_write(&self, statement: &Statement, run: bool) -> Result<Planned> {
         match &statement.plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) => {
-                self.plan_create(cmd, &statement.partition_by, run).await
+                self.plan_create(cmd, statement, run).await
             }
-            LogicalPlan::Dml(dml) => self.plan_insert(dml, run).await,
-            LogicalPlan::Copy(copy) => self.plan_copy(copy, run).await,
+            LogicalPlan::Dml(dml) => {
+                self.plan_insert(dml, statement.target_file_bytes, run)
+                    .await
+            }
+            LogicalPlan::Copy(copy) => self.plan_copy(copy, statement.target_file_bytes, run).await,
             _ => Err(QuiverError::Internal("not a write statement".into())),
         }
     }
@@ -230,9 +233,10 @@ impl TableWriter {
     async fn plan_create(
         &self,
         cmd: &CreateMemoryTable,
-        partition_by: &[String],
+        statement: &Statement,
         run: bool,
     ) -> Result<Planned> {
+        let partition_by = statement.partition_by.as_slice();
         let name = table_name(&cmd.name)?;
         if !cmd.constraints.is_empty() {
             return Err(QuiverError::Unsupported(
@@ -279,14 +283,19 @@ impl TableWriter {
             DataFormat::parquet(TABLE_COMPRESSION)?,
             &schema,
             partition_by,
-            None,
+            statement.target_file_bytes,
         );
         self.prepare(input, spec, committer, PendingKind::Table, &location, run)
             .await
             .map(|p| Planned::Run(Box::new(p)))
     }
 
-    async fn plan_insert(&self, dml: &DmlStatement, run: bool) -> Result<Planned> {
+    async fn plan_insert(
+        &self,
+        dml: &DmlStatement,
+        target_file_bytes: Option<u64>,
+        run: bool,
+    ) -> Result<Planned> {
         let name = table_name(&dml.table_name)?;
         let mode = match &dml.op {
             WriteOp::Insert(InsertOp::Append) => Mode::Append,
@@ -314,16 +323,22 @@ impl TableWriter {
             DataFormat::parquet(TABLE_COMPRESSION)?,
             &schema,
             &def.partition_by,
-            None,
+            target_file_bytes,
         );
         self.prepare(input, spec, committer, PendingKind::Table, &def.url, run)
             .await
             .map(|p| Planned::Run(Box::new(p)))
     }
 
-    async fn plan_copy(&self, copy: &CopyTo, run: bool) -> Result<Planned> {
+    async fn plan_copy(
+        &self,
+        copy: &CopyTo,
+        target_file_bytes: Option<u64>,
+        run: bool,
+    ) -> Result<Planned> {
         let target = copy_target(self.locations.as_ref(), &copy.output_url)?;
-        let options = CopyOptions::parse(copy, self.settings.target_file_bytes)?;
+        let default_target = target_file_bytes.unwrap_or(self.settings.target_file_bytes);
+        let options = CopyOptions::parse(copy, default_target)?;
         let schema = plain_schema(copy.input.schema().as_arrow());
         let schema = partitioned_last(&schema, &copy.partition_by)?;
         let input = conform_by_name(copy.input.as_ref(), &schema)?;

@@ -158,9 +158,13 @@ impl FrontDoor {
     async fn statement_info(
         &self,
         bound: BoundSql,
+        session: Option<String>,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let statement = self.plan(&bound).await?;
+        let statement = self
+            .plan(&bound)
+            .await?
+            .with_target_file_bytes(self.sessions.target_file_bytes(session.as_deref()));
         self.engine.check_runnable(&statement)?;
         // ADBC (and most clients) never fetch a result without columns: DDL and writes run
         // here, once, and report their row count as the result's total_records.
@@ -210,18 +214,31 @@ impl FrontDoor {
 
     /// Runs an update once per row of bound parameter values (JDBC `executeBatch`, DB-API
     /// `executemany`), or once when none are bound; returns the total row count.
-    async fn run_update(&self, bound: BoundSql, values: Vec<RecordBatch>) -> Result<i64> {
+    async fn run_update(
+        &self,
+        bound: BoundSql,
+        session: Option<String>,
+        values: Vec<RecordBatch>,
+    ) -> Result<i64> {
+        let target_file_bytes = self.sessions.target_file_bytes(session.as_deref());
         let rows: Vec<RecordBatch> = values
             .iter()
             .filter(|b| b.num_columns() > 0)
             .flat_map(|b| (0..b.num_rows()).map(move |i| b.slice(i, 1)))
             .collect();
         if rows.is_empty() {
-            let statement = self.plan(&bound).await?;
+            let statement = self
+                .plan(&bound)
+                .await?
+                .with_target_file_bytes(target_file_bytes);
             return self.engine.execute_update(&statement).await;
         }
         // Planned once; each row binds a copy.
-        let statement = self.engine.prepare(&bound.sql).await?;
+        let statement = self
+            .engine
+            .prepare(&bound.sql)
+            .await?
+            .with_target_file_bytes(target_file_bytes);
         let mut total = 0i64;
         for row in rows {
             let bound_row = self.engine.bind(statement.clone(), &row)?;
@@ -487,7 +504,8 @@ impl FlightSqlService for FrontDoor {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.statement_info(BoundSql::new(query.query), request.into_inner())
+        let session = Self::session_key(&request);
+        self.statement_info(BoundSql::new(query.query), session, request.into_inner())
             .await
     }
 
@@ -497,7 +515,9 @@ impl FlightSqlService for FrontDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let bound = self.resolve_prepared(&cmd.prepared_statement_handle)?;
-        self.statement_info(bound, request.into_inner()).await
+        let session = Self::session_key(&request);
+        self.statement_info(bound, session, request.into_inner())
+            .await
     }
 
     async fn get_flight_info_catalogs(
@@ -631,9 +651,16 @@ impl FlightSqlService for FrontDoor {
     async fn do_put_statement_update(
         &self,
         command: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let statement = self.engine.prepare(&command.query).await?;
+        let session = self
+            .sessions
+            .target_file_bytes(Self::session_key(&request).as_deref());
+        let statement = self
+            .engine
+            .prepare(&command.query)
+            .await?
+            .with_target_file_bytes(session);
         Ok(self.engine.execute_update(&statement).await?)
     }
 
@@ -644,8 +671,9 @@ impl FlightSqlService for FrontDoor {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let bound = self.resolve_prepared(&command.prepared_statement_handle)?;
+        let session = Self::session_key(&request);
         let values = read_batches(request, self.max_decoded_bytes).await?;
-        Ok(self.run_update(bound, values).await?)
+        Ok(self.run_update(bound, session, values).await?)
     }
 
     /// Bulk ingest: the client's batches become a Parquet file of a managed table, committed

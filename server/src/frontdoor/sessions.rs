@@ -7,8 +7,11 @@
 //! memory, expire after an hour without use, and are bounded in number.
 //!
 //! Options: `catalog` and `schema` (strings naming an existing catalog / schema). Quiver has one
-//! catalog and one schema, so selecting them succeeds and anything else is `INVALID_VALUE`;
-//! unknown names are `INVALID_NAME`; a valueless option resets to the default.
+//! catalog and one schema, so selecting them succeeds and anything else is `INVALID_VALUE`.
+//! `quiver.target_file_bytes` (a size such as `"64MiB"` or a number of bytes, at least 64 KiB):
+//! the roll size of the files this session's writes make, instead of the server's
+//! `--target-file-bytes`. Unknown names are `INVALID_NAME`; a valueless option resets to the
+//! default.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,14 +26,21 @@ use quiver_proto::frontdoor::{
 
 use crate::engine::CatalogListing;
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
+use crate::resources::parse_bytes;
+use crate::sink::MIN_TARGET_FILE_BYTES;
 
 const IDLE_EXPIRY: Duration = Duration::from_secs(3600);
 const MAX_SESSIONS: usize = 10_000;
+
+/// The session option that sets the roll size of the session's writes.
+pub(super) const TARGET_FILE_BYTES: &str = "quiver.target_file_bytes";
 
 #[derive(Debug, Clone)]
 struct Session {
     catalog: String,
     schema: String,
+    /// `None`: the server's `--target-file-bytes`.
+    target_file_bytes: Option<u64>,
     last_used: Instant,
 }
 
@@ -39,6 +49,7 @@ impl Session {
         Self {
             catalog: CATALOG_NAME.to_string(),
             schema: SCHEMA_NAME.to_string(),
+            target_file_bytes: None,
             last_used: Instant::now(),
         }
     }
@@ -112,6 +123,24 @@ impl Sessions {
                     }
                 }
                 ("catalog" | "schema", Some(_)) => Some(ErrorValue::InvalidValue),
+                (TARGET_FILE_BYTES, None) => {
+                    session.target_file_bytes = None;
+                    None
+                }
+                (TARGET_FILE_BYTES, Some(value)) => {
+                    let bytes = match value {
+                        OptionValue::StringValue(text) => parse_bytes(&text).ok(),
+                        OptionValue::Int64Value(n) => u64::try_from(n).ok(),
+                        _ => None,
+                    };
+                    match bytes.filter(|b| *b >= MIN_TARGET_FILE_BYTES) {
+                        Some(bytes) => {
+                            session.target_file_bytes = Some(bytes);
+                            None
+                        }
+                        None => Some(ErrorValue::InvalidValue),
+                    }
+                }
                 _ => Some(ErrorValue::InvalidName),
             };
             if let Some(error) = error {
@@ -136,12 +165,28 @@ impl Sessions {
             }
             None => Session::new(),
         };
-        GetSessionOptionsResult {
-            session_options: HashMap::from([
-                ("catalog".to_string(), string_value(&session.catalog)),
-                ("schema".to_string(), string_value(&session.schema)),
-            ]),
+        let mut session_options = HashMap::from([
+            ("catalog".to_string(), string_value(&session.catalog)),
+            ("schema".to_string(), string_value(&session.schema)),
+        ]);
+        if let Some(bytes) = session.target_file_bytes {
+            session_options.insert(
+                TARGET_FILE_BYTES.to_string(),
+                SessionOptionValue {
+                    option_value: Some(OptionValue::Int64Value(
+                        i64::try_from(bytes).unwrap_or(i64::MAX),
+                    )),
+                },
+            );
         }
+        GetSessionOptionsResult { session_options }
+    }
+
+    /// The roll size the session `key` asks of its writes, if it set one.
+    pub(super) fn target_file_bytes(&self, key: Option<&str>) -> Option<u64> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        key.and_then(|k| sessions.get(k))
+            .and_then(|s| s.target_file_bytes)
     }
 
     /// Forgets the session; closing an unknown session succeeds too (ADBC always closes).
@@ -212,6 +257,24 @@ mod tests {
             result.errors["schema"].value,
             ErrorValue::InvalidValue as i32
         );
+        let result = sessions.set(
+            "k",
+            request(&[(TARGET_FILE_BYTES, Some("1KiB"))]),
+            &catalogs,
+        );
+        assert_eq!(
+            result.errors[TARGET_FILE_BYTES].value,
+            ErrorValue::InvalidValue as i32
+        );
+        assert_eq!(sessions.target_file_bytes(Some("k")), None);
+        let result = sessions.set(
+            "k",
+            request(&[(TARGET_FILE_BYTES, Some("2MiB"))]),
+            &catalogs,
+        );
+        assert!(result.errors.is_empty(), "{result:?}");
+        assert_eq!(sessions.target_file_bytes(Some("k")), Some(2 << 20));
+        assert_eq!(sessions.target_file_bytes(Some("other")), None);
         let got = sessions.get(Some("k"));
         assert_eq!(
             got.session_options["catalog"].option_value,
