@@ -22,6 +22,8 @@ USER = os.environ.get("QUIVER_USER") or None
 PASSWORD = os.environ.get("QUIVER_PASSWORD", "") if USER is not None else None
 TLS_ROOT = os.environ.get("QUIVER_TLS_ROOT") or None
 MODE = os.environ.get("QUIVER_MODE", "")
+# The coordinator's warehouse directory, when the tests may look into it (cluster mode).
+WAREHOUSE = os.environ.get("QUIVER_WAREHOUSE") or None
 
 AUTH = USER is not None
 TLS = URL.startswith("grpc+tls://")
@@ -58,14 +60,15 @@ def plaintext_url():
 # ADBC
 
 
-def adbc_db_kwargs(credentials=True, username=None, password=None):
+def adbc_db_kwargs(credentials=True, username=None, password=None, **extra):
     """Database options for adbc_driver_flightsql: credentials (when the server has auth), the
-    trusted root (with TLS) and call timeouts."""
+    trusted root (with TLS), call timeouts, and any `extra` driver options."""
     options = adbc_driver_flightsql.DatabaseOptions
     kwargs = {
         options.TIMEOUT_QUERY.value: str(CALL_TIMEOUT),
         options.TIMEOUT_FETCH.value: str(CALL_TIMEOUT),
         options.TIMEOUT_UPDATE.value: str(CALL_TIMEOUT),
+        **extra,
     }
     if credentials and (username is not None or AUTH):
         kwargs["username"] = USER if username is None else username

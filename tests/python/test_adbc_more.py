@@ -4,6 +4,8 @@ a large result. Environment: see quiver_env.py."""
 
 import datetime
 import decimal
+import json
+import os
 import uuid
 
 import adbc_driver_flightsql
@@ -320,6 +322,59 @@ def test_create_table_as_select_insert_and_drop(adbc_conn):
             scalar(adbc_conn, f"SELECT count(*) FROM {name}")
     finally:
         drop_quietly(adbc_conn, "TABLE", name)
+
+
+def data_files(table):
+    """The data files of a managed table in the warehouse (partition directories included)."""
+    root = os.path.join(q.WAREHOUSE, table)
+    return [
+        os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".parquet")
+    ]
+
+
+@pytest.mark.skipif(q.WAREHOUSE is None, reason="the warehouse directory is not visible")
+def test_session_option_sets_the_roll_size_of_writes():
+    """`quiver.target_file_bytes` set through the driver's session options makes that session's
+    writes roll small files; another session keeps the server's 128 MiB."""
+    small, default = unique("py_small"), unique("py_default")
+    select = "SELECT * FROM lineitem"
+    # Without credentials a session is the server's cookie, which the driver keeps only with
+    # its cookie middleware.
+    cookies = {"adbc.flight.sql.rpc.with_cookie_middleware": "true"}
+    with q.adbc_connect(**cookies) as conn, q.adbc_connect(**cookies) as other:
+        try:
+            conn.adbc_connection.set_options(
+                **{"adbc.flight.sql.session.option.quiver.target_file_bytes": "64KiB"}
+            )
+            options = json.loads(
+                conn.adbc_connection.get_option("adbc.flight.sql.session.options")
+            )
+            assert int(options["quiver.target_file_bytes"]) == 64 * 1024, options
+            with pytest.raises(adbc_driver_manager.Error):
+                conn.adbc_connection.set_options(
+                    **{"adbc.flight.sql.session.option.quiver.target_file_bytes": "1KiB"}
+                )
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE TABLE {small} PARTITIONED BY (l_returnflag) AS {select}")
+            with other.cursor() as cur:
+                cur.execute(f"CREATE TABLE {default} AS {select}")
+            expected = scalar(conn, "SELECT count(*) FROM lineitem")
+            assert scalar(conn, f"SELECT count(*) FROM {small}") == expected
+            assert scalar(other, f"SELECT count(*) FROM {default}") == expected
+            assert scalar(conn, f"SELECT count(*) FROM {small} WHERE l_returnflag = 'R'") == scalar(
+                conn, "SELECT count(*) FROM lineitem WHERE l_returnflag = 'R'"
+            )
+            small_files, default_files = data_files(small), data_files(default)
+            assert len(small_files) > 3 * len(default_files), (small_files, default_files)
+            assert all(os.path.getsize(f) <= 64 * 1024 for f in small_files)
+            assert {os.path.basename(os.path.dirname(f)) for f in small_files} == {
+                "l_returnflag=A",
+                "l_returnflag=N",
+                "l_returnflag=R",
+            }
+        finally:
+            drop_quietly(conn, "TABLE", small)
+            drop_quietly(other, "TABLE", default)
 
 
 def test_insert_with_bound_parameters(adbc_conn):

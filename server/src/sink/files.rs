@@ -52,6 +52,15 @@ pub(crate) const UPLOAD_BUFFER_BYTES: usize = 5 * 1024 * 1024;
 /// several tasks by byte range.
 pub(crate) const ROW_GROUP_ROWS: usize = 256 * 1024;
 
+/// Rows written to a file at a time: the granularity of the roll-over.
+pub(crate) const SLICE_ROWS: usize = 1024;
+
+/// What the data of a file may take of the target size: the rest is left for the Parquet
+/// footer (which grows with the columns and row groups) and for estimates that fall short.
+fn file_budget(target: u64) -> u64 {
+    target - (target / 8).min(64 * 1024)
+}
+
 /// Partition files one writing partition keeps open at once.
 pub(crate) const MAX_OPEN_FILES: usize = 16;
 
@@ -94,6 +103,11 @@ struct PartitionedWriter {
     started: usize,
     /// Batches written so far, to find the least recently written open file.
     clock: u64,
+    /// Bytes per row of the last completed file: sizes a new file's first slices.
+    bytes_per_row: Option<f64>,
+    /// Completed size over the writer's estimate, from the last completed file: Parquet
+    /// estimates a row group's size before compression.
+    size_ratio: f64,
 }
 
 impl PartitionedWriter {
@@ -123,6 +137,8 @@ impl PartitionedWriter {
             done: Vec::new(),
             started: 0,
             clock: 0,
+            bytes_per_row: None,
+            size_ratio: 1.0,
         })
     }
 
@@ -186,28 +202,60 @@ impl PartitionedWriter {
         Ok(order)
     }
 
+    /// Writes `batch` into the open file of partition directory `dir`, in slices of at most
+    /// [`SLICE_ROWS`] rows: a file is closed before a slice that would take it past the target
+    /// size (estimated from the bytes per row written so far) and once it reaches it, so files
+    /// stay within the target however large the batches.
     async fn write_to(&mut self, dir: String, batch: RecordBatch) -> Result<()> {
         self.clock += 1;
-        if !self.open.contains_key(&dir) {
-            if self.open.len() >= MAX_OPEN_FILES {
-                self.close_least_recent().await?;
+        let target = file_budget(self.files.spec.target_file_bytes);
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let rows = SLICE_ROWS.min(batch.num_rows() - offset);
+            let slice = batch.slice(offset, rows);
+            offset += rows;
+            if !self.open.contains_key(&dir) {
+                if self.open.len() >= MAX_OPEN_FILES {
+                    self.close_least_recent().await?;
+                }
+                let file = self.start_file(&dir)?;
+                self.open.insert(dir.clone(), file);
             }
-            let file = self.start_file(&dir)?;
-            self.open.insert(dir.clone(), file);
-        }
-        let clock = self.clock;
-        let target = self.files.spec.target_file_bytes;
-        let row_group_bytes = ROW_GROUP_BYTES / self.open.len().max(1);
-        let full = {
+            let row_group_bytes = ROW_GROUP_BYTES / self.open.len().max(1);
+            let (bytes_per_row, ratio) = (self.bytes_per_row, self.size_ratio);
+            let file = self.open.get_mut(&dir).ok_or_else(|| {
+                QuiverError::Internal("an open partition file went missing".into())
+            })?;
+            let size = file.size(ratio);
+            let per_row = file.bytes_per_row(ratio).or(bytes_per_row).unwrap_or(0.0);
+            let expected = size as f64 + per_row * rows as f64;
+            if file.rows > 0 && expected > target as f64 {
+                self.roll(&dir).await?;
+                let file = self.start_file(&dir)?;
+                self.open.insert(dir.clone(), file);
+            }
+            let clock = self.clock;
             let file = self.open.get_mut(&dir).ok_or_else(|| {
                 QuiverError::Internal("an open partition file went missing".into())
             })?;
             file.last_written = clock;
-            file.write(&batch, row_group_bytes).await?;
-            file.size() >= target
-        };
-        if full && let Some(file) = self.open.remove(&dir) {
+            file.write(&slice, row_group_bytes).await?;
+            if file.size(ratio) >= target {
+                self.roll(&dir).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the open file of `dir` and records it (and what a row costs in it).
+    async fn roll(&mut self, dir: &str) -> Result<()> {
+        if let Some(file) = self.open.remove(dir) {
+            let estimate = file.size(1.0);
             let written = file.close(self.store.as_ref(), &self.files.spec).await?;
+            if written.rows > 0 && estimate > 0 {
+                self.bytes_per_row = Some(written.bytes as f64 / written.rows as f64);
+                self.size_ratio = (written.bytes as f64 / estimate as f64).clamp(0.05, 1.0);
+            }
             self.done.push(written);
         }
         Ok(())
@@ -219,9 +267,8 @@ impl PartitionedWriter {
             .iter()
             .min_by_key(|(_, f)| f.last_written)
             .map(|(dir, _)| dir.clone());
-        if let Some(file) = oldest.and_then(|dir| self.open.remove(&dir)) {
-            let written = file.close(self.store.as_ref(), &self.files.spec).await?;
-            self.done.push(written);
+        if let Some(dir) = oldest {
+            self.roll(&dir).await?;
         }
         Ok(())
     }
@@ -331,10 +378,19 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Bytes the file holds so far (Parquet: written plus buffered).
-    fn size(&self) -> u64 {
+    /// What a row has cost in this file so far (see [`Self::size`]).
+    fn bytes_per_row(&self, ratio: f64) -> Option<f64> {
+        (self.rows > 0).then(|| self.size(ratio) as f64 / self.rows as f64)
+    }
+
+    /// Bytes the file will hold for what was written so far: exact for text; for Parquet what
+    /// is written plus the buffered row group's estimate, scaled by `ratio` (what completed
+    /// files turned out to be of their estimate).
+    fn size(&self, ratio: f64) -> u64 {
         match &self.body {
-            Body::Parquet(writer) => (writer.bytes_written() + writer.in_progress_size()) as u64,
+            Body::Parquet(writer) => {
+                ((writer.bytes_written() + writer.in_progress_size()) as f64 * ratio) as u64
+            }
             Body::Text { bytes, .. } => *bytes,
         }
     }
@@ -511,6 +567,11 @@ mod tests {
             let size = std::fs::metadata(&on_disk).unwrap().len();
             assert_eq!(size, file.bytes, "{}", file.path);
             assert!(
+                size <= MIN_TARGET_FILE_BYTES,
+                "{} has {size} bytes",
+                file.path
+            );
+            assert!(
                 file.path.starts_with("p=") && file.path.contains("/part-w1-a1-0-0-"),
                 "{}",
                 file.path
@@ -538,19 +599,26 @@ mod tests {
                 input: Arc::clone(&schema),
                 name: "0-0".into(),
             };
-            let written = write_task_files(&runtime, files, stream::iter(batches(&schema, 1)))
+            let written = write_task_files(&runtime, files, stream::iter(batches(&schema, 4)))
                 .await
                 .unwrap();
-            assert_eq!(written.len(), 1);
-            let text = std::fs::read_to_string(out.join(&written[0].path)).unwrap();
-            let lines = text.lines().count();
-            match format {
-                DataFormat::Csv { .. } => {
-                    assert_eq!(lines, 8193);
-                    assert!(text.starts_with("v,p\n"));
+            assert!(written.len() > 1, "text files roll too: {written:?}");
+            let mut rows = 0;
+            for file in &written {
+                assert!(file.bytes <= MIN_TARGET_FILE_BYTES, "{file:?}");
+                let text = std::fs::read_to_string(out.join(&file.path)).unwrap();
+                let lines = text.lines().count() as u64;
+                match format {
+                    // Every CSV file starts with its header.
+                    DataFormat::Csv { .. } => {
+                        assert!(text.starts_with("v,p\n"), "{}", file.path);
+                        assert_eq!(lines, file.rows + 1);
+                    }
+                    _ => assert_eq!(lines, file.rows),
                 }
-                _ => assert_eq!(lines, 8192),
+                rows += file.rows;
             }
+            assert_eq!(rows, 4 * 8192);
         }
         // A NULL in a NOT NULL column fails the write.
         let nulls = RecordBatch::try_new(

@@ -69,6 +69,10 @@ async fn python_clients_against_a_cluster() {
         &[
             ("QUIVER_URL", cluster.url()),
             ("QUIVER_MODE", "cluster".to_string()),
+            (
+                "QUIVER_WAREHOUSE",
+                cluster.dir.path().join("warehouse").display().to_string(),
+            ),
         ],
         || cluster.coordinator.log_text(),
     )
