@@ -90,8 +90,13 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     found
 }
 
+/// The catalog file as TOML; a file not written yet (a coordinator that has created nothing)
+/// reads as empty.
 fn read(path: &Path) -> toml::Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => panic!("reading {}: {e}", path.display()),
+    };
     toml::from_str(&text).unwrap_or_else(|e| panic!("{} is not TOML: {e}", path.display()))
 }

@@ -29,6 +29,9 @@ pub struct ClusterOptions {
     /// `NAME=PATH` tables for the coordinator.
     pub tables: Vec<(String, PathBuf)>,
     pub catalog: Option<PathBuf>,
+    /// The coordinator's `--warehouse` (a directory or `s3://bucket/prefix/`); `None`: the
+    /// cluster directory's `warehouse/`.
+    pub warehouse: Option<String>,
     pub target_partitions: usize,
     pub executor_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
@@ -54,6 +57,7 @@ impl Default for ClusterOptions {
             executors: 2,
             tables: Vec::new(),
             catalog: None,
+            warehouse: None,
             target_partitions: 0,
             executor_timeout_ms: 3_000,
             heartbeat_interval_ms: 200,
@@ -334,7 +338,10 @@ fn coordinator_args(options: &ClusterOptions, dir: &Path, listen: &str) -> Vec<S
         "--target-partitions".to_string(),
         options.target_partitions.to_string(),
         "--warehouse".to_string(),
-        dir.join("warehouse").display().to_string(),
+        options
+            .warehouse
+            .clone()
+            .unwrap_or_else(|| dir.join("warehouse").display().to_string()),
         "--cluster-secret-file".to_string(),
         secret_file(dir).display().to_string(),
     ];

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod oracle;
 pub mod process;
 pub mod secure;
+pub mod sql;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -126,6 +126,23 @@ impl QuiverProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The files (relative to `destination`, e.g. `/…/warehouse/t/` or `s3://b/t/`, with its
+    /// trailing slash) this process's log says it wrote: the `wrote a data file` lines.
+    pub fn written_files(&self, destination: &str) -> Vec<String> {
+        let destination = format!("destination={destination} ");
+        self.log_text()
+            .lines()
+            .filter(|line| line.contains("wrote a data file") && line.contains(&destination))
+            .map(|line| {
+                // `file=<path> rows=…`: the path may hold spaces (a partition value's).
+                line.split_once(" file=")
+                    .and_then(|(_, rest)| rest.split_once(" rows="))
+                    .map(|(file, _)| file.to_string())
+                    .unwrap_or_else(|| panic!("a written file without its name: {line}"))
+            })
+            .collect()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -211,8 +211,11 @@ pub(super) fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
 /// plan it) and returns its column names. Types given there must be the column's own: the
 /// columns are declared in the column list (or come from the query).
 fn take_partition_by(statement: &mut DFStatement) -> Result<Vec<String>> {
-    let DFStatement::Statement(inner) = statement else {
-        return Ok(Vec::new());
+    let inner = match statement {
+        DFStatement::Statement(inner) => inner,
+        // `EXPLAIN CREATE TABLE … PARTITIONED BY`: the clause of the statement it explains.
+        DFStatement::Explain(explain) => return take_partition_by(explain.statement.as_mut()),
+        _ => return Ok(Vec::new()),
     };
     let SqlStatement::CreateTable(create) = inner.as_mut() else {
         return Ok(Vec::new());

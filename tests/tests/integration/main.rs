@@ -12,6 +12,7 @@ mod jdbc_replay;
 mod limits;
 mod membership;
 mod object_store;
+mod parallel_writes;
 mod python;
 mod random_sql;
 mod serve;
@@ -21,11 +22,8 @@ mod writes;
 
 use arrow::array::RecordBatch;
 use quiver_client::QuiverClient;
+pub(crate) use quiver_tests::sql::QUERY_LIMIT;
 use quiver_tests::within;
-use std::time::Duration;
-
-/// Longest any single statement may take in these tests.
-pub(crate) const QUERY_LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs each statement through the plain Flight SQL path (or the prepared-statement path when
 /// `prepared`); returns the result of the statement that produces columns.

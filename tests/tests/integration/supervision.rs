@@ -12,52 +12,15 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
-use arrow::util::pretty::pretty_format_batches;
-use quiver_client::{ClientError, QuiverClient};
+use quiver_client::ClientError;
 use quiver_tests::compare::compare;
 use quiver_tests::oracle::{self, tpch_dataset};
-use quiver_tests::{ClusterOptions, TestCluster, within};
+use quiver_tests::sql::{query, scalar, status, text, update};
+use quiver_tests::{ClusterOptions, TestCluster};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
 use crate::QUERY_LIMIT;
-
-/// The server's status of a failed call (a client-side failure becomes `Unknown`).
-fn status(e: ClientError) -> tonic::Status {
-    e.status()
-        .cloned()
-        .unwrap_or_else(|| tonic::Status::unknown(e.to_string()))
-}
-
-async fn update(client: &mut QuiverClient, sql: &str) -> Result<i64, tonic::Status> {
-    within(QUERY_LIMIT, sql, client.update(sql))
-        .await
-        .map_err(status)
-}
-
-async fn query(client: &mut QuiverClient, sql: &str) -> Result<Vec<RecordBatch>, tonic::Status> {
-    within(QUERY_LIMIT, sql, client.query(sql))
-        .await
-        .map(|r| r.batches)
-        .map_err(status)
-}
-
-/// A result as text, for comparing results of the same query.
-fn text(batches: &[RecordBatch]) -> String {
-    pretty_format_batches(batches)
-        .expect("format batches")
-        .to_string()
-}
-
-/// The single `BIGINT` of a one-row result.
-async fn scalar(client: &mut QuiverClient, sql: &str) -> i64 {
-    let batches = query(client, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let column = batches[0].column(0);
-    arrow::array::cast::as_primitive_array::<arrow::datatypes::Int64Type>(column).value(0)
-}
 
 /// Awaits `fut` for at most `limit`; on a timeout fails with the coordinator's log.
 async fn bounded<T>(

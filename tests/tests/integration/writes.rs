@@ -15,6 +15,7 @@ use arrow_flight::sql::{
 use futures::stream;
 use quiver_client::QuiverClient;
 use quiver_tests::oracle::{self, tpch_dataset};
+use quiver_tests::sql::update;
 use quiver_tests::{ClusterOptions, TestCluster, within};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -37,16 +38,6 @@ async fn count(client: &mut QuiverClient, table: &str) -> i64 {
         .value(0)
 }
 
-async fn update(client: &mut QuiverClient, sql: &str) -> Result<i64, tonic::Status> {
-    match within(QUERY_LIMIT, sql, client.update(sql)).await {
-        Ok(rows) => Ok(rows),
-        Err(e) => Err(e
-            .status()
-            .cloned()
-            .unwrap_or_else(|| tonic::Status::unknown(e.to_string()))),
-    }
-}
-
 async fn oracle_count(sql: &str) -> i64 {
     let ctx = oracle::tpch_context(&tpch_dataset()).await;
     let batches = oracle::run(&ctx, &[sql.to_string()]).await;
@@ -58,7 +49,17 @@ async fn oracle_count(sql: &str) -> i64 {
         .value(0)
 }
 
-/// Data files (not temp files) in the table's warehouse directory.
+/// The files the catalog file at `catalog` lists for `table`, sorted.
+fn listed(catalog: &std::path::Path, table: &str) -> Vec<String> {
+    let mut files = quiver_tests::catalog::managed_tables(catalog)
+        .remove(table)
+        .map(|t| t.files)
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Every file (temporary ones included) at the top of the table's warehouse directory.
 fn files(cluster: &TestCluster, table: &str) -> Vec<String> {
     let dir = cluster.dir.path().join("warehouse").join(table);
     let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -80,7 +81,7 @@ async fn create_insert_overwrite_and_drop_managed_tables() {
     })
     .await;
     let catalog = cluster.dir.path().join("catalog.toml");
-    cluster.options.catalog = Some(catalog);
+    cluster.options.catalog = Some(catalog.clone());
     cluster.restart_coordinator();
     cluster.wait_for_live(2).await;
     let mut client = cluster.client().await;
@@ -93,7 +94,10 @@ async fn create_insert_overwrite_and_drop_managed_tables() {
         .expect("CTAS");
     assert_eq!(created, expected);
     assert_eq!(count(&mut client, "small").await, expected);
-    assert_eq!(files(&cluster, "small").len(), 1);
+    // Each writing task writes its own files: the directory holds what the catalog lists.
+    let created_files = files(&cluster, "small");
+    assert!(!created_files.is_empty());
+    assert_eq!(created_files, listed(&catalog, "small"));
 
     // The same name again: AlreadyExists; IF NOT EXISTS: nothing happens.
     let again = update(&mut client, "CREATE TABLE small AS SELECT 1 AS x").await;
@@ -123,7 +127,14 @@ async fn create_insert_overwrite_and_drop_managed_tables() {
         2
     );
     assert_eq!(count(&mut client, "small").await, 2 * expected + 2);
-    assert_eq!(files(&cluster, "small").len(), 3);
+    // Appends only add files.
+    let appended_files = files(&cluster, "small");
+    assert!(
+        created_files.iter().all(|f| appended_files.contains(f))
+            && appended_files.len() >= created_files.len() + 2,
+        "{created_files:?} -> {appended_files:?}"
+    );
+    assert_eq!(appended_files, listed(&catalog, "small"));
 
     // A write that fails midway changes nothing and leaves no file behind.
     let failing = update(
@@ -133,7 +144,7 @@ async fn create_insert_overwrite_and_drop_managed_tables() {
     .await;
     assert!(failing.is_err(), "division by zero must fail the INSERT");
     assert_eq!(count(&mut client, "small").await, 2 * expected + 2);
-    assert_eq!(files(&cluster, "small").len(), 3);
+    assert_eq!(files(&cluster, "small"), appended_files);
 
     // Writes go to managed tables only.
     let external = update(&mut client, "INSERT INTO nation VALUES (99, 'X', 1, 'y')").await;
@@ -156,7 +167,19 @@ async fn create_insert_overwrite_and_drop_managed_tables() {
         1
     );
     assert_eq!(count(&mut client, "small").await, 1);
-    assert_eq!(files(&cluster, "small").len(), 1);
+    let overwritten = files(&cluster, "small");
+    assert!(!overwritten.is_empty());
+    assert!(
+        overwritten.iter().all(|f| !appended_files.contains(f)),
+        "old files left: {overwritten:?}"
+    );
+    assert_eq!(overwritten, listed(&catalog, "small"));
+    // All of one write: `part-<write id>-<attempt id>-<task>-<partition>-<n>.parquet`.
+    let writes: std::collections::BTreeSet<&str> = overwritten
+        .iter()
+        .map(|f| f.rsplitn(4, '-').nth(3).expect("part-<write>-<attempt>-…"))
+        .collect();
+    assert_eq!(writes.len(), 1, "{overwritten:?}");
 
     // CREATE TABLE with declared columns, then DROP deletes the files.
     update(
