@@ -895,11 +895,10 @@ impl Committer for CopyCommit {
             let to = self.path(&file.path)?;
             store.rename(&from, &to).await.map_err(store_error)?;
         }
-        let manifest = serde_json::json!({
-            "files": files.iter().map(|f| serde_json::json!({"path": f.path, "rows": f.rows, "bytes": f.bytes})).collect::<Vec<_>>(),
-        });
+        // Empty, as Spark writes it: readers (DataFusion, Spark) skip empty files, so the
+        // marker never breaks a listing of the directory.
         store
-            .put(&marker, PutPayload::from(manifest.to_string().into_bytes()))
+            .put(&marker, PutPayload::default())
             .await
             .map_err(store_error)?;
         prune_empty_local_dirs(&self.target);

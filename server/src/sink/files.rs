@@ -103,11 +103,10 @@ struct PartitionedWriter {
     started: usize,
     /// Batches written so far, to find the least recently written open file.
     clock: u64,
-    /// Bytes per row of the last completed file: sizes a new file's first slices.
+    /// Bytes per row of the last completed file: what later files are sized by (Parquet's
+    /// own estimate of a buffered row group is taken before encoding and compression, so it
+    /// only sizes the first file, conservatively).
     bytes_per_row: Option<f64>,
-    /// Completed size over the writer's estimate, from the last completed file: Parquet
-    /// estimates a row group's size before compression.
-    size_ratio: f64,
 }
 
 impl PartitionedWriter {
@@ -138,7 +137,6 @@ impl PartitionedWriter {
             started: 0,
             clock: 0,
             bytes_per_row: None,
-            size_ratio: 1.0,
         })
     }
 
@@ -203,17 +201,21 @@ impl PartitionedWriter {
     }
 
     /// Writes `batch` into the open file of partition directory `dir`, in slices of at most
-    /// [`SLICE_ROWS`] rows: a file is closed before a slice that would take it past the target
-    /// size (estimated from the bytes per row written so far) and once it reaches it, so files
-    /// stay within the target however large the batches.
+    /// [`SLICE_ROWS`] rows, each no larger than what the file has room for (at the bytes per row
+    /// seen so far): a file is closed once it reaches the target size, so files stay within it
+    /// however large the batches.
     async fn write_to(&mut self, dir: String, batch: RecordBatch) -> Result<()> {
         self.clock += 1;
         let target = file_budget(self.files.spec.target_file_bytes);
+        // Before any file completed: what a row takes in memory, twice that for text formats
+        // (which spell out what Arrow stores in binary).
+        let in_memory = batch.get_array_memory_size() as f64 / batch.num_rows().max(1) as f64;
+        let guess = match self.files.spec.format {
+            DataFormat::Parquet { .. } => in_memory,
+            DataFormat::Csv { .. } | DataFormat::Json => 2.0 * in_memory,
+        };
         let mut offset = 0;
         while offset < batch.num_rows() {
-            let rows = SLICE_ROWS.min(batch.num_rows() - offset);
-            let slice = batch.slice(offset, rows);
-            offset += rows;
             if !self.open.contains_key(&dir) {
                 if self.open.len() >= MAX_OPEN_FILES {
                     self.close_least_recent().await?;
@@ -222,25 +224,27 @@ impl PartitionedWriter {
                 self.open.insert(dir.clone(), file);
             }
             let row_group_bytes = ROW_GROUP_BYTES / self.open.len().max(1);
-            let (bytes_per_row, ratio) = (self.bytes_per_row, self.size_ratio);
-            let file = self.open.get_mut(&dir).ok_or_else(|| {
-                QuiverError::Internal("an open partition file went missing".into())
-            })?;
-            let size = file.size(ratio);
-            let per_row = file.bytes_per_row(ratio).or(bytes_per_row).unwrap_or(0.0);
-            let expected = size as f64 + per_row * rows as f64;
-            if file.rows > 0 && expected > target as f64 {
-                self.roll(&dir).await?;
-                let file = self.start_file(&dir)?;
-                self.open.insert(dir.clone(), file);
-            }
+            let learned = self.bytes_per_row;
             let clock = self.clock;
             let file = self.open.get_mut(&dir).ok_or_else(|| {
                 QuiverError::Internal("an open partition file went missing".into())
             })?;
+            let size = file.size(learned);
+            let per_row = learned
+                .or_else(|| (file.rows > 0).then(|| size as f64 / file.rows as f64))
+                .unwrap_or(guess)
+                .max(1.0);
+            let fit = (target.saturating_sub(size) as f64 / per_row) as usize;
+            if fit == 0 && file.rows > 0 {
+                self.roll(&dir).await?;
+                continue;
+            }
+            let rows = fit.clamp(1, SLICE_ROWS).min(batch.num_rows() - offset);
+            let slice = batch.slice(offset, rows);
+            offset += rows;
             file.last_written = clock;
             file.write(&slice, row_group_bytes).await?;
-            if file.size(ratio) >= target {
+            if file.size(learned) >= target {
                 self.roll(&dir).await?;
             }
         }
@@ -250,11 +254,9 @@ impl PartitionedWriter {
     /// Closes the open file of `dir` and records it (and what a row costs in it).
     async fn roll(&mut self, dir: &str) -> Result<()> {
         if let Some(file) = self.open.remove(dir) {
-            let estimate = file.size(1.0);
             let written = file.close(self.store.as_ref(), &self.files.spec).await?;
-            if written.rows > 0 && estimate > 0 {
+            if written.rows > 0 {
                 self.bytes_per_row = Some(written.bytes as f64 / written.rows as f64);
-                self.size_ratio = (written.bytes as f64 / estimate as f64).clamp(0.05, 1.0);
             }
             self.done.push(written);
         }
@@ -378,18 +380,17 @@ impl OpenFile {
         Ok(())
     }
 
-    /// What a row has cost in this file so far (see [`Self::size`]).
-    fn bytes_per_row(&self, ratio: f64) -> Option<f64> {
-        (self.rows > 0).then(|| self.size(ratio) as f64 / self.rows as f64)
-    }
-
-    /// Bytes the file will hold for what was written so far: exact for text; for Parquet what
-    /// is written plus the buffered row group's estimate, scaled by `ratio` (what completed
-    /// files turned out to be of their estimate).
-    fn size(&self, ratio: f64) -> u64 {
+    /// Bytes the file will hold for what was written so far: exact for text; for Parquet, with
+    /// `bytes_per_row` learned from completed files, its rows at that cost (at least what is
+    /// flushed), else what is flushed plus Parquet's estimate of the buffered row group.
+    fn size(&self, bytes_per_row: Option<f64>) -> u64 {
         match &self.body {
             Body::Parquet(writer) => {
-                ((writer.bytes_written() + writer.in_progress_size()) as f64 * ratio) as u64
+                let flushed = writer.bytes_written() as u64;
+                match bytes_per_row {
+                    Some(per_row) => flushed.max((self.rows as f64 * per_row) as u64),
+                    None => flushed + writer.in_progress_size() as u64,
+                }
             }
             Body::Text { bytes, .. } => *bytes,
         }

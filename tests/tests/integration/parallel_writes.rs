@@ -180,28 +180,11 @@ fn int64(batch: &RecordBatch, column: usize) -> &Int64Array {
         .expect("Int64")
 }
 
-/// One file of `_SUCCESS`'s manifest.
-#[derive(Debug)]
-struct ManifestFile {
-    path: String,
-    rows: u64,
-}
-
-/// The files `<target>/_SUCCESS` lists (its JSON `files`: path, rows, bytes).
-fn manifest(target: &Path) -> Vec<ManifestFile> {
-    let path = target.join("_SUCCESS");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()));
-    value["files"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no files in {text}"))
-        .iter()
-        .map(|f| ManifestFile {
-            path: f["path"].as_str().expect("path").to_string(),
-            rows: f["rows"].as_u64().expect("rows"),
-        })
+/// The data files of a committed COPY result: everything under `target` but its marker.
+fn result_files(target: &Path) -> Vec<String> {
+    files_under(target)
+        .into_iter()
+        .filter(|f| f != "_SUCCESS")
         .collect()
 }
 
@@ -810,7 +793,7 @@ async fn single_node(ctx: &SessionContext, sql: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_writes_allowed_targets_once_with_a_success_manifest() {
+async fn copy_writes_allowed_targets_once_with_a_success_marker() {
     let exports = tempfile::tempdir().expect("tempdir");
     let allowed = exports.path().join("allowed");
     let config = exports.path().join("quiver.toml");
@@ -852,9 +835,9 @@ async fn copy_writes_allowed_targets_once_with_a_success_manifest() {
             "no directory for {mode}"
         );
     }
-    let one = manifest(&parquet).remove(0);
+    let one = result_files(&parquet).remove(0);
     let reader = datafusion::parquet::file::reader::SerializedFileReader::new(
-        std::fs::File::open(parquet.join(&one.path)).expect("open"),
+        std::fs::File::open(parquet.join(&one)).expect("open"),
     )
     .expect("a Parquet file");
     let metadata = datafusion::parquet::file::reader::FileReader::metadata(&reader);
@@ -862,8 +845,7 @@ async fn copy_writes_allowed_targets_once_with_a_success_manifest() {
         assert_eq!(
             column.compression(),
             datafusion::parquet::basic::Compression::SNAPPY,
-            "{}",
-            one.path
+            "{one}"
         );
     }
 
@@ -893,17 +875,22 @@ async fn copy_writes_allowed_targets_once_with_a_success_manifest() {
             "{format}"
         );
         if format == "json" {
-            // Text files roll at batch boundaries: a file is closed once a whole batch took it
-            // past the target, so it may exceed the target by up to one encoded batch.
-            let files = manifest(&target);
+            // Text files roll within the target too.
+            let files = result_files(&target);
             assert!(files.len() >= 2, "64 KiB files did not roll: {files:?}");
+            for f in &files {
+                let size = std::fs::metadata(target.join(f)).expect("stat").len();
+                assert!(size <= 64 * 1024, "{f} has {size} bytes");
+            }
         } else {
             // Every CSV file starts with its header.
-            for f in manifest(&target) {
-                let content = std::fs::read_to_string(target.join(&f.path)).expect("read");
-                assert!(content.starts_with("l_orderkey,"), "{}", f.path);
-                assert_eq!(content.lines().count() as u64, f.rows + 1, "{}", f.path);
+            let mut lines = 0;
+            for f in result_files(&target) {
+                let content = std::fs::read_to_string(target.join(&f)).expect("read");
+                assert!(content.starts_with("l_orderkey,"), "{f}");
+                lines += content.lines().count() as i64 - 1;
             }
+            assert_eq!(lines, rows);
         }
     }
 
@@ -997,8 +984,8 @@ async fn copy_writes_allowed_targets_once_with_a_success_manifest() {
     assert!(!allowed.join("bad").exists());
 }
 
-/// A committed COPY result in `target`: `_SUCCESS` lists exactly the data files there, with
-/// `rows` rows in all, and no staging is left.
+/// A committed COPY result in `target`: an empty `_SUCCESS` marker (what Spark writes; readers
+/// skip empty files), data files, no staging left, and `rows` rows reported.
 fn assert_committed(target: &Path, rows: i64) {
     assert!(
         !target.join("_staging").exists(),
@@ -1006,23 +993,22 @@ fn assert_committed(target: &Path, rows: i64) {
         target.display(),
         files_under(&target.join("_staging"))
     );
-    let files = manifest(target);
-    assert!(!files.is_empty());
-    assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), rows as u64);
-    let mut listed: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-    listed.push("_SUCCESS".to_string());
-    listed.sort();
-    assert_eq!(files_under(target), listed, "{}", target.display());
+    let marker = std::fs::metadata(target.join("_SUCCESS"))
+        .unwrap_or_else(|e| panic!("{}: no _SUCCESS: {e}", target.display()));
+    assert_eq!(marker.len(), 0, "_SUCCESS is an empty marker");
+    assert!(!result_files(target).is_empty(), "{}", target.display());
+    assert!(rows > 0);
 }
 
-/// Known bug: a COPY result is not readable as a Quiver external table when it is partitioned
-/// (`InvalidArgument`: "Found mixed partition values on disk [[], [\"l_shipmode\"]]") or on S3
-/// (`Internal`: "Invalid Parquet file. Corrupt footer"): DataFusion's `CREATE EXTERNAL TABLE
-/// … LOCATION '<dir>/'` lists every file of the directory, the JSON `_SUCCESS` manifest at its
-/// top included. Readers that skip `_` files (Spark, `register_parquet`'s `.parquet` filter)
-/// read it. Un-ignore once COPY results read back.
+/// Known limitation: a partitioned COPY result does not read back as a Quiver external table.
+/// DataFusion 55's partition inference for `CREATE EXTERNAL TABLE … LOCATION '<dir>/'` counts
+/// the `_SUCCESS` marker at the top (empty, as Spark writes it) as a file without partitions:
+/// `InvalidArgument` "Found mixed partition values on disk [[], [\"l_shipmode\"]]", with or
+/// without declared partition columns. Unpartitioned results, and readers that skip `_` files
+/// (Spark, DuckDB, DataFusion's `register_parquet` with its `.parquet` filter), read it.
+/// Un-ignore once Quiver's external tables skip `_`-prefixed files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a COPY result's _SUCCESS breaks CREATE EXTERNAL TABLE over its directory"]
+#[ignore = "DataFusion's partition inference counts a COPY result's _SUCCESS marker"]
 async fn a_partitioned_copy_result_reads_back_as_an_external_table() {
     let exports = tempfile::tempdir().expect("tempdir");
     let config = exports.path().join("quiver.toml");
@@ -1050,7 +1036,8 @@ async fn a_partitioned_copy_result_reads_back_as_an_external_table() {
     update(
         &mut client,
         &format!(
-            "CREATE EXTERNAL TABLE exported STORED AS PARQUET LOCATION '{}/'",
+            "CREATE EXTERNAL TABLE exported (l_orderkey BIGINT, l_quantity DECIMAL(15, 2), \
+             l_shipmode VARCHAR) STORED AS PARQUET PARTITIONED BY (l_shipmode) LOCATION '{}/'",
             target.display()
         ),
     )

@@ -144,7 +144,9 @@ async fn a_write_whose_executor_dies_runs_again_and_commits_once() {
     let killed_at = Instant::now();
     let written = bounded(
         &cluster,
-        Duration::from_secs(10),
+        // A hang guard: the rerun runs the whole join again on the coordinator alone (one live
+        // executor), which on a loaded 2-core machine takes several seconds.
+        Duration::from_secs(30),
         "the CTAS after its executor died",
         ctas,
     )
