@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::{SortColumn, lexsort_to_indices, partition, take, take_record_batch};
 use arrow::csv::WriterBuilder as CsvWriterBuilder;
 use arrow::datatypes::SchemaRef;
 use arrow::json::LineDelimitedWriter;
@@ -48,9 +48,9 @@ pub(crate) const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
 /// What one upload buffers before it sends a part (S3's smallest multipart part).
 pub(crate) const UPLOAD_BUFFER_BYTES: usize = 5 * 1024 * 1024;
 
-/// Rows per Parquet row group at most: small enough that a scan of a large file splits over
-/// several tasks by byte range.
-pub(crate) const ROW_GROUP_ROWS: usize = 256 * 1024;
+/// Rows per Parquet row group at most (DataFusion's default): a file at the default target size
+/// still has several, so a scan of it splits over tasks by byte range.
+pub(crate) const ROW_GROUP_ROWS: usize = 1024 * 1024;
 
 /// Rows written to a file at a time: the granularity of the roll-over.
 pub(crate) const SLICE_ROWS: usize = 1024;
@@ -151,53 +151,71 @@ impl PartitionedWriter {
         if self.partition_columns.is_empty() {
             return self.write_to(String::new(), data).await;
         }
-        for (dir, rows) in self.partition_rows(batch)? {
-            let rows = UInt32Array::from(rows);
+        let mut parts = self.partition_rows(batch)?;
+        if parts.len() == 1
+            && let Some((dir, _)) = parts.pop()
+        {
+            // One partition: the batch as it is.
+            return self.write_to(dir, data).await;
+        }
+        for (dir, rows) in parts {
             let part = take_record_batch(&data, &rows)?;
             self.write_to(dir, part).await?;
         }
         Ok(())
     }
 
-    /// The rows of `batch` by partition directory, in the order directories first appear.
-    fn partition_rows(&self, batch: &RecordBatch) -> Result<Vec<(String, Vec<u32>)>> {
-        let options = FormatOptions::default();
-        let columns: Vec<(&str, &Arc<dyn Array>)> = self
+    /// The rows of `batch` by partition directory. Vectorized: the rows are sorted by their
+    /// partition values and cut where the values change, so each directory's name is rendered
+    /// once per batch, not once per row.
+    fn partition_rows(&self, batch: &RecordBatch) -> Result<Vec<(String, UInt32Array)>> {
+        let columns: Vec<ArrayRef> = self
             .partition_columns
             .iter()
-            .zip(&self.files.spec.partition_by)
-            .map(|(i, name)| (name.as_str(), batch.column(*i)))
+            .map(|i| Arc::clone(batch.column(*i)))
             .collect();
-        let formatters = columns
+        let sort: Vec<SortColumn> = columns
             .iter()
-            .map(|(_, array)| ArrayFormatter::try_new(array.as_ref(), &options))
+            .map(|values| SortColumn {
+                values: Arc::clone(values),
+                options: None,
+            })
+            .collect();
+        let order = lexsort_to_indices(&sort, None)?;
+        let sorted = columns
+            .iter()
+            .map(|c| take(c.as_ref(), &order, None))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut order: Vec<(String, Vec<u32>)> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut values: Vec<Option<String>> = vec![None; columns.len()];
-        for row in 0..batch.num_rows() {
-            for (k, ((_, array), formatter)) in columns.iter().zip(&formatters).enumerate() {
-                values[k] = array
-                    .is_valid(row)
-                    .then(|| formatter.value(row).to_string());
-            }
-            let named: Vec<(&str, Option<&str>)> = columns
+        let options = FormatOptions::default();
+        let formatters = sorted
+            .iter()
+            .map(|array| ArrayFormatter::try_new(array.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut parts = Vec::new();
+        for range in partition(&sorted)?.ranges() {
+            let values: Vec<Option<String>> = sorted
+                .iter()
+                .zip(&formatters)
+                .map(|(array, formatter)| {
+                    array
+                        .is_valid(range.start)
+                        .then(|| formatter.value(range.start).to_string())
+                })
+                .collect();
+            let named: Vec<(&str, Option<&str>)> = self
+                .files
+                .spec
+                .partition_by
                 .iter()
                 .zip(&values)
-                .map(|((name, _), v)| (*name, v.as_deref()))
+                .map(|(name, value)| (name.as_str(), value.as_deref()))
                 .collect();
-            let dir = hive::partition_dir(&named);
-            let slot = match index.get(&dir) {
-                Some(slot) => *slot,
-                None => {
-                    index.insert(dir.clone(), order.len());
-                    order.push((dir, Vec::new()));
-                    order.len() - 1
-                }
-            };
-            order[slot].1.push(row as u32);
+            parts.push((
+                hive::partition_dir(&named),
+                order.slice(range.start, range.len()),
+            ));
         }
-        Ok(order)
+        Ok(parts)
     }
 
     /// Writes `batch` into the open file of partition directory `dir`, in slices of at most
