@@ -7,7 +7,8 @@
 //! defaults ([`ClusterOptions::binary_defaults`]) except the flags a benchmark must fix: the
 //! TPC-H tables, `--target-partitions`, and a cluster secret (internal calls are signed, as in a
 //! real deployment); they log warnings only, since info-level logs per query would be part of
-//! what is measured.
+//! what is measured (the write benchmark adds the one info line per written file and commit,
+//! [`start_logging`]).
 
 use std::path::PathBuf;
 
@@ -29,7 +30,12 @@ pub(crate) struct ClusterSetup {
 }
 
 pub(crate) async fn start(setup: &ClusterSetup) -> TestCluster {
-    let mut env = vec![("RUST_LOG".to_string(), "warn".to_string())];
+    start_logging(setup, "warn").await
+}
+
+/// [`start`] with `rust_log` as every process's `RUST_LOG` (`--node-env` may still override it).
+pub(crate) async fn start_logging(setup: &ClusterSetup, rust_log: &str) -> TestCluster {
+    let mut env = vec![("RUST_LOG".to_string(), rust_log.to_string())];
     env.extend(setup.env.iter().cloned());
     TestCluster::start(ClusterOptions {
         executors: setup.executors,

@@ -4,13 +4,14 @@
 //! cargo build --release -p quiver-server -p quiver-benches
 //! target/release/quiver-bench                 # TPC-H SF1 + micro-benchmarks, tables
 //! target/release/quiver-bench --scale-factor 10 --json > sf10.json
+//! target/release/quiver-bench --writes --skip-tpch --skip-micro   # the write benchmark only
 //! ```
 //!
 //! It generates TPC-H at the requested scale factor if missing ([`tpch`]), starts a coordinator
 //! and N executor processes on loopback ([`cluster`]), runs the 22 queries interleaved on Quiver
 //! (through a Flight SQL client, results fully fetched) and on single-node DataFusion in this
-//! process over the same files, then the Flight micro-benchmarks ([`micro`]), and prints the
-//! report ([`report`]). Every child process dies with the harness, also on errors and Ctrl-C.
+//! process over the same files, then the Flight micro-benchmarks ([`micro`]), with `--writes`
+//! the write benchmark ([`writes`]), and prints the report ([`report`]). Every child process dies with the harness, also on errors and Ctrl-C.
 //! See `BENCHMARKS.md` for what each figure means and the figures measured so far.
 
 mod baseline;
@@ -20,6 +21,7 @@ mod micro;
 mod plain_flight;
 mod report;
 mod tpch;
+mod writes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +32,7 @@ use clap::{Parser, ValueEnum};
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "quiver-bench",
-    about = "TPC-H on Quiver vs single-node DataFusion, plus Flight SQL micro-benchmarks"
+    about = "TPC-H on Quiver vs single-node DataFusion, plus Flight SQL micro-benchmarks and a write benchmark"
 )]
 pub(crate) struct Options {
     /// TPC-H scale factor (generated with tpchgen under --data-dir if missing).
@@ -77,6 +79,10 @@ pub(crate) struct Options {
     /// Skip the micro-benchmarks.
     #[arg(long)]
     skip_micro: bool,
+    /// Also run the write benchmark: CREATE TABLE AS SELECT * FROM lineitem, plain and
+    /// PARTITIONED BY (l_shipmode), against DataFusion's COPY TO (warm-up + --runs each).
+    #[arg(long)]
+    writes: bool,
     /// `SELECT 1` round trips measured (after 20 unmeasured ones).
     #[arg(long, default_value_t = 1000)]
     select1_iterations: usize,
@@ -161,6 +167,9 @@ async fn run(options: Options) -> Result<report::Report> {
     if options.coordinator.is_some() && !options.skip_micro {
         bail!("--coordinator needs --skip-micro: the micro-benchmarks start their own processes");
     }
+    if options.coordinator.is_some() && options.writes {
+        bail!("--writes starts its own processes (it reads their CPU time): drop --coordinator");
+    }
     let quiver_bin = if options.coordinator.is_some() {
         PathBuf::new()
     } else {
@@ -195,6 +204,9 @@ async fn run(options: Options) -> Result<report::Report> {
     }
     if !options.skip_micro {
         report.micro = Some(micro::run(&setup, &options).await?);
+    }
+    if options.writes {
+        report.writes = Some(writes::run(&setup, &options).await?);
     }
     Ok(report)
 }

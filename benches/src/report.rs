@@ -86,6 +86,7 @@ pub(crate) struct Report {
     pub(crate) runs: usize,
     pub(crate) tpch: Option<TpchReport>,
     pub(crate) micro: Option<MicroReport>,
+    pub(crate) writes: Option<WritesReport>,
 }
 
 impl Report {
@@ -99,6 +100,7 @@ impl Report {
             runs: options.runs,
             tpch: None,
             micro: None,
+            writes: None,
         }
     }
 
@@ -106,6 +108,10 @@ impl Report {
         self.tpch
             .as_ref()
             .is_some_and(|t| t.queries.iter().any(|q| q.rows_differ))
+            || self
+                .writes
+                .as_ref()
+                .is_some_and(|w| w.statements.iter().any(|s| s.rows_differ))
     }
 
     pub(crate) fn render(&self) -> String {
@@ -133,6 +139,10 @@ impl Report {
         if let Some(micro) = &self.micro {
             out.push('\n');
             micro.render(&mut out);
+        }
+        if let Some(writes) = &self.writes {
+            out.push('\n');
+            writes.render(&mut out);
         }
         out
     }
@@ -447,6 +457,135 @@ impl MicroReport {
                 n.node,
                 mib(n.peak_rss_bytes),
                 mib(n.current_rss_bytes)
+            );
+        }
+    }
+}
+
+/// What one write left on disk, read back from the files.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct WriteOutput {
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    /// From the Parquet footers.
+    pub(crate) rows: u64,
+    /// Directories holding files (1 unpartitioned; one per value partitioned).
+    pub(crate) directories: u64,
+}
+
+/// One write statement on Quiver against DataFusion's `COPY … TO` of the same query.
+#[derive(Debug, Serialize)]
+pub(crate) struct WriteFigures {
+    pub(crate) statement: String,
+    pub(crate) quiver_sql: String,
+    pub(crate) datafusion_sql: String,
+    /// Every timed run, s.
+    pub(crate) quiver_s: Vec<f64>,
+    pub(crate) datafusion_s: Vec<f64>,
+    pub(crate) quiver_median_s: f64,
+    pub(crate) datafusion_median_s: f64,
+    /// Quiver's median over DataFusion's.
+    pub(crate) ratio: f64,
+    /// Per timed run: CPU seconds (user + system) of the coordinator during the write.
+    pub(crate) coordinator_cpu_s: Vec<f64>,
+    /// Per timed run: CPU seconds of all executors together.
+    pub(crate) executors_cpu_s: Vec<f64>,
+    /// Per timed run, per executor.
+    pub(crate) per_executor_cpu_s: Vec<Vec<f64>>,
+    /// Per timed run: CPU seconds of the harness process during DataFusion's write.
+    pub(crate) datafusion_cpu_s: Vec<f64>,
+    pub(crate) coordinator_cpu_median_s: f64,
+    pub(crate) executors_cpu_median_s: f64,
+    /// The coordinator's median CPU over the executors' median.
+    pub(crate) coordinator_cpu_share: f64,
+    pub(crate) datafusion_cpu_median_s: f64,
+    /// The last timed run's files.
+    pub(crate) quiver_output: WriteOutput,
+    pub(crate) datafusion_output: WriteOutput,
+    /// The last timed run: distinct tasks among Quiver's file names.
+    pub(crate) quiver_tasks: usize,
+    /// The last timed run: files each executor logged writing.
+    pub(crate) executor_files: Vec<u64>,
+    /// Row counts differ between the engines (or from what `COPY` answered) in some run.
+    pub(crate) rows_differ: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WritesReport {
+    pub(crate) compression: String,
+    pub(crate) statements: Vec<WriteFigures>,
+}
+
+impl WritesReport {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "Writes, median s (Quiver: CREATE TABLE … AS SELECT * FROM lineitem through Flight SQL; \
+             DF: single-node DataFusion COPY (same query) TO … with Quiver's settings; both {}; \
+             CPU: user + system seconds during the write; ! marks differing row counts)",
+            self.compression
+        );
+        let _ = writeln!(
+            out,
+            "{:<34}{:>10}{:>10}{:>8}{:>12}{:>11}{:>11}{:>8}{:>9}",
+            "statement",
+            "Quiver s",
+            "DF s",
+            "Q/DF",
+            "files Q/DF",
+            "coord CPU",
+            "exec CPU",
+            "coord%",
+            "DF CPU"
+        );
+        for s in &self.statements {
+            let mark = if s.rows_differ { "!" } else { "" };
+            let _ = writeln!(
+                out,
+                "{:<34}{:>10.2}{:>10.2}{:>8.2}{:>12}{:>11.2}{:>11.2}{:>8.2}{:>9.2}",
+                format!("{}{mark}", s.statement),
+                s.quiver_median_s,
+                s.datafusion_median_s,
+                s.ratio,
+                format!("{}/{}", s.quiver_output.files, s.datafusion_output.files),
+                s.coordinator_cpu_median_s,
+                s.executors_cpu_median_s,
+                s.coordinator_cpu_share * 100.0,
+                s.datafusion_cpu_median_s
+            );
+        }
+        for s in &self.statements {
+            let runs: Vec<String> = s
+                .quiver_s
+                .iter()
+                .zip(&s.datafusion_s)
+                .map(|(q, d)| format!("{q:.2}/{d:.2}"))
+                .collect();
+            let per_executor: Vec<String> = s
+                .per_executor_cpu_s
+                .iter()
+                .map(|run| {
+                    let cpus: Vec<String> = run.iter().map(|c| format!("{c:.2}")).collect();
+                    cpus.join("+")
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "{}: runs Quiver/DF s {}; executors' CPU s per run {}; Quiver {} rows, {:.0} MiB in {} files \
+                 ({} directories, {} tasks, per executor {:?}); DF {} rows, {:.0} MiB in {} files ({} directories)",
+                s.statement,
+                runs.join(", "),
+                per_executor.join(", "),
+                s.quiver_output.rows,
+                mib(s.quiver_output.bytes),
+                s.quiver_output.files,
+                s.quiver_output.directories,
+                s.quiver_tasks,
+                s.executor_files,
+                s.datafusion_output.rows,
+                mib(s.datafusion_output.bytes),
+                s.datafusion_output.files,
+                s.datafusion_output.directories
             );
         }
     }
