@@ -154,6 +154,27 @@ async fn spawn_update(cluster: &TestCluster, sql: String) -> JoinHandle<Result<i
     tokio::spawn(async move { client.update(&sql).await })
 }
 
+/// Creates the source table, starts `CREATE TABLE {table} AS {SLOW_COPY}` from a client of its
+/// own, and returns once an executor completed one of its files: the table's directory and the
+/// running write.
+async fn start_slow_write(
+    writes: &WriteCluster,
+    table: &str,
+) -> (PathBuf, JoinHandle<Result<i64, ClientError>>) {
+    let mut client = writes.cluster.client().await;
+    update(&mut client, &format!("CREATE TABLE src AS {MANY_ROWS}"))
+        .await
+        .expect("create the source");
+    let dir = writes.table_dir(table);
+    let write = spawn_update(
+        &writes.cluster,
+        format!("CREATE TABLE {table} AS {SLOW_COPY}"),
+    )
+    .await;
+    wait_for_a_written_file(writes, &dir, &write).await;
+    (dir, write)
+}
+
 /// Waits until some executor logged a completed file in `dir` while `write` still runs.
 async fn wait_for_a_written_file(
     cluster: &WriteCluster,
@@ -551,18 +572,8 @@ async fn partitioned_tables_write_a_directory_per_value_and_filters_read_one() {
 async fn an_executor_killed_mid_ctas_leaves_each_row_once_and_no_stray_file() {
     let mut writes = WriteCluster::start(&["--staging-interval-secs", "1"]).await;
     writes.cluster.options.executor_timeout_ms = 2_000;
+    let (dir, ctas) = start_slow_write(&writes, "rerun").await;
     let mut client = writes.cluster.client().await;
-    update(&mut client, &format!("CREATE TABLE src AS {MANY_ROWS}"))
-        .await
-        .expect("create the source");
-
-    let dir = writes.table_dir("rerun");
-    let ctas = spawn_update(
-        &writes.cluster,
-        format!("CREATE TABLE rerun AS {SLOW_COPY}"),
-    )
-    .await;
-    wait_for_a_written_file(&writes, &dir, &ctas).await;
     writes.cluster.kill_executor(0);
     let killed_at = Instant::now();
     // What the first attempt completed, on either executor: never committed, deleted.
@@ -628,18 +639,7 @@ async fn a_coordinator_killed_mid_write_leaves_no_table_and_no_files() {
     // just after the coordinator died are collected by a pass in that time.
     let mut writes =
         WriteCluster::start(&["--staging-interval-secs", "1", "--staging-grace-secs", "5"]).await;
-    let mut client = writes.cluster.client().await;
-    update(&mut client, &format!("CREATE TABLE src AS {MANY_ROWS}"))
-        .await
-        .expect("create the source");
-
-    let dir = writes.table_dir("doomed");
-    let ctas = spawn_update(
-        &writes.cluster,
-        format!("CREATE TABLE doomed AS {SLOW_COPY}"),
-    )
-    .await;
-    wait_for_a_written_file(&writes, &dir, &ctas).await;
+    let (dir, ctas) = start_slow_write(&writes, "doomed").await;
     let journaled = pending_writes(&writes.catalog);
     assert!(!journaled.is_empty(), "the running write is not journaled");
     writes.cluster.restart_coordinator();
@@ -705,13 +705,7 @@ async fn a_client_that_hangs_up_mid_write_stops_it_everywhere() {
     let writes = WriteCluster::start(&["--staging-interval-secs", "1"]).await;
     let cluster = &writes.cluster;
     let mut client = cluster.client().await;
-    update(&mut client, &format!("CREATE TABLE src AS {MANY_ROWS}"))
-        .await
-        .expect("create the source");
-
-    let dir = writes.table_dir("abandoned");
-    let ctas = spawn_update(cluster, format!("CREATE TABLE abandoned AS {SLOW_COPY}")).await;
-    wait_for_a_written_file(&writes, &dir, &ctas).await;
+    let (dir, ctas) = start_slow_write(&writes, "abandoned").await;
     // The client hangs up: its call, its client and its connection go.
     ctas.abort();
     let _ = ctas.await;
