@@ -19,6 +19,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -40,7 +41,7 @@ use datafusion::physical_plan::{
     ExecutionPlanProperties, InputDistributionRequirements, PlanProperties, ReplaceChildrenOptions,
 };
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 use tokio::sync::watch;
 
 use super::files::{TaskFiles, write_task_files};
@@ -117,11 +118,14 @@ impl Commit {
         }
         let this = Arc::clone(self);
         let outcome = task::uninterruptible(async move {
-            let outcome = this
-                .committer
-                .commit(files)
-                .await
-                .map_err(|e| e.to_status());
+            // Whatever happens, the outcome is stored: a caller may be waiting for it.
+            let committed = AssertUnwindSafe(this.committer.commit(files))
+                .catch_unwind()
+                .await;
+            let outcome = match committed {
+                Ok(outcome) => outcome.map_err(|e| e.to_status()),
+                Err(_) => Err(QuiverError::Internal("the commit panicked".into()).to_status()),
+            };
             this.outcome.send_replace(Some(outcome.clone()));
             outcome
         })
@@ -505,5 +509,64 @@ impl ExecutionPlan for WriteCommitExec {
             count_schema(),
             stream,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl Committer for Counting {
+        async fn commit(&self, files: Vec<WrittenFile>) -> Result<u64> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(files.iter().map(|f| f.rows).sum())
+        }
+
+        fn describe(&self) -> String {
+            "count".into()
+        }
+    }
+
+    struct Panicking;
+
+    #[async_trait]
+    impl Committer for Panicking {
+        async fn commit(&self, _files: Vec<WrittenFile>) -> Result<u64> {
+            panic!("a bug in a commit")
+        }
+
+        fn describe(&self) -> String {
+            "panic".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_runs_once_and_its_outcome_is_kept() {
+        let committer = Arc::new(Counting(Default::default()));
+        let commit = Commit::new(Arc::clone(&committer) as Arc<dyn Committer>);
+        assert!(!commit.started());
+        let file = WrittenFile {
+            path: "f".into(),
+            rows: 7,
+            bytes: 1,
+        };
+        assert_eq!(commit.run(vec![file.clone()]).await.unwrap(), 7);
+        assert!(commit.started());
+        assert_eq!(commit.outcome().await.unwrap(), 7);
+        // A second attempt never commits again.
+        assert!(commit.run(vec![file]).await.is_err());
+        assert_eq!(committer.0.load(Ordering::SeqCst), 1);
+
+        // A panicking commit still leaves an outcome for whoever waits for it.
+        let commit = Commit::new(Arc::new(Panicking));
+        let err = commit.run(Vec::new()).await.unwrap_err();
+        assert_eq!(err.to_status().code(), tonic::Code::Internal);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), commit.outcome())
+            .await
+            .expect("the outcome is there");
+        assert!(waited.is_err());
     }
 }
