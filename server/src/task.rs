@@ -97,6 +97,18 @@ pub(crate) async fn uninterruptible<T: Send + 'static>(
         .map_err(|e| join_error("an uninterruptible task", e))
 }
 
+/// Runs `fut` in a task of its own that nothing awaits, if a runtime is there to run it: the
+/// cleanup of something whose owner went away (a write whose client hung up), from a `Drop`.
+/// Like [`uninterruptible`], a deliberate exception to task ownership; it must be short.
+pub(crate) fn detach(what: &'static str, fut: impl Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        // The one detached spawn.
+        #[allow(clippy::disallowed_methods)]
+        Ok(runtime) => drop(runtime.spawn(fut)),
+        Err(_) => tracing::debug!(what, "no runtime to run a cleanup on: left to the next one"),
+    }
+}
+
 fn join_error(what: &str, e: JoinError) -> QuiverError {
     QuiverError::Internal(format!("{what} failed: {e}"))
 }

@@ -200,7 +200,7 @@ impl TableWriter {
         let PreparedWrite {
             plan,
             commit,
-            running,
+            mut running,
         } = prepared;
         let state = self.ctx.state();
         let outcome = self
@@ -222,10 +222,11 @@ impl TableWriter {
             Err(_) if commit.started() => (commit.outcome().await, true),
             Err(e) => (Err(e), true),
         };
-        if (result.is_err() || reran)
-            && let Some(running) = &running
-        {
-            self.staging.discard_leftovers(running.id()).await;
+        if let Some(running) = &mut running {
+            if result.is_err() || reran {
+                self.staging.discard_leftovers(running.id()).await;
+            }
+            running.settle();
         }
         result
     }
@@ -534,7 +535,7 @@ impl TableWriter {
                 rows,
             }
         };
-        let running = self.staging.begin(&location, PendingKind::Table).await?;
+        let mut running = self.staging.begin(&location, PendingKind::Table).await?;
         let mut spec = self.spec(
             &location,
             DataFormat::parquet(TABLE_COMPRESSION)?,
@@ -554,6 +555,7 @@ impl TableWriter {
             Ok(Ok(files)) => files,
             Ok(Err(e)) | Err(e) => {
                 self.staging.discard_leftovers(running.id()).await;
+                running.settle();
                 return Err(e);
             }
         };
@@ -562,6 +564,7 @@ impl TableWriter {
         if outcome.is_err() {
             self.staging.discard_leftovers(running.id()).await;
         }
+        running.settle();
         outcome
     }
 

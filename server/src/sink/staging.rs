@@ -16,7 +16,7 @@
 //!   process can commit any more) and then periodically.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use datafusion::datasource::listing::ListingTableUrl;
@@ -31,7 +31,7 @@ use crate::ids::WriteId;
 use crate::storage::catalog::{Catalog, PendingKind, PendingWrite};
 use crate::storage::managed_table::data_file_path;
 use crate::storage::object_stores::{self, StoreOptions};
-use crate::task::AbortOnDrop;
+use crate::task::{self, AbortOnDrop};
 
 /// Where a `COPY` stages its files, under its target.
 pub(crate) const STAGING_DIR: &str = "_staging";
@@ -46,16 +46,25 @@ pub(crate) struct StagingCollector {
     grace: Duration,
 }
 
-/// A write in progress: it stays in the running set until dropped.
+/// A write in progress: it stays in the running set until dropped. One dropped before it was
+/// settled (its caller went away: a client that hung up) has its leftovers removed at once, in
+/// a task of their own.
 #[derive(Debug)]
 pub(crate) struct RunningWrite {
     id: WriteId,
     running: Arc<Mutex<HashSet<String>>>,
+    collector: Weak<StagingCollector>,
+    settled: bool,
 }
 
 impl RunningWrite {
     pub(crate) fn id(&self) -> &WriteId {
         &self.id
+    }
+
+    /// The write ended and whatever it left was dealt with: nothing to do when dropped.
+    pub(crate) fn settle(&mut self) {
+        self.settled = true;
     }
 }
 
@@ -65,6 +74,15 @@ impl Drop for RunningWrite {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(self.id.as_str());
+        if self.settled {
+            return;
+        }
+        if let Some(collector) = self.collector.upgrade() {
+            let id = self.id.clone();
+            task::detach("removing an abandoned write's files", async move {
+                collector.discard_leftovers(&id).await;
+            });
+        }
     }
 }
 
@@ -79,15 +97,21 @@ impl StagingCollector {
     }
 
     /// Journals a new write into `location` before it writes anything.
-    pub(crate) async fn begin(&self, location: &str, kind: PendingKind) -> Result<RunningWrite> {
+    pub(crate) async fn begin(
+        self: &Arc<Self>,
+        location: &str,
+        kind: PendingKind,
+    ) -> Result<RunningWrite> {
         let id = WriteId::random();
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.as_str().to_string());
-        let write = RunningWrite {
+        let mut write = RunningWrite {
             id,
             running: Arc::clone(&self.running),
+            collector: Arc::downgrade(self),
+            settled: false,
         };
         let entry = PendingWrite {
             id: write.id.as_str().to_string(),
@@ -95,7 +119,11 @@ impl StagingCollector {
             kind,
             started_unix_ms: now_ms(),
         };
-        self.catalog.lock().await.add_pending(entry)?;
+        if let Err(e) = self.catalog.lock().await.add_pending(entry) {
+            // Nothing was written under it.
+            write.settle();
+            return Err(e);
+        }
         Ok(write)
     }
 
@@ -243,14 +271,14 @@ mod tests {
             Arc::new(Catalog::load(Some(dir.path().join("catalog.toml")), vec![]).unwrap());
         let table = format!("{}/t/", dir.path().display());
         let target = format!("{}/out/", dir.path().display());
-        let collector = StagingCollector::new(
+        let collector = Arc::new(StagingCollector::new(
             Arc::clone(&catalog),
             Arc::new(RuntimeEnv::default()),
             Duration::from_secs(3600),
-        );
+        ));
 
         // A write that committed one file and left another (a dead attempt's).
-        let committed = collector.begin(&table, PendingKind::Table).await.unwrap();
+        let mut committed = collector.begin(&table, PendingKind::Table).await.unwrap();
         let id = committed.id().as_str().to_string();
         let kept = format!("p=a%2Fb/part-{id}-x-0-0-0.parquet");
         let left = format!("p=a%2Fb/part-{id}-y-0-0-0.parquet");
@@ -277,7 +305,7 @@ mod tests {
         catalog.lock().await.add(def).unwrap();
 
         // A COPY that crashed before its commit.
-        let copy = collector.begin(&target, PendingKind::Copy).await.unwrap();
+        let mut copy = collector.begin(&target, PendingKind::Copy).await.unwrap();
         let staged = dir
             .path()
             .join("out")
@@ -293,6 +321,9 @@ mod tests {
         assert!(dir.path().join("t").join(&left).exists());
         assert!(staged.exists());
 
+        // Settled writes leave their leftovers to the collector.
+        committed.settle();
+        copy.settle();
         drop(committed);
         drop(copy);
         collector.collect().await;
@@ -303,6 +334,23 @@ mod tests {
         assert!(result.exists(), "files outside the staging directory stay");
         // Within the grace period the entries stay (a late file is collected next time).
         assert_eq!(catalog.lock().await.pending().len(), 2);
+
+        // A write dropped unsettled (its client hung up) has its leftovers removed at once.
+        let abandoned = collector.begin(&table, PendingKind::Table).await.unwrap();
+        let orphan = dir
+            .path()
+            .join("t")
+            .join(format!("part-{}-z-0-0-0.parquet", abandoned.id()));
+        touch(&orphan);
+        drop(abandoned);
+        for _ in 0..100 {
+            if !orphan.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!orphan.exists(), "an abandoned write's file stayed");
+        assert!(dir.path().join("t").join(&kept).exists());
 
         let impatient = StagingCollector::new(
             Arc::clone(&catalog),
