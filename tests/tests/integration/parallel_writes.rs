@@ -1048,3 +1048,70 @@ async fn a_partitioned_copy_result_reads_back_as_an_external_table() {
         single_node(&tpch, &format!("{sums} lineitem")).await
     );
 }
+
+/// Concurrent writes into one table: two `INSERT`s both commit (no rows lost), and an `INSERT`
+/// racing an `INSERT OVERWRITE` ends in a state equal to one of their serial orders (the
+/// overwrite alone, or the overwrite then the insert); an insert that lost the race says so
+/// (`FAILED_PRECONDITION`), never half-applies. Files and catalog agree afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_commit_in_some_serial_order() {
+    let writes = WriteCluster::start(&[]).await;
+    let mut client = writes.cluster.client().await;
+    let rows = |filter: &str| {
+        format!("SELECT l_orderkey, l_linenumber, l_comment FROM lineitem WHERE {filter}")
+    };
+    let (a, b) = (rows("l_orderkey < 20000"), rows("l_orderkey >= 40000"));
+    let count_a = scalar(&mut client, &format!("SELECT count(*) FROM ({a}) AS s")).await;
+    let count_b = scalar(&mut client, &format!("SELECT count(*) FROM ({b}) AS s")).await;
+    assert!(count_a > 0 && count_b > 0);
+
+    update(&mut client, &format!("CREATE TABLE t AS {a}"))
+        .await
+        .expect("create");
+    let first = spawn_update(&writes.cluster, format!("INSERT INTO t {a}")).await;
+    let second = spawn_update(&writes.cluster, format!("INSERT INTO t {b}")).await;
+    let first = within(QUERY_LIMIT, "first insert", first)
+        .await
+        .expect("task");
+    let second = within(QUERY_LIMIT, "second insert", second)
+        .await
+        .expect("task");
+    assert_eq!(first.expect("first insert commits"), count_a);
+    assert_eq!(second.expect("second insert commits"), count_b);
+    assert_eq!(
+        scalar(&mut client, "SELECT count(*) FROM t").await,
+        2 * count_a + count_b
+    );
+    assert_eq!(files_under(&writes.table_dir("t")), writes.listed("t"));
+
+    // An insert racing an overwrite, a few times (either may commit first).
+    for round in 0..3 {
+        let insert = spawn_update(&writes.cluster, format!("INSERT INTO t {a}")).await;
+        let overwrite = spawn_update(&writes.cluster, format!("INSERT OVERWRITE t {b}")).await;
+        let insert = within(QUERY_LIMIT, "racing insert", insert)
+            .await
+            .expect("task");
+        let overwrite = within(QUERY_LIMIT, "racing overwrite", overwrite)
+            .await
+            .expect("task");
+        assert_eq!(overwrite.expect("the overwrite commits"), count_b);
+        let total = scalar(&mut client, "SELECT count(*) FROM t").await;
+        match insert {
+            // Committed after the overwrite: overwrite, then insert.
+            Ok(n) if total == count_b + count_a => assert_eq!(n, count_a),
+            // Committed before the overwrite, which then replaced everything.
+            Ok(n) if total == count_b => assert_eq!(n, count_a),
+            Ok(n) => panic!("round {round}: insert of {n} rows left {total} rows"),
+            Err(e) => {
+                let status = e.status().cloned().expect("a server status");
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                assert_eq!(total, count_b, "round {round}");
+            }
+        }
+        assert_eq!(
+            files_under(&writes.table_dir("t")),
+            writes.listed("t"),
+            "round {round}"
+        );
+    }
+}
