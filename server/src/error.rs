@@ -137,6 +137,16 @@ impl From<QuiverError> for Status {
 }
 
 /// Maps a DataFusion error to a status, keeping DataFusion's message.
+/// Carries a Quiver error (with its status code) through DataFusion's error type, for plan
+/// nodes, streams and planner hooks that must answer in it; [`datafusion_status`] reads the
+/// code back.
+pub(crate) fn to_datafusion(e: QuiverError) -> DataFusionError {
+    match e {
+        QuiverError::DataFusion(e) => e,
+        e => DataFusionError::External(Box::new(e.to_status())),
+    }
+}
+
 pub(crate) fn datafusion_status(e: &DataFusionError) -> Status {
     // A status that crossed a process boundary (an executor's error) keeps its code.
     if let Some(status) = find_status(e) {

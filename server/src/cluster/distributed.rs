@@ -39,7 +39,7 @@ use url::Url;
 
 use crate::cluster::membership::ExecutorRegistry;
 use crate::cluster::stage_deadline::{self, StageDeadlines};
-use crate::error::QuiverError;
+use crate::error::{QuiverError, to_datafusion};
 use crate::ids::AttemptId;
 use crate::planner::cooperative::YieldingJoins;
 use crate::planner::settings;
@@ -186,7 +186,7 @@ impl RouteTasksHandler for TaskRouter {
                 if live.is_empty() {
                     let e =
                         QuiverError::Unavailable("no live executors to run the query on".into());
-                    return Some(Err(DataFusionError::External(Box::new(e.to_status()))));
+                    return Some(Err(to_datafusion(e)));
                 }
                 let start = self.next.fetch_add(ev.task_count.max(1), Ordering::Relaxed);
                 (0..ev.task_count)

@@ -37,7 +37,7 @@ use url::Url;
 use crate::arrow_compat::cast_batch;
 use crate::cluster::distributed::{self, TaskPlacements};
 use crate::cluster::membership::ExecutorRegistry;
-use crate::error::{QuiverError, Result, datafusion_status};
+use crate::error::{QuiverError, Result, datafusion_status, to_datafusion};
 use crate::ids::AttemptId;
 use crate::resources::{Admission, QueryMemory, Slot};
 
@@ -366,14 +366,6 @@ fn fail_on_departure(
     // The first-row logic polls again after the end.
     .fuse()
     .boxed()
-}
-
-/// Carries a Quiver error (with its status code) through DataFusion's error type.
-pub(crate) fn to_datafusion(e: QuiverError) -> DataFusionError {
-    match e {
-        QuiverError::DataFusion(e) => e,
-        e => DataFusionError::External(Box::new(e.to_status())),
-    }
 }
 
 /// Errors that a vanished executor explains: transport failures surfacing from the network

@@ -34,7 +34,6 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::Column;
-use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::logical_expr::dml::CopyTo;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
@@ -45,6 +44,7 @@ use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::PutPayload;
+use object_store::path::Path as ObjectPath;
 
 use crate::arrow_compat::{cast_batch, plain_schema};
 use crate::config::LocationPolicy;
@@ -111,7 +111,6 @@ pub(super) struct TableWriter {
     warehouse: Option<Warehouse>,
     /// Where `COPY` may write; `None` refuses it.
     locations: Option<LocationPolicy>,
-    staging: Arc<StagingCollector>,
     settings: WriteSettings,
 }
 
@@ -147,7 +146,6 @@ impl TableWriter {
             runner,
             warehouse,
             locations,
-            staging: Arc::clone(&settings.staging),
             settings,
         }
     }
@@ -224,7 +222,7 @@ impl TableWriter {
         };
         if let Some(running) = &mut running {
             if result.is_err() || reran {
-                self.staging.discard_leftovers(running.id()).await;
+                self.settings.staging.discard_leftovers(running.id()).await;
             }
             running.settle();
         }
@@ -343,49 +341,29 @@ impl TableWriter {
         let schema = plain_schema(copy.input.schema().as_arrow());
         let schema = partitioned_last(&schema, &copy.partition_by)?;
         let input = conform_by_name(copy.input.as_ref(), &schema)?;
-        let store_options = self.store_options_for(&target).await;
-        let committer = Arc::new(CopyCommit {
+        let mut committer = CopyCommit {
             runtime: self.ctx.runtime_env(),
-            store_options,
+            store_options: self.store_options_for(&target).await,
             target: target.clone(),
             overwrite: options.overwrite,
             write_id: String::new(),
-        });
+        };
         if run && !options.overwrite && committer.has_result().await? {
             return Err(QuiverError::AlreadyExists(format!(
                 "'{target}' already holds a committed result (_SUCCESS): add OPTIONS (overwrite true) to replace it"
             )));
         }
+        let (running, write_id) = self.journal(&target, PendingKind::Copy, run).await?;
         let mut spec = self.spec(
-            &target,
+            &format!("{target}{STAGING_DIR}/{write_id}/"),
             options.format,
             &schema,
             &copy.partition_by,
             Some(options.target_file_bytes),
         );
-        let running = if run {
-            Some(self.staging.begin(&target, PendingKind::Copy).await?)
-        } else {
-            None
-        };
-        let write_id = running
-            .as_ref()
-            .map(|r| r.id().as_str().to_string())
-            .unwrap_or_else(|| "explain".into());
-        let staging = format!("{target}{STAGING_DIR}/{write_id}/");
-        spec.write_id = write_id;
-        spec.destination = staging;
-        let committer: Arc<dyn Committer> = Arc::new(CopyCommit {
-            write_id: spec.write_id.clone(),
-            ..Arc::unwrap_or_clone(committer)
-        });
-        let commit = Commit::new(committer);
-        let plan = WriteNode::new(input, spec, Arc::clone(&commit))?.into_plan();
-        Ok(Planned::Run(Box::new(PreparedWrite {
-            plan,
-            commit,
-            running,
-        })))
+        spec.write_id = write_id.clone();
+        committer.write_id = write_id;
+        prepared(input, spec, Arc::new(committer), running).map(|p| Planned::Run(Box::new(p)))
     }
 
     /// The write spec of a write into `destination`; its id is set when it is journaled.
@@ -423,22 +401,25 @@ impl TableWriter {
         location: &str,
         run: bool,
     ) -> Result<PreparedWrite> {
-        let running = if run {
-            Some(self.staging.begin(location, kind).await?)
-        } else {
-            None
-        };
-        spec.write_id = running
-            .as_ref()
-            .map(|r| r.id().as_str().to_string())
-            .unwrap_or_else(|| "explain".into());
-        let commit = Commit::new(committer);
-        let plan = WriteNode::new(input, spec, Arc::clone(&commit))?.into_plan();
-        Ok(PreparedWrite {
-            plan,
-            commit,
-            running,
-        })
+        let (running, write_id) = self.journal(location, kind, run).await?;
+        spec.write_id = write_id;
+        prepared(input, spec, committer, running)
+    }
+
+    /// A write into `location` that is to run is journaled; one only explained is not (and
+    /// its id says so). Returns the journal entry and the write's id.
+    async fn journal(
+        &self,
+        location: &str,
+        kind: PendingKind,
+        run: bool,
+    ) -> Result<(Option<RunningWrite>, String)> {
+        if !run {
+            return Ok((None, "explain".into()));
+        }
+        let running = self.settings.staging.begin(location, kind).await?;
+        let id = running.id().as_str().to_string();
+        Ok((Some(running), id))
     }
 
     fn table_commit(
@@ -535,7 +516,11 @@ impl TableWriter {
                 rows,
             }
         };
-        let mut running = self.staging.begin(&location, PendingKind::Table).await?;
+        let mut running = self
+            .settings
+            .staging
+            .begin(&location, PendingKind::Table)
+            .await?;
         let mut spec = self.spec(
             &location,
             DataFormat::parquet(TABLE_COMPRESSION)?,
@@ -554,7 +539,7 @@ impl TableWriter {
         let written = match deadline.run(write_task_files(&runtime, files, rows)).await {
             Ok(Ok(files)) => files,
             Ok(Err(e)) | Err(e) => {
-                self.staging.discard_leftovers(running.id()).await;
+                self.settings.staging.discard_leftovers(running.id()).await;
                 running.settle();
                 return Err(e);
             }
@@ -562,7 +547,7 @@ impl TableWriter {
         let committer = self.table_commit(table, &location, mode, at_start, &schema, &partition_by);
         let outcome = Commit::new(committer).run(written).await;
         if outcome.is_err() {
-            self.staging.discard_leftovers(running.id()).await;
+            self.settings.staging.discard_leftovers(running.id()).await;
         }
         running.settle();
         outcome
@@ -636,6 +621,22 @@ struct IngestTarget<'a> {
     partition_by: Vec<String>,
     at_start: Option<Vec<String>>,
     rows: futures::stream::BoxStream<'a, Result<RecordBatch>>,
+}
+
+/// The plan of a write whose head commits through `committer`.
+fn prepared(
+    input: LogicalPlan,
+    spec: WriteSpec,
+    committer: Arc<dyn Committer>,
+    running: Option<RunningWrite>,
+) -> Result<PreparedWrite> {
+    let commit = Commit::new(committer);
+    let plan = WriteNode::new(input, spec, Arc::clone(&commit))?.into_plan();
+    Ok(PreparedWrite {
+        plan,
+        commit,
+        running,
+    })
 }
 
 /// Drains a write's output (one batch: the rows it added).
@@ -815,7 +816,6 @@ impl Committer for TableCommit {
 }
 
 /// The commit of a `COPY`: staged files move into the target, `_SUCCESS` last.
-#[derive(Clone)]
 struct CopyCommit {
     runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
     store_options: StoreOptions,
@@ -830,32 +830,24 @@ struct CopyCommit {
 const SUCCESS_MARKER: &str = "_SUCCESS";
 
 impl CopyCommit {
-    fn store(&self) -> Result<Arc<dyn object_store::ObjectStore>> {
-        if let Some(root) = object_stores::store_root(&self.target)? {
-            object_stores::ensure_registered(self.runtime.as_ref(), &root, &self.store_options)?;
-        }
-        let url = ListingTableUrl::parse(&self.target)?;
-        Ok(self.runtime.object_store(url.object_store())?)
-    }
-
-    /// `relative` under the target (empty: the target itself).
-    fn path(&self, relative: &str) -> Result<object_store::path::Path> {
-        let base = ListingTableUrl::parse(&self.target)?.prefix().clone();
-        if relative.is_empty() {
-            return Ok(base);
-        }
-        data_file_path(&base, relative)
+    /// The target's store and the target's path in it.
+    fn location(&self) -> Result<(Arc<dyn object_store::ObjectStore>, ObjectPath)> {
+        object_stores::resolve(self.runtime.as_ref(), &self.target, &self.store_options)
     }
 
     /// Whether the target holds a committed result.
     async fn has_result(&self) -> Result<bool> {
-        let store = self.store()?;
-        let marker = self.path(SUCCESS_MARKER)?;
-        match store.head(&marker).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(store_error(e)),
-        }
+        let (store, base) = self.location()?;
+        has_marker(store.as_ref(), &data_file_path(&base, SUCCESS_MARKER)?).await
+    }
+}
+
+/// Whether the `_SUCCESS` marker at `marker` exists.
+async fn has_marker(store: &dyn object_store::ObjectStore, marker: &ObjectPath) -> Result<bool> {
+    match store.head(marker).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(store_error(e)),
     }
 }
 
@@ -867,9 +859,9 @@ impl Committer for CopyCommit {
     }
 
     async fn commit(&self, files: Vec<WrittenFile>) -> Result<u64> {
-        let store = self.store()?;
-        let marker = self.path(SUCCESS_MARKER)?;
-        if self.has_result().await? {
+        let (store, base) = self.location()?;
+        let marker = data_file_path(&base, SUCCESS_MARKER)?;
+        if has_marker(store.as_ref(), &marker).await? {
             if !self.overwrite {
                 return Err(QuiverError::AlreadyExists(format!(
                     "'{}' already holds a committed result (_SUCCESS): add OPTIONS (overwrite true) to replace it",
@@ -878,9 +870,8 @@ impl Committer for CopyCommit {
             }
             // The old result stops being one first, then goes.
             store.delete(&marker).await.map_err(store_error)?;
-            let base = self.path("")?;
-            let staging = self.path(STAGING_DIR)?;
-            let old: Vec<object_store::path::Path> = store
+            let staging = data_file_path(&base, STAGING_DIR)?;
+            let old: Vec<ObjectPath> = store
                 .list(Some(&base))
                 .map_ok(|o| o.location)
                 .try_collect()
@@ -894,12 +885,15 @@ impl Committer for CopyCommit {
             }
         }
         for file in &files {
-            let from = self.path(&format!("{STAGING_DIR}/{}/{}", self.write_id, file.path))?;
-            let to = self.path(&file.path)?;
+            let from = data_file_path(
+                &base,
+                &format!("{STAGING_DIR}/{}/{}", self.write_id, file.path),
+            )?;
+            let to = data_file_path(&base, &file.path)?;
             store.rename(&from, &to).await.map_err(store_error)?;
         }
-        // Empty, as Spark writes it: readers (DataFusion, Spark) skip empty files, so the
-        // marker never breaks a listing of the directory.
+        // Empty, as Spark writes it: readers that list the directory for data files skip
+        // empty files and `_` names (DataFusion's partition inference does not, see the README).
         store
             .put(&marker, PutPayload::default())
             .await

@@ -15,6 +15,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 
 use super::exec::ParallelWriteExec;
 use super::spec::WriteSpec;
+use crate::error::to_datafusion;
 
 /// Encodes and decodes Quiver's own plan nodes.
 #[derive(Debug, Default)]
@@ -38,8 +39,7 @@ impl PhysicalExtensionCodec for QuiverCodec {
                 "a write node arrived without its one input".into(),
             ));
         };
-        let writer = ParallelWriteExec::try_new(Arc::clone(input), spec)
-            .map_err(|e| DataFusionError::External(Box::new(e.to_status())))?;
+        let writer = ParallelWriteExec::try_new(Arc::clone(input), spec).map_err(to_datafusion)?;
         Ok(Arc::new(writer))
     }
 

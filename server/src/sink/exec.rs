@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use super::files::{TaskFiles, write_task_files};
 use super::spec::{WriteSpec, WrittenFile, read_report, report_batch, report_schema};
 use crate::cluster::distributed;
-use crate::error::{QuiverError, Result};
+use crate::error::{QuiverError, Result, to_datafusion};
 use crate::ids::random_text;
 use crate::task;
 
@@ -256,13 +256,6 @@ impl ExtensionPlanner for WritePlanner {
             Arc::new(writer),
             Arc::clone(&write.commit),
         ))))
-    }
-}
-
-fn to_datafusion(e: QuiverError) -> DataFusionError {
-    match e {
-        QuiverError::DataFusion(e) => e,
-        e => DataFusionError::External(Box::new(e.to_status())),
     }
 }
 

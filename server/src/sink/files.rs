@@ -23,7 +23,6 @@ use arrow::csv::WriterBuilder as CsvWriterBuilder;
 use arrow::datatypes::SchemaRef;
 use arrow::json::LineDelimitedWriter;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::{Stream, StreamExt};
@@ -112,13 +111,9 @@ struct PartitionedWriter {
 impl PartitionedWriter {
     fn new(runtime: &RuntimeEnv, files: TaskFiles) -> Result<Self> {
         files.spec.check_input(&files.input)?;
-        let destination = &files.spec.destination;
-        if let Some(root) = object_stores::store_root(destination)? {
-            object_stores::ensure_registered(runtime, &root, &StoreOptions::new())?;
-        }
-        let url = ListingTableUrl::parse(destination)?;
-        let store = runtime.object_store(url.object_store())?;
-        let base = url.prefix().clone();
+        // Executors read their environment for a store the coordinator did not configure.
+        let (store, base) =
+            object_stores::resolve(runtime, &files.spec.destination, &StoreOptions::new())?;
         let file_schema = files.spec.file_schema(&files.input)?;
         let n = files.input.fields().len();
         let p = files.spec.partition_by.len();

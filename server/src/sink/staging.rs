@@ -19,7 +19,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
@@ -213,13 +212,11 @@ impl StagingCollector {
 
     /// The store of `location` and the location's path in it.
     async fn resolve(&self, location: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
-        if let Some(root) = object_stores::store_root(location)? {
-            let options: StoreOptions = self.catalog.lock().await.store_options(&root);
-            object_stores::ensure_registered(self.runtime.as_ref(), &root, &options)?;
-        }
-        let url = ListingTableUrl::parse(location)?;
-        let store = self.runtime.object_store(url.object_store())?;
-        Ok((store, url.prefix().clone()))
+        let options: StoreOptions = match object_stores::store_root(location)? {
+            Some(root) => self.catalog.lock().await.store_options(&root),
+            None => StoreOptions::new(),
+        };
+        object_stores::resolve(self.runtime.as_ref(), location, &options)
     }
 }
 

@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as ObjectPath;
 use url::Url;
 
 use crate::error::{QuiverError, Result};
@@ -84,6 +86,22 @@ pub(crate) fn ensure_registered(
     }
     runtime.register_object_store(root, build(root, options)?);
     Ok(true)
+}
+
+/// The store `location` (a local path or an `s3://` URL) lives in, registered in `runtime` with
+/// `options` if it was not, and the location's path in it: how every writer, committer and
+/// collector reaches a destination, so that all of them name its files alike.
+pub(crate) fn resolve(
+    runtime: &RuntimeEnv,
+    location: &str,
+    options: &StoreOptions,
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    if let Some(root) = store_root(location)? {
+        ensure_registered(runtime, &root, options)?;
+    }
+    let url = ListingTableUrl::parse(location)?;
+    let store = runtime.object_store(url.object_store())?;
+    Ok((store, url.prefix().clone()))
 }
 
 #[cfg(test)]

@@ -12,8 +12,6 @@
 
 use std::path::{Path, PathBuf};
 
-use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use object_store::ObjectStoreExt;
 use url::Url;
@@ -93,8 +91,8 @@ impl Warehouse {
         for name in names {
             let result = match &self.location {
                 Location::Local(_) => delete_local(Path::new(table_location), name).await,
-                Location::Remote { store_root, .. } => {
-                    delete_remote(runtime, options, store_root, table_location, name).await
+                Location::Remote { .. } => {
+                    delete_remote(runtime, options, table_location, name).await
                 }
             };
             if let Err(e) = result {
@@ -124,16 +122,12 @@ async fn delete_local(dir: &Path, name: &str) -> std::result::Result<(), String>
 async fn delete_remote(
     runtime: &RuntimeEnv,
     options: &StoreOptions,
-    store_root: &Url,
     table_location: &str,
     name: &str,
 ) -> std::result::Result<(), String> {
-    object_stores::ensure_registered(runtime, store_root, options).map_err(|e| e.to_string())?;
-    let store = runtime
-        .object_store(ObjectStoreUrl::parse(store_root.as_str()).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let dir = ListingTableUrl::parse(table_location).map_err(|e| e.to_string())?;
-    let path = data_file_path(dir.prefix(), name).map_err(|e| e.to_string())?;
+    let (store, dir) =
+        object_stores::resolve(runtime, table_location, options).map_err(|e| e.to_string())?;
+    let path = data_file_path(&dir, name).map_err(|e| e.to_string())?;
     store.delete(&path).await.map_err(|e| e.to_string())
 }
 

@@ -1049,6 +1049,19 @@ async fn a_partitioned_copy_result_reads_back_as_an_external_table() {
     );
 }
 
+/// Runs two updates at once, each from a client of its own; their outcomes.
+async fn run_together(
+    cluster: &TestCluster,
+    first: String,
+    second: String,
+) -> (Result<i64, ClientError>, Result<i64, ClientError>) {
+    let one = spawn_update(cluster, first).await;
+    let other = spawn_update(cluster, second).await;
+    let one = within(QUERY_LIMIT, "the first update", one).await;
+    let other = within(QUERY_LIMIT, "the second update", other).await;
+    (one.expect("its task"), other.expect("its task"))
+}
+
 /// Concurrent writes into one table: two `INSERT`s both commit (no rows lost), and an `INSERT`
 /// racing an `INSERT OVERWRITE` ends in a state equal to one of their serial orders (the
 /// overwrite alone, or the overwrite then the insert); an insert that lost the race says so
@@ -1068,14 +1081,12 @@ async fn concurrent_writes_commit_in_some_serial_order() {
     update(&mut client, &format!("CREATE TABLE t AS {a}"))
         .await
         .expect("create");
-    let first = spawn_update(&writes.cluster, format!("INSERT INTO t {a}")).await;
-    let second = spawn_update(&writes.cluster, format!("INSERT INTO t {b}")).await;
-    let first = within(QUERY_LIMIT, "first insert", first)
-        .await
-        .expect("task");
-    let second = within(QUERY_LIMIT, "second insert", second)
-        .await
-        .expect("task");
+    let (first, second) = run_together(
+        &writes.cluster,
+        format!("INSERT INTO t {a}"),
+        format!("INSERT INTO t {b}"),
+    )
+    .await;
     assert_eq!(first.expect("first insert commits"), count_a);
     assert_eq!(second.expect("second insert commits"), count_b);
     assert_eq!(
@@ -1086,14 +1097,12 @@ async fn concurrent_writes_commit_in_some_serial_order() {
 
     // An insert racing an overwrite, a few times (either may commit first).
     for round in 0..3 {
-        let insert = spawn_update(&writes.cluster, format!("INSERT INTO t {a}")).await;
-        let overwrite = spawn_update(&writes.cluster, format!("INSERT OVERWRITE t {b}")).await;
-        let insert = within(QUERY_LIMIT, "racing insert", insert)
-            .await
-            .expect("task");
-        let overwrite = within(QUERY_LIMIT, "racing overwrite", overwrite)
-            .await
-            .expect("task");
+        let (insert, overwrite) = run_together(
+            &writes.cluster,
+            format!("INSERT INTO t {a}"),
+            format!("INSERT OVERWRITE t {b}"),
+        )
+        .await;
         assert_eq!(overwrite.expect("the overwrite commits"), count_b);
         let total = scalar(&mut client, "SELECT count(*) FROM t").await;
         match insert {
