@@ -4,8 +4,10 @@
 //! worker resolver reading the live executor set; Quiver's executors serve the crate's `Worker`
 //! gRPC service with a session builder that applies Quiver's settings. Stage splitting, network
 //! shuffle/coalesce/broadcast and the worker protocol are the crate's; task placement on live
-//! executors is ours (a route-tasks handler), and so are the channels between nodes, which sign
-//! every request with the cluster secret ([`crate::security::cluster_auth`]). What goes through this module is Quiver's own
+//! executors is ours (a route-tasks handler: least loaded first), and so are the channels between
+//! nodes, which sign every request with the cluster secret ([`crate::security::cluster_auth`]).
+//! A plan the crate leaves in one piece (too small to split) still runs on an executor when it
+//! reads table data or writes ([`PlaceOnExecutor`]): the coordinator only plans and forwards. What goes through this module is Quiver's own
 //! interface ([`coordinator_state`], [`worker_router`], [`running_tasks`], [`render_plan`],
 //! [`render_analyzed_plan`], [`stage_count`], [`TaskPlacements`]), so a new version or a
 //! replacement touches this file only.
@@ -20,17 +22,27 @@ use datafusion::arrow::ipc::CompressionType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::catalog::Session;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::grpc::{
     BoxCloneSyncChannel, GetTaskProgressRequest, ObservabilityServiceClient, create_worker_client,
 };
 use datafusion_distributed::{
     ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DesiredTaskCountHandler,
-    DistributedExt, DistributedMetricsFormat, DistributedTaskContext, NetworkBoundaryExt,
-    RouteTasksEvent, RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage,
-    Worker, WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    DistributedConfig, DistributedExec, DistributedExt, DistributedMetricsFormat,
+    DistributedTaskContext, NetworkBoundary, NetworkBoundaryExt, NetworkCoalesceExec, RouteTasksEvent,
+    RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage, Worker,
+    WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::transport::server::Router;
@@ -46,7 +58,7 @@ use crate::planner::settings;
 use crate::planner::window_sorts::SortWindowPartitions;
 use crate::resources::QueryMemory;
 use crate::security::cluster_auth::{ClusterAuth, Signed, Verified};
-use crate::sink::{ParallelWriteExec, QuiverCodec, QuiverPlanner};
+use crate::sink::{ParallelWriteExec, QuiverCodec, QuiverPlanner, WriteCommitExec};
 
 /// Resolves workers from the live executor set, re-read on every query.
 struct LiveExecutors(Arc<ExecutorRegistry>);
@@ -68,7 +80,7 @@ pub(crate) fn coordinator_state(
     shuffle_compression: Option<CompressionType>,
     auth: ClusterAuth,
 ) -> Result<SessionState> {
-    Ok(SessionStateBuilder::new()
+    let mut builder = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -83,6 +95,7 @@ pub(crate) fn coordinator_state(
         .with_distributed_desired_task_count_handler(WritersOnEveryExecutor(Arc::clone(&registry)))
         .with_distributed_route_tasks_handler(TaskRouter {
             registry,
+            load: Arc::default(),
             next: AtomicUsize::new(0),
         })
         .with_distributed_file_scan_config_bytes_per_partition(scan_bytes_per_partition.max(1))?
@@ -91,8 +104,110 @@ pub(crate) fn coordinator_state(
         .with_distributed_worker_connection_buffer_budget_bytes(CONNECTION_BUFFER_BYTES)?
         .with_distributed_compression(shuffle_compression)?
         // Per-task metrics travel back only for EXPLAIN ANALYZE ([`with_metrics`]).
-        .with_distributed_metrics_collection(false)?
+        .with_distributed_metrics_collection(false)?;
+    // Outermost: what the distributed planner leaves in one piece still goes to an executor.
+    let distributed = std::mem::take(builder.query_planner()).ok_or_else(|| {
+        DataFusionError::Internal("the distributed planner installed no query planner".into())
+    })?;
+    Ok(builder
+        .with_query_planner(Arc::new(PlaceOnExecutor { distributed }))
         .build())
+}
+
+/// Plans with the distributed planner, then sends a plan it left in one piece to an executor
+/// when the plan reads table data or writes: as one stage of one task, under a head on the
+/// coordinator that only forwards its stream (or commits the write). The coordinator then never
+/// scans, joins or aggregates, however small the query; plans that read no table (constants,
+/// `VALUES`, information_schema) stay on it and need no executor.
+#[derive(Debug)]
+struct PlaceOnExecutor {
+    distributed: Arc<dyn QueryPlanner + Send + Sync>,
+}
+
+#[async_trait]
+impl QueryPlanner for PlaceOnExecutor {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = self
+            .distributed
+            .create_physical_plan(logical_plan, session)
+            .await?;
+        place_on_executor(plan, session.config_options())
+    }
+}
+
+/// `plan`, run as one remote stage of one task when it is whole and needs an executor
+/// ([`needs_executor`]); otherwise `plan` itself.
+fn place_on_executor(
+    plan: Arc<dyn ExecutionPlan>,
+    options: &datafusion::config::ConfigOptions,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if plan.is::<DistributedExec>() || !needs_executor(&plan)? {
+        return Ok(plan);
+    }
+    // A write's commit stays on the coordinator; what feeds it moves.
+    let head = match plan.downcast_ref::<WriteCommitExec>() {
+        Some(_) => {
+            let input = Arc::clone(plan.children()[0]);
+            Arc::clone(&plan).replace_children(
+                vec![remote_stage(input)?],
+                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+            )?
+        }
+        None => remote_stage(plan)?,
+    };
+    let collect_metrics = DistributedConfig::from_config_options(options)?.collect_metrics;
+    Ok(Arc::new(
+        DistributedExec::new(head).with_metrics_collection(collect_metrics),
+    ))
+}
+
+/// `plan` as the one task of a stage of its own, read by the coordinator through a coalesce.
+fn remote_stage(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let coalesce = NetworkCoalesceExec::try_new(plan, 1, 1)?;
+    // The crate names stages while it distributes a plan (and elides one-task-to-one-task
+    // boundaries then): this one is named here, as the query's only stage.
+    let Stage::Local(mut stage) = coalesce.input_stage().clone() else {
+        return Err(DataFusionError::Internal(
+            "a new network boundary has a remote input stage".into(),
+        ));
+    };
+    stage.query_id = uuid::Uuid::new_v4();
+    stage.num = 1;
+    let boundary: Arc<dyn ExecutionPlan> = coalesce.with_input_stage(Stage::Local(stage))?;
+    // Also over one partition (where it forwards the stream as it is): the crate renders the
+    // stages below a head's children, never a head that is itself a boundary.
+    Ok(Arc::new(CoalescePartitionsExec::new(boundary)))
+}
+
+/// Whether a whole plan belongs on an executor: it reads files or writes, and every leaf can
+/// travel to an executor (files, in-memory values, empty relations; not the coordinator's
+/// catalog views).
+fn needs_executor(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
+    let mut reads_or_writes = false;
+    let mut travels = true;
+    plan.apply(|node| {
+        if node.is::<ParallelWriteExec>() {
+            reads_or_writes = true;
+        }
+        if !node.children().is_empty() {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        match node.downcast_ref::<DataSourceExec>() {
+            Some(scan) if scan.data_source().is::<FileScanConfig>() => reads_or_writes = true,
+            Some(scan) if scan.data_source().is::<MemorySourceConfig>() => {}
+            None if node.is::<EmptyExec>() || node.is::<PlaceholderRowExec>() => {}
+            _ => {
+                travels = false;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(reads_or_writes && travels)
 }
 
 /// Writers spread over every live executor, so a write's rows never funnel through one node (the
@@ -169,11 +284,13 @@ fn quiver_headers(headers: &HeaderMap) -> HeaderMap {
 /// Places each stage's tasks on live executors, right before the stage starts.
 ///
 /// A single task goes where its one input task runs (no network hop), as the crate's default does;
-/// otherwise tasks go round-robin over the live executors from a rotating offset, so consecutive
-/// stages and queries spread over the whole cluster. Placements are recorded in the query's
-/// [`TaskPlacements`] when it carries one (`EXPLAIN ANALYZE`).
+/// otherwise tasks go to the live executors least loaded first (tasks this coordinator placed
+/// there whose queries still run), ties broken round-robin from a rotating offset, so
+/// consecutive stages and queries spread over the whole cluster. Placements are recorded in the
+/// query's [`TaskPlacements`], which counts them as load until the attempt ends.
 struct TaskRouter {
     registry: Arc<ExecutorRegistry>,
+    load: Arc<ExecutorLoad>,
     next: AtomicUsize,
 }
 
@@ -189,19 +306,61 @@ impl RouteTasksHandler for TaskRouter {
                     return Some(Err(to_datafusion(e)));
                 }
                 let start = self.next.fetch_add(ev.task_count.max(1), Ordering::Relaxed);
+                let order = self.load.least_loaded_first(&live, start);
                 (0..ev.task_count)
-                    .map(|i| live[(start + i) % live.len()].clone())
+                    .map(|i| order[i % order.len()].clone())
                     .collect()
             }
         };
+        // Without a placement log (no attempt whose end uncounts them) tasks are not counted.
         if let Some(log) = ev
             .task_ctx
             .session_config()
             .get_extension::<TaskPlacements>()
         {
-            log.record(ev.plan.as_ref(), &urls);
+            log.record(ev.plan.as_ref(), &urls, &self.load);
         }
         Some(Ok(RouteTasksEventResponse::new(urls)))
+    }
+}
+
+/// Tasks this coordinator placed on each executor whose attempts have not ended.
+#[derive(Debug, Default)]
+struct ExecutorLoad(Mutex<HashMap<Url, usize>>);
+
+impl ExecutorLoad {
+    /// `live` ordered by load, ties in rotation from `start`.
+    fn least_loaded_first(&self, live: &[Url], start: usize) -> Vec<Url> {
+        let load = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut order: Vec<(usize, usize, &Url)> = live
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let rotation = (i + live.len() - start % live.len()) % live.len();
+                (load.get(url).copied().unwrap_or(0), rotation, url)
+            })
+            .collect();
+        order.sort();
+        order.into_iter().map(|(_, _, url)| url.clone()).collect()
+    }
+
+    fn add(&self, urls: &[Url]) {
+        let mut load = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for url in urls {
+            *load.entry(url.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&self, urls: &[Url]) {
+        let mut load = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for url in urls {
+            if let Some(n) = load.get_mut(url) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    load.remove(url);
+                }
+            }
+        }
     }
 }
 
@@ -224,13 +383,34 @@ fn colocated_url(plan: &Arc<dyn ExecutionPlan>) -> Option<Url> {
 }
 
 /// Where the tasks of one attempt's stages were placed, in the order stages started: what the
-/// departure watchdog watches, and what `EXPLAIN ANALYZE` shows.
+/// departure watchdog watches, and what `EXPLAIN ANALYZE` shows. Its tasks count as their
+/// executors' load until it is dropped (the attempt ended).
 #[derive(Debug, Default)]
-pub(crate) struct TaskPlacements(Mutex<Vec<(String, Vec<Url>)>>);
+pub(crate) struct TaskPlacements {
+    stages: Mutex<Vec<(String, Vec<Url>)>>,
+    load: Mutex<Option<Arc<ExecutorLoad>>>,
+}
+
+impl Drop for TaskPlacements {
+    fn drop(&mut self) {
+        let load = self.load.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(load) = load.take() {
+            let stages = self.stages.get_mut().unwrap_or_else(|e| e.into_inner());
+            for (_, urls) in stages.iter() {
+                load.remove(urls);
+            }
+        }
+    }
+}
 
 impl TaskPlacements {
-    fn record(&self, stage_head: &dyn ExecutionPlan, urls: &[Url]) {
-        self.0
+    fn record(&self, stage_head: &dyn ExecutionPlan, urls: &[Url], load: &Arc<ExecutorLoad>) {
+        load.add(urls);
+        self.load
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| Arc::clone(load));
+        self.stages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((stage_head.name().to_string(), urls.to_vec()));
@@ -239,7 +419,7 @@ impl TaskPlacements {
     /// Every executor a task of the attempt was placed on so far, sorted, without repeats.
     pub(crate) fn executors(&self) -> Vec<Url> {
         let mut urls: Vec<Url> = self
-            .0
+            .stages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -252,7 +432,7 @@ impl TaskPlacements {
 
     /// One line per stage.
     pub(crate) fn render(&self) -> String {
-        self.0
+        self.stages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()

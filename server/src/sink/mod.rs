@@ -25,7 +25,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
 pub(crate) use codec::QuiverCodec;
-pub(crate) use exec::{Commit, Committer, ParallelWriteExec, WriteNode};
+pub(crate) use exec::{Commit, Committer, ParallelWriteExec, WriteCommitExec, WriteNode};
 pub(crate) use files::{TaskFiles, store_error, write_task_files};
 #[cfg(test)]
 pub(crate) use spec::DEFAULT_TARGET_FILE_BYTES;
