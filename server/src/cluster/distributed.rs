@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::ipc::CompressionType;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::catalog::Session;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -40,9 +40,9 @@ use datafusion_distributed::grpc::{
 use datafusion_distributed::{
     ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DesiredTaskCountHandler,
     DistributedConfig, DistributedExec, DistributedExt, DistributedMetricsFormat,
-    DistributedTaskContext, NetworkBoundary, NetworkBoundaryExt, NetworkCoalesceExec, RouteTasksEvent,
-    RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage, Worker,
-    WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    DistributedTaskContext, NetworkBoundary, NetworkBoundaryExt, NetworkCoalesceExec,
+    RouteTasksEvent, RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage,
+    Worker, WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
 };
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::transport::server::Router;
