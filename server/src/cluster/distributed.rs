@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Schema};
 use async_trait::async_trait;
 use datafusion::arrow::ipc::CompressionType;
 use datafusion::catalog::Session;
@@ -31,6 +33,7 @@ use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
 use datafusion::prelude::SessionConfig;
@@ -38,18 +41,22 @@ use datafusion_distributed::grpc::{
     BoxCloneSyncChannel, GetTaskProgressRequest, ObservabilityServiceClient, create_worker_client,
 };
 use datafusion_distributed::{
-    ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DesiredTaskCountHandler,
-    DistributedConfig, DistributedExec, DistributedExt, DistributedMetricsFormat,
-    DistributedTaskContext, NetworkBoundary, NetworkBoundaryExt, NetworkCoalesceExec,
-    RouteTasksEvent, RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, Stage,
-    Worker, WorkerChannel, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    ChannelResolver, CoordinatorToWorkerMsg, DesiredTaskCountEvent, DesiredTaskCountEventResponse,
+    DesiredTaskCountHandler, DistributedConfig, DistributedExec, DistributedExt,
+    DistributedMetricsFormat, DistributedTaskContext, ExecuteTaskRequest, GetWorkerInfoRequest,
+    GetWorkerInfoResponse, NetworkBoundary, NetworkBoundaryExt, NetworkCoalesceExec,
+    RouteTasksEvent, RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt,
+    SetPlanRequest, Stage, Worker, WorkerChannel, WorkerQueryContext, WorkerResolver,
+    WorkerSessionBuilder, WorkerToCoordinatorMsg,
 };
+use futures::stream::BoxStream;
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::transport::server::Router;
 use tonic::transport::{Channel, Endpoint, Server};
 use url::Url;
 
 use crate::cluster::membership::ExecutorRegistry;
+use crate::cluster::pass_through::{PassThroughSink, Tap};
 use crate::cluster::stage_deadline::{self, StageDeadlines};
 use crate::error::{QuiverError, to_datafusion};
 use crate::ids::AttemptId;
@@ -250,12 +257,16 @@ const ATTEMPT_ID_HEADER: &str = "x-quiver-attempt-id";
 /// The task context one attempt of a query executes with on the coordinator: `state`'s, with the
 /// attempt's `runtime` (its memory pool), `placements` recording where its tasks run, and headers
 /// that carry the attempt's id and stage deadline to every executor it runs on.
+///
+/// With a `pass_through` stage, that stage's messages go to its sink, and the attempt's batches
+/// cross the network uncompressed (the client reads them as they were sent).
 pub(crate) fn attempt_task_ctx(
     state: &SessionState,
     runtime: Arc<RuntimeEnv>,
     attempt: &AttemptId,
     placements: Arc<TaskPlacements>,
     stage_timeout: Option<Duration>,
+    pass_through: Option<PassThroughStage>,
 ) -> Result<Arc<TaskContext>> {
     let mut headers = stage_timeout
         .map(stage_deadline::headers)
@@ -266,6 +277,10 @@ pub(crate) fn attempt_task_ctx(
     let mut config = state.config().clone();
     config.set_distributed_passthrough_headers(headers)?;
     config.set_extension(placements);
+    if let Some(stage) = pass_through {
+        config.set_distributed_compression(None)?;
+        config.set_extension(Arc::new(stage));
+    }
     Ok(Arc::new(
         TaskContext::from(state)
             .with_session_config(config)
@@ -506,11 +521,125 @@ impl ChannelResolver for SignedChannels {
         &self,
         url: &Url,
     ) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
-        let channel = self.channel(url)?;
-        Ok(create_worker_client(BoxCloneSyncChannel::new(Signed::new(
+        let channel = Signed::new(self.channel(url)?, self.auth.clone());
+        Ok(Box::new(QuiverWorkerChannel {
+            inner: create_worker_client(BoxCloneSyncChannel::new(channel.clone())),
             channel,
-            self.auth.clone(),
-        ))))
+        }))
+    }
+}
+
+/// The crate's worker client, except that the tasks of a pass-through stage
+/// ([`PassThroughStage`]) are read through a [`Tap`] that forwards their messages to the client.
+struct QuiverWorkerChannel {
+    inner: Box<dyn WorkerChannel>,
+    channel: Signed<Channel>,
+}
+
+#[async_trait]
+impl WorkerChannel for QuiverWorkerChannel {
+    async fn coordinator_channel(
+        &mut self,
+        headers: HeaderMap,
+        set_plan_request: SetPlanRequest,
+        c2w_stream: BoxStream<'static, CoordinatorToWorkerMsg>,
+        metrics: ExecutionPlanMetricsSet,
+        task_ctx: &Arc<TaskContext>,
+    ) -> Result<BoxStream<'static, Result<WorkerToCoordinatorMsg>>> {
+        self.inner
+            .coordinator_channel(headers, set_plan_request, c2w_stream, metrics, task_ctx)
+            .await
+    }
+
+    async fn execute_task(
+        &mut self,
+        headers: HeaderMap,
+        request: ExecuteTaskRequest,
+        metrics: ExecutionPlanMetricsSet,
+        task_ctx: &Arc<TaskContext>,
+    ) -> Result<Vec<BoxStream<'static, Result<RecordBatch>>>> {
+        let key = request.task_key;
+        let tapped = task_ctx
+            .session_config()
+            .get_extension::<PassThroughStage>()
+            .filter(|stage| stage.query_id == key.query_id && stage.num == key.stage_id);
+        match tapped {
+            Some(stage) => {
+                let tap = Tap::new(self.channel.clone(), stage.sink.clone());
+                create_worker_client(BoxCloneSyncChannel::new(tap))
+                    .execute_task(headers, request, metrics, task_ctx)
+                    .await
+            }
+            None => {
+                self.inner
+                    .execute_task(headers, request, metrics, task_ctx)
+                    .await
+            }
+        }
+    }
+
+    async fn get_worker_info(
+        &mut self,
+        request: GetWorkerInfoRequest,
+    ) -> Result<GetWorkerInfoResponse> {
+        self.inner.get_worker_info(request).await
+    }
+}
+
+/// The stage whose executors' messages go straight to the client, and where they go.
+#[derive(Debug)]
+pub(crate) struct PassThroughStage {
+    query_id: uuid::Uuid,
+    num: usize,
+    sink: PassThroughSink,
+}
+
+/// The stage of `plan` whose record batch messages can go to the client as they are, with
+/// `schema` announced: when the coordinator's head only concatenates that stage's streams
+/// (`DistributedExec` over `CoalescePartitionsExec` over the stage's coalesce, no merge, sort,
+/// limit or projection) and the stage produces exactly `schema`'s types, none of them
+/// dictionary-encoded (what every client in the conformance table reads as they are sent).
+pub(crate) fn pass_through_stage(
+    plan: &Arc<dyn ExecutionPlan>,
+    schema: &Schema,
+    sink: PassThroughSink,
+) -> Option<PassThroughStage> {
+    let head = plan.downcast_ref::<DistributedExec>()?.children()[0];
+    let coalesce = head.downcast_ref::<CoalescePartitionsExec>()?;
+    if coalesce.fetch().is_some() {
+        return None;
+    }
+    let boundary = coalesce.input().downcast_ref::<NetworkCoalesceExec>()?;
+    let Stage::Local(stage) = boundary.input_stage() else {
+        return None;
+    };
+    let produced = stage.plan.schema();
+    let same_types = produced.fields().len() == schema.fields().len()
+        && produced
+            .fields()
+            .iter()
+            .zip(schema.fields())
+            .all(|(a, b)| a.data_type() == b.data_type() && !has_dictionary(a.data_type()));
+    same_types.then(|| PassThroughStage {
+        query_id: stage.query_id,
+        num: stage.num,
+        sink,
+    })
+}
+
+fn has_dictionary(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Dictionary(_, _) => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::Map(f, _) => has_dictionary(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        DataType::RunEndEncoded(_, values) => has_dictionary(values.data_type()),
+        _ => false,
     }
 }
 

@@ -30,6 +30,7 @@ mod writes;
 #[cfg(test)]
 pub(crate) use api::in_process_engine;
 pub(crate) use api::{CatalogListing, QueryService, TableKind, TableListing};
+
 pub(crate) use statement::{Statement, StatementKind};
 pub(crate) use writes::{IfExists, IfMissing, WriteSettings};
 
@@ -38,12 +39,13 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow_flight::FlightData;
 use async_trait::async_trait;
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use crate::cluster::membership::ExecutorRegistry;
 use crate::config::LocationPolicy;
@@ -55,10 +57,31 @@ use crate::storage::warehouse::Warehouse;
 use run::PlanRunner;
 use writes::TableWriter;
 
-/// A result: its schema and its batches, each batch already in that schema.
+/// A result: its schema and its parts, each already in that schema.
 pub(crate) struct QueryStream {
     pub(crate) schema: SchemaRef,
-    pub(crate) batches: BoxStream<'static, Result<RecordBatch>>,
+    pub(crate) parts: BoxStream<'static, Result<ResultPart>>,
+}
+
+impl QueryStream {
+    pub(crate) fn from_batches(
+        schema: SchemaRef,
+        batches: BoxStream<'static, Result<RecordBatch>>,
+    ) -> Self {
+        Self {
+            schema,
+            parts: batches.map_ok(ResultPart::Batch).boxed(),
+        }
+    }
+}
+
+/// A piece of a result.
+#[derive(Debug)]
+pub(crate) enum ResultPart {
+    Batch(RecordBatch),
+    /// An executor's Arrow IPC record batch message, as it goes to the client (pass-through):
+    /// plain types, uncompressed, of the result's schema.
+    Encoded(FlightData),
 }
 
 impl std::fmt::Debug for QueryStream {
@@ -187,10 +210,10 @@ impl QueryService for QueryEngine {
         match statement.kind {
             StatementKind::Ddl | StatementKind::Write => {
                 self.execute_update(&statement).await?;
-                Ok(QueryStream {
-                    schema: statement.schema,
-                    batches: stream::empty().boxed(),
-                })
+                Ok(QueryStream::from_batches(
+                    statement.schema,
+                    stream::empty().boxed(),
+                ))
             }
             StatementKind::Query => {
                 self.runner
@@ -216,10 +239,10 @@ impl QueryService for QueryEngine {
                     inner
                 };
                 let batch = explain::explain(&self.ctx, &self.runner, &inner, analyze).await?;
-                Ok(QueryStream {
-                    schema: statement.schema,
-                    batches: stream::once(async { Ok(batch) }).boxed(),
-                })
+                Ok(QueryStream::from_batches(
+                    statement.schema,
+                    stream::once(async { Ok(batch) }).boxed(),
+                ))
             }
         }
     }
@@ -386,7 +409,10 @@ mod tests {
         engine.check_runnable(&one).unwrap();
         let result = engine.execute(one).await.unwrap();
         assert_eq!(result.schema.field(0).data_type(), &DataType::Utf8);
-        let batches: Vec<RecordBatch> = result.batches.try_collect().await.unwrap();
-        assert_eq!(batches[0].num_rows(), 1);
+        let parts: Vec<ResultPart> = result.parts.try_collect().await.unwrap();
+        let [ResultPart::Batch(batch)] = &parts[..] else {
+            panic!("one decoded batch expected: {parts:?}");
+        };
+        assert_eq!(batch.num_rows(), 1);
     }
 }

@@ -25,23 +25,25 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow_flight::FlightData;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, SessionState};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::SessionContext;
-use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, FusedStream, Stream, StreamExt, TryStreamExt};
 use tokio::time::Instant;
 use url::Url;
 
 use crate::arrow_compat::cast_batch;
 use crate::cluster::distributed::{self, TaskPlacements};
 use crate::cluster::membership::ExecutorRegistry;
+use crate::cluster::pass_through::PassThroughSink;
 use crate::error::{QuiverError, Result, datafusion_status, to_datafusion};
 use crate::ids::AttemptId;
 use crate::resources::{Admission, QueryMemory, Slot};
 
-use super::QueryStream;
+use super::{QueryStream, ResultPart};
 
 /// Runs physical plans on the cluster under the guarantees of the module contract.
 pub(crate) struct PlanRunner {
@@ -74,7 +76,7 @@ pub(crate) struct Completed<T> {
 struct Attempt {
     physical: Arc<dyn ExecutionPlan>,
     placements: Arc<TaskPlacements>,
-    batches: BoxStream<'static, DFResult<RecordBatch>>,
+    parts: BoxStream<'static, DFResult<ResultPart>>,
 }
 
 /// What an attempt's error means for the run.
@@ -134,6 +136,7 @@ impl PlanRunner {
         let attempts = Arc::clone(&self.attempts);
         let ctx = ctx.clone();
         let plan = plan.clone();
+        let announced = Arc::clone(&schema);
         let supervised = stream::once(async move {
             let mut physical = Some(physical);
             let mut rerun = false;
@@ -143,9 +146,9 @@ impl PlanRunner {
                     Some(p) => p,
                     None => state.create_physical_plan(&plan).await?,
                 };
-                let attempt = attempts.start(&state, physical)?;
+                let attempt = attempts.start(&state, physical, Some(&announced))?;
                 let placements = attempt.placements;
-                let mut batches = attempt.batches;
+                let mut batches = attempt.parts;
                 let first = match deadline.run(batches.next()).await? {
                     None => None,
                     Some(Ok(batch)) => Some(batch),
@@ -179,11 +182,14 @@ impl PlanRunner {
             item
         });
         let target = Arc::clone(&schema);
-        let batches = deadline
+        let parts = deadline
             .bound(held)
-            .map(move |batch| Ok(cast_batch(&batch?, &target)?))
+            .map(move |part| match part? {
+                ResultPart::Batch(batch) => Ok(ResultPart::Batch(cast_batch(&batch, &target)?)),
+                encoded => Ok(encoded),
+            })
             .boxed();
-        Ok(QueryStream { schema, batches })
+        Ok(QueryStream { schema, parts })
     }
 
     /// Runs `plan` to its end within `deadline`, feeding its batches to `consume` (a write's
@@ -205,9 +211,17 @@ impl PlanRunner {
         let mut rerun = false;
         loop {
             let physical = deadline.run(state.create_physical_plan(plan)).await??;
-            let attempt = self.attempts.start(state, physical)?;
+            let attempt = self.attempts.start(state, physical, None)?;
             let placements = attempt.placements;
-            let batches = attempt.batches.map_err(QuiverError::from).boxed();
+            let batches = attempt
+                .parts
+                .map(|part| match part? {
+                    ResultPart::Batch(batch) => Ok(batch),
+                    ResultPart::Encoded(_) => Err(QuiverError::Internal(
+                        "a run to its end got encoded messages".into(),
+                    )),
+                })
+                .boxed();
             match deadline.run(consume(batches)).await? {
                 Ok(value) => {
                     return Ok(Completed {
@@ -230,24 +244,44 @@ impl PlanRunner {
 }
 
 impl Attempts {
-    fn start(&self, state: &SessionState, physical: Arc<dyn ExecutionPlan>) -> Result<Attempt> {
+    /// Starts a run of `physical`. For a client reading `announced`, the executors' messages
+    /// go to it as they are when the plan's head only concatenates their streams
+    /// ([`distributed::pass_through_stage`]).
+    fn start(
+        &self,
+        state: &SessionState,
+        physical: Arc<dyn ExecutionPlan>,
+        announced: Option<&SchemaRef>,
+    ) -> Result<Attempt> {
         let attempt = AttemptId::random();
         let placements = Arc::new(TaskPlacements::default());
+        let (sink, forwarded) = PassThroughSink::new();
+        let pass_through =
+            announced.and_then(|schema| distributed::pass_through_stage(&physical, schema, sink));
+        let forwarded = pass_through.is_some().then_some(forwarded);
+        if forwarded.is_some() {
+            tracing::debug!(%attempt, "forwarding the executors' record batch messages to the client");
+        }
         let task_ctx = distributed::attempt_task_ctx(
             state,
             self.memory.for_query()?,
             &attempt,
             Arc::clone(&placements),
             self.stage_timeout,
+            pass_through,
         )?;
         let stream = execute_stream(Arc::clone(&physical), task_ctx)?;
         // A plan that stays on the coordinator places no task: the watchdog then watches nothing.
         let batches =
             fail_on_departure(stream, Arc::clone(&self.registry), Arc::clone(&placements));
+        let parts = match forwarded {
+            Some(forwarded) => with_forwarded(batches, forwarded),
+            None => batches.map_ok(ResultPart::Batch).boxed(),
+        };
         Ok(Attempt {
             physical,
             placements,
-            batches,
+            parts,
         })
     }
 
@@ -368,6 +402,42 @@ fn fail_on_departure(
     .boxed()
 }
 
+/// The parts of a pass-through attempt: the messages its tapped stage forwarded, and whatever
+/// rows or error its own plan stream yields (the stream that drives the stage; its batches are
+/// empty unless a message could not be forwarded). Ends when the plan's stream has ended and
+/// every forwarded message is out: the tap hands a message over before its response goes on.
+fn with_forwarded(
+    batches: BoxStream<'static, DFResult<RecordBatch>>,
+    forwarded: tokio::sync::mpsc::Receiver<FlightData>,
+) -> BoxStream<'static, DFResult<ResultPart>> {
+    stream::unfold(Some((batches.fuse(), forwarded)), |state| async move {
+        let (mut batches, mut forwarded) = state?;
+        loop {
+            if batches.is_terminated() {
+                let message = forwarded.try_recv().ok()?;
+                return Some((Ok(ResultPart::Encoded(message)), Some((batches, forwarded))));
+            }
+            tokio::select! {
+                biased;
+                Some(message) = forwarded.recv() => {
+                    return Some((Ok(ResultPart::Encoded(message)), Some((batches, forwarded))));
+                }
+                batch = batches.next() => match batch {
+                    None => continue,
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    Some(Ok(batch)) if batch.num_rows() == 0 => continue,
+                    Some(Ok(batch)) => {
+                        return Some((Ok(ResultPart::Batch(batch)), Some((batches, forwarded))));
+                    }
+                },
+            }
+        }
+    })
+    // The first-row logic polls again after the end.
+    .fuse()
+    .boxed()
+}
+
 /// Errors that a vanished executor explains: transport failures surfacing from the network
 /// operators. Only a hint: callers act on it only if an executor really stopped answering.
 fn may_be_lost_executor(e: &DataFusionError) -> bool {
@@ -405,10 +475,10 @@ impl Deadline {
 
     /// Ends `stream` with a deadline error (dropping it, which cancels the query) once the
     /// deadline passes.
-    fn bound(
+    fn bound<T: Send + 'static>(
         self,
-        stream: impl Stream<Item = Result<RecordBatch>> + Send + 'static,
-    ) -> BoxStream<'static, Result<RecordBatch>> {
+        stream: impl Stream<Item = Result<T>> + Send + 'static,
+    ) -> BoxStream<'static, Result<T>> {
         if self.0.is_none() {
             return stream.boxed();
         }

@@ -78,7 +78,7 @@ use quiver_proto::frontdoor::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{IfExists, IfMissing};
-use crate::engine::{QueryService, QueryStream, Statement, TableKind};
+use crate::engine::{QueryService, QueryStream, ResultPart, Statement, TableKind};
 use crate::error::{QuiverError, Result};
 use crate::ids::{QueryId, StatementId};
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
@@ -196,10 +196,7 @@ impl FrontDoor {
     ) -> Result<Response<DoGetStream>, Status> {
         let statement = self.plan(&bound).await?;
         let result = if statement.kind.is_update() {
-            QueryStream {
-                schema: statement.schema,
-                batches: stream::empty().boxed(),
-            }
+            QueryStream::from_batches(statement.schema, stream::empty().boxed())
         } else {
             self.engine.execute(statement).await?
         };
@@ -444,22 +441,36 @@ fn flight_info(
     Ok(info)
 }
 
-/// Streams a result as Flight data: schema first (also for empty results), then the batches.
+/// Streams a result as Flight data: schema first (also for empty results), then its parts.
+/// Batches are encoded here; executors' messages (pass-through) go out as they came, in the
+/// schema they were checked against.
 fn encode(result: QueryStream) -> DoGetStream {
-    let QueryStream { schema, batches } = result;
-    let batches = batches.map_err(|e| FlightError::Tonic(Box::new(e.to_status())));
-    FlightDataEncoderBuilder::new()
-        .with_schema(schema)
-        .build(batches)
+    let QueryStream { schema, parts } = result;
+    let head = FlightDataEncoderBuilder::new()
+        .with_schema(Arc::clone(&schema))
+        .build(stream::empty());
+    let body = parts.flat_map(move |part| match part {
+        Ok(ResultPart::Batch(batch)) => FlightDataEncoderBuilder::new()
+            .with_schema(Arc::clone(&schema))
+            .build(stream::once(async { Ok(batch) }))
+            // Its schema message was sent first.
+            .skip(1)
+            .boxed(),
+        Ok(ResultPart::Encoded(data)) => stream::once(async { Ok(data) }).boxed(),
+        Err(e) => {
+            stream::once(async move { Err(FlightError::Tonic(Box::new(e.to_status()))) }).boxed()
+        }
+    });
+    head.chain(body)
         .map_err(|e| QuiverError::from(e).to_status())
         .boxed()
 }
 
 fn encode_batch(batch: RecordBatch) -> Response<DoGetStream> {
-    Response::new(encode(QueryStream {
-        schema: batch.schema(),
-        batches: stream::once(async { Ok(batch) }).boxed(),
-    }))
+    Response::new(encode(QueryStream::from_batches(
+        batch.schema(),
+        stream::once(async { Ok(batch) }).boxed(),
+    )))
 }
 
 fn metadata_info<T: ProstMessageExt>(

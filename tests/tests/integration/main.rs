@@ -13,6 +13,7 @@ mod limits;
 mod membership;
 mod object_store;
 mod parallel_writes;
+mod pass_through;
 mod placement;
 mod python;
 mod random_sql;
