@@ -7,6 +7,9 @@
 //! * statements ([`Statement`]): planned without side effects, bound to one row of values,
 //!   checked, run as an update (a row count) or as a query (a [`QueryStream`] in exactly the
 //!   schema `prepare` announced); the plan inside a statement stays the engine's;
+//! * queries planned ahead ([`PlannedQuery`]): a query planned down to its physical plan when
+//!   its `GetFlightInfo` announces it, run at its `DoGet` without planning again; the front door
+//!   keeps them (its plan cache) and asks whether one is still current before running it;
 //! * bulk ingest of a client's batches into a managed table;
 //! * catalog, schema and table listings as plain structs; a table's columns are its Arrow
 //!   schema in the types clients receive (see [`crate::arrow_compat`]).
@@ -14,10 +17,13 @@
 //! Errors are [`QuiverError`](crate::error::QuiverError)s; their gRPC code is decided in
 //! [`crate::error`] only.
 
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::datasource::TableType;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::stream::BoxStream;
 
@@ -46,6 +52,20 @@ pub(crate) trait QueryService: Send + Sync + 'static {
     /// cancels the query. Updates run to completion here and stream nothing.
     async fn execute(&self, statement: Statement) -> Result<QueryStream>;
 
+    /// Plans a statement that returns rows (a query, `EXPLAIN`) as far as it can before it runs:
+    /// a query down to its physical plan. Checked as [`QueryService::execute`] checks it, and
+    /// runs nothing; updates are refused (they run through [`QueryService::execute_update`]).
+    async fn plan_query(&self, statement: Statement) -> Result<PlannedQuery>;
+
+    /// Whether the tables `planned` reads are still the catalog's (no commit, DDL or drop
+    /// replaced one since it was planned); a plan that is not should be planned again from its
+    /// SQL.
+    async fn is_current(&self, planned: &PlannedQuery) -> bool;
+
+    /// Runs a query planned by [`QueryService::plan_query`], as [`QueryService::execute`] would
+    /// run its statement, without planning it again (a rerun after a lost executor does).
+    async fn execute_planned(&self, planned: PlannedQuery) -> Result<QueryStream>;
+
     /// Bulk ingest of a client's batches (in the `incoming` schema) into `table`; returns the
     /// rows written.
     async fn ingest(
@@ -62,6 +82,14 @@ pub(crate) trait QueryService: Send + Sync + 'static {
 
     /// Every table and view of every schema, with its columns.
     async fn tables(&self) -> Result<Vec<TableListing>>;
+}
+
+/// A statement that returns rows, planned ahead of its run; see [`QueryService::plan_query`].
+pub(crate) struct PlannedQuery {
+    pub(super) statement: Statement,
+    /// A query's physical plan, for its first attempt; `None` for `EXPLAIN`, whose run is its
+    /// planning.
+    pub(super) physical: Option<Arc<dyn ExecutionPlan>>,
 }
 
 /// A catalog and the names of its schemas.
@@ -154,7 +182,6 @@ pub(super) async fn list_tables(ctx: &SessionContext) -> Result<Vec<TableListing
 /// that read tables answer `Unavailable`; constant queries and DDL run on the coordinator.
 #[cfg(test)]
 pub(crate) fn in_process_engine(dir: &std::path::Path) -> super::QueryEngine {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use datafusion::execution::runtime_env::RuntimeEnv;

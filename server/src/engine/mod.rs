@@ -29,8 +29,7 @@ mod writes;
 
 #[cfg(test)]
 pub(crate) use api::in_process_engine;
-pub(crate) use api::{CatalogListing, QueryService, TableKind, TableListing};
-
+pub(crate) use api::{CatalogListing, PlannedQuery, QueryService, TableKind, TableListing};
 pub(crate) use statement::{Statement, StatementKind};
 pub(crate) use writes::{IfExists, IfMissing, WriteSettings};
 
@@ -42,7 +41,8 @@ use arrow::datatypes::SchemaRef;
 use arrow_flight::FlightData;
 use async_trait::async_trait;
 use datafusion::common::TableReference;
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -72,6 +72,20 @@ impl QueryStream {
             schema,
             parts: batches.map_ok(ResultPart::Batch).boxed(),
         }
+    }
+}
+
+#[cfg(test)]
+impl QueryStream {
+    /// The decoded batches of a result that forwards no encoded message.
+    pub(crate) async fn collect_batches(self) -> Result<Vec<RecordBatch>> {
+        self.parts
+            .map(|part| match part? {
+                ResultPart::Batch(batch) => Ok(batch),
+                ResultPart::Encoded(_) => Err(QuiverError::Internal("an encoded message".into())),
+            })
+            .try_collect()
+            .await
     }
 }
 
@@ -217,7 +231,7 @@ impl QueryService for QueryEngine {
             }
             StatementKind::Query => {
                 self.runner
-                    .stream(&self.ctx, &statement.plan, statement.schema)
+                    .stream(&self.ctx, &statement.plan, statement.schema, None)
                     .await
             }
             StatementKind::Explain { analyze } => {
@@ -244,6 +258,84 @@ impl QueryService for QueryEngine {
                     stream::once(async { Ok(batch) }).boxed(),
                 ))
             }
+        }
+    }
+
+    /// Plans a query down to its physical plan, under the deadline a query's planning has; an
+    /// `EXPLAIN` is kept as it is (explaining is its run).
+    async fn plan_query(&self, statement: Statement) -> Result<PlannedQuery> {
+        self.check_runnable(&statement)?;
+        let physical = match statement.kind {
+            StatementKind::Query => Some(
+                self.runner
+                    .deadline()
+                    .run(self.ctx.state().create_physical_plan(&statement.plan))
+                    .await??,
+            ),
+            StatementKind::Explain { .. } => None,
+            StatementKind::Ddl | StatementKind::Write => {
+                return Err(QuiverError::InvalidArgument(
+                    "this statement returns no rows: run it as an update, not as a query".into(),
+                ));
+            }
+        };
+        Ok(PlannedQuery {
+            statement,
+            physical,
+        })
+    }
+
+    /// Compares every table the plan scans (subqueries and views included) with the table of
+    /// that name now: a commit, DDL or drop registers a new one (managed tables are immutable
+    /// snapshots of their files, so a plan over a replaced one may read deleted files).
+    /// `information_schema` is computed when read, and its tables are built anew on every
+    /// lookup: not compared.
+    async fn is_current(&self, planned: &PlannedQuery) -> bool {
+        let mut scans = Vec::new();
+        let walked = planned.statement.plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && scan.table_name.schema() != Some("information_schema")
+            {
+                scans.push((scan.table_name.clone(), Arc::clone(&scan.source)));
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        if walked.is_err() {
+            return false;
+        }
+        for (name, source) in scans {
+            let Ok(planned_with) = source_as_provider(&source) else {
+                return false;
+            };
+            let Ok(now) = self.ctx.table_provider(name).await else {
+                return false;
+            };
+            // The data pointers: the same table whatever vtable the Arcs were made with.
+            if !std::ptr::eq(
+                Arc::as_ptr(&planned_with).cast::<()>(),
+                Arc::as_ptr(&now).cast::<()>(),
+            ) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs the physical plan made at planning for the query's first attempt; the checks of
+    /// [`QueryService::execute`] run again (executors may have left since).
+    async fn execute_planned(&self, planned: PlannedQuery) -> Result<QueryStream> {
+        let PlannedQuery {
+            statement,
+            physical,
+        } = planned;
+        match (statement.kind, physical) {
+            (StatementKind::Query, Some(physical)) => {
+                self.check_runnable(&statement)?;
+                self.runner
+                    .stream(&self.ctx, &statement.plan, statement.schema, Some(physical))
+                    .await
+            }
+            _ => self.execute(statement).await,
         }
     }
 
@@ -414,5 +506,76 @@ mod tests {
             panic!("one decoded batch expected: {parts:?}");
         };
         assert_eq!(batch.num_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_query_planned_ahead_runs_its_plan_until_a_table_it_reads_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = in_process_engine(dir.path());
+
+        // Planned under the rules of execute: updates are refused, unbound parameters too.
+        let ddl = engine
+            .prepare("CREATE VIEW v AS SELECT 1 AS x")
+            .await
+            .unwrap();
+        let err = engine.plan_query(ddl).await.err().unwrap();
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+        let unbound = engine.prepare("SELECT $1 AS p").await.unwrap();
+        let err = engine.plan_query(unbound).await.err().unwrap();
+        assert_eq!(err.to_status().code(), tonic::Code::InvalidArgument);
+
+        let planned = engine.plan_query(engine.prepare("SELECT 'a' AS s").await.unwrap());
+        let planned = planned.await.unwrap();
+        assert!(planned.physical.is_some());
+        assert!(engine.is_current(&planned).await);
+        let result = engine.execute_planned(planned).await.unwrap();
+        assert_eq!(result.schema.field(0).data_type(), &DataType::Utf8);
+        let batches = result.collect_batches().await.unwrap();
+        assert_eq!(batches[0].num_rows(), 1);
+
+        let explain = engine.prepare("EXPLAIN SELECT 1").await.unwrap();
+        let explain = engine.plan_query(explain).await.unwrap();
+        assert!(explain.physical.is_none(), "explaining is its run");
+        let result = engine.execute_planned(explain).await.unwrap();
+        let batches = result.collect_batches().await.unwrap();
+        assert!(batches[0].num_rows() > 0);
+
+        // A plan over a table (built here: reading one needs an executor to run, not to plan
+        // or compare) is current until the table is replaced.
+        std::fs::write(dir.path().join("t.csv"), "a,b\n1,x\n").unwrap();
+        let create = format!(
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}/t.csv'",
+            dir.path().display()
+        );
+        engine
+            .execute_update(&engine.prepare(&create).await.unwrap())
+            .await
+            .unwrap();
+        let scan = PlannedQuery {
+            statement: engine
+                .prepare("SELECT a FROM t WHERE a IN (SELECT a FROM t)")
+                .await
+                .unwrap(),
+            physical: None,
+        };
+        assert!(engine.is_current(&scan).await);
+        engine
+            .execute_update(&engine.prepare("DROP TABLE t").await.unwrap())
+            .await
+            .unwrap();
+        assert!(!engine.is_current(&scan).await, "a dropped table");
+        engine
+            .execute_update(&engine.prepare(&create).await.unwrap())
+            .await
+            .unwrap();
+        assert!(!engine.is_current(&scan).await, "a table made anew");
+        let info = PlannedQuery {
+            statement: engine
+                .prepare("SELECT table_name FROM information_schema.tables")
+                .await
+                .unwrap(),
+            physical: None,
+        };
+        assert!(engine.is_current(&info).await);
     }
 }

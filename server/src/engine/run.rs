@@ -122,17 +122,25 @@ impl PlanRunner {
 
     /// Runs a query whose batches go to a client as `schema` (views cast to plain types).
     /// Planning errors are this call's error; execution starts when the stream is first polled.
+    /// `planned` is `plan`'s physical plan when it was made already: the first attempt runs it
+    /// (a rerun plans `plan` again).
     pub(crate) async fn stream(
         &self,
         ctx: &SessionContext,
         plan: &LogicalPlan,
         schema: SchemaRef,
+        planned: Option<Arc<dyn ExecutionPlan>>,
     ) -> Result<QueryStream> {
         let deadline = self.deadline();
         let slot = self.admit(deadline).await?;
-        let physical = deadline
-            .run(ctx.state().create_physical_plan(plan))
-            .await??;
+        let physical = match planned {
+            Some(physical) => physical,
+            None => {
+                deadline
+                    .run(ctx.state().create_physical_plan(plan))
+                    .await??
+            }
+        };
         let attempts = Arc::clone(&self.attempts);
         let ctx = ctx.clone();
         let plan = plan.clone();

@@ -20,11 +20,16 @@
 //! * Substrait and transactions answer a clear `Unimplemented`, as do unknown actions;
 //! * errors keep DataFusion's message with a meaningful code, decided in [`crate::error`] only
 //!   (this module builds no `Status` itself);
-//! * ids are typed: tickets carry a [`QueryId`], prepared statements a [`StatementId`].
+//! * ids are typed: tickets carry a [`QueryId`], prepared statements a [`StatementId`];
+//! * a query is planned once: `GetFlightInfo` plans it down to its physical plan and keeps that
+//!   for the `DoGet` of its ticket ([`plan_cache`], bounded and expiring); tickets stay
+//!   stateless, and a `DoGet` that finds no plan made for exactly its ticket plans the ticket's
+//!   SQL as before.
 
 mod column_types;
 mod handles;
 mod keys;
+mod plan_cache;
 mod running;
 mod sessions;
 mod sql_info;
@@ -34,6 +39,7 @@ mod xdbc_types;
 mod tests;
 
 use handles::{Bindings, BoundSql, PreparedHandle, QueryTicket};
+use plan_cache::{PlanCache, PlanKey};
 use running::RunningQueries;
 use sessions::Sessions;
 
@@ -78,7 +84,7 @@ use quiver_proto::frontdoor::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{IfExists, IfMissing};
-use crate::engine::{QueryService, QueryStream, ResultPart, Statement, TableKind};
+use crate::engine::{PlannedQuery, QueryService, QueryStream, ResultPart, Statement, TableKind};
 use crate::error::{QuiverError, Result};
 use crate::ids::{QueryId, StatementId};
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
@@ -95,6 +101,8 @@ pub(crate) struct FrontDoor {
     sessions: Sessions,
     running: RunningQueries,
     bindings: Bindings,
+    /// Queries planned at `GetFlightInfo`, for the `DoGet` of their tickets.
+    plans: PlanCache<PlannedQuery>,
     /// Most bytes one client IPC message may decode to (decompressed buffers included).
     max_decoded_bytes: usize,
 }
@@ -120,6 +128,7 @@ impl FrontDoor {
             sessions: Sessions::default(),
             running: RunningQueries::default(),
             bindings: Bindings::default(),
+            plans: PlanCache::default(),
             max_decoded_bytes: DEFAULT_MAX_MESSAGE_BYTES * MAX_COMPRESSION_RATIO,
         })
     }
@@ -155,10 +164,13 @@ impl FrontDoor {
         }
     }
 
+    /// GetFlightInfo of a statement: updates run here; a query is planned for its `DoGet`,
+    /// which `user` may then run without planning again.
     async fn statement_info(
         &self,
         bound: BoundSql,
         session: Option<String>,
+        user: Option<String>,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
         let statement = self
@@ -166,39 +178,55 @@ impl FrontDoor {
             .await?
             .with_target_file_bytes(self.sessions.target_file_bytes(session.as_deref()));
         self.engine.check_runnable(&statement)?;
+        let schema = Arc::clone(&statement.schema);
+        let query_id = QueryId::random();
         // ADBC (and most clients) never fetch a result without columns: DDL and writes run
         // here, once, and report their row count as the result's total_records.
         let updated = if statement.kind.is_update() {
             Some(self.engine.execute_update(&statement).await?)
         } else {
+            let planned = self.engine.plan_query(statement).await?;
+            let key = PlanKey {
+                sql: bound.sql.clone(),
+                parameters: bound.parameters.clone(),
+                user,
+            };
+            self.plans.insert(query_id.clone(), key, planned);
             None
         };
         let ticket = TicketStatementQuery {
             statement_handle: handles::encode_ticket(&QueryTicket {
                 statement: bound,
-                query_id: Some(QueryId::random()),
+                query_id: Some(query_id),
             })?,
         };
-        let mut info = flight_info(&statement.schema, ticket.as_any(), descriptor)?;
+        let mut info = flight_info(&schema, ticket.as_any(), descriptor)?;
         if let Some(rows) = updated {
             info = info.with_total_records(rows);
         }
         Ok(Response::new(info))
     }
 
-    /// DoGet: streams a query's result, cancellable by its query id when it has one. Updates
-    /// already ran at `GetFlightInfo`; their tickets stream the empty result without running
-    /// them again.
+    /// DoGet: streams a query's result, cancellable by its query id when it has one. Runs the
+    /// plan `GetFlightInfo` made for exactly this ticket and `user` when there is one; else
+    /// plans the ticket's SQL. Updates already ran at `GetFlightInfo`; their tickets stream the
+    /// empty result without running them again.
     async fn run(
         &self,
         bound: BoundSql,
         query_id: Option<QueryId>,
+        user: Option<String>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let statement = self.plan(&bound).await?;
-        let result = if statement.kind.is_update() {
-            QueryStream::from_batches(statement.schema, stream::empty().boxed())
-        } else {
-            self.engine.execute(statement).await?
+        let result = match self.planned(query_id.as_ref(), &bound, user).await {
+            Some(planned) => self.engine.execute_planned(planned).await?,
+            None => {
+                let statement = self.plan(&bound).await?;
+                if statement.kind.is_update() {
+                    QueryStream::from_batches(statement.schema, stream::empty().boxed())
+                } else {
+                    self.engine.execute(statement).await?
+                }
+            }
         };
         let encoded = encode(result);
         let Some(query_id) = query_id else {
@@ -207,6 +235,33 @@ impl FrontDoor {
         Ok(Response::new(
             self.running.track(&query_id, encoded)?.boxed(),
         ))
+    }
+
+    /// The plan kept for the ticket `query_id` names, if it was made for this very `bound`
+    /// statement and `user` and is still current (see [`plan_cache`]).
+    async fn planned(
+        &self,
+        query_id: Option<&QueryId>,
+        bound: &BoundSql,
+        user: Option<String>,
+    ) -> Option<PlannedQuery> {
+        let outcome = match query_id {
+            None => Err(plan_cache::Miss::Unknown),
+            Some(id) => {
+                let key = PlanKey {
+                    sql: bound.sql.clone(),
+                    parameters: bound.parameters.clone(),
+                    user,
+                };
+                match self.plans.take(id, &key) {
+                    Ok(planned) if !self.engine.is_current(&planned).await => {
+                        Err(plan_cache::Miss::Stale)
+                    }
+                    outcome => outcome,
+                }
+            }
+        };
+        self.plans.counted(query_id, outcome)
     }
 
     /// Runs an update once per row of bound parameter values (JDBC `executeBatch`, DB-API
@@ -252,6 +307,14 @@ impl FrontDoor {
             .and_then(|identity| identity.session.clone())
     }
 
+    /// The authenticated user of a request (`None` when authentication is off).
+    fn user<T>(request: &Request<T>) -> Option<String> {
+        request
+            .extensions()
+            .get::<Identity>()
+            .and_then(|identity| identity.user.clone())
+    }
+
     /// Cancels the query a FlightInfo's ticket names.
     fn cancel_info(&self, info: &FlightInfo) -> Result<()> {
         let ticket = info
@@ -274,6 +337,7 @@ impl FrontDoor {
                 QuiverError::InvalidArgument("this ticket carries no query id".into())
             })?;
         self.running.cancel(&query_id);
+        self.plans.remove(&query_id);
         Ok(())
     }
 
@@ -516,8 +580,14 @@ impl FlightSqlService for FrontDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let session = Self::session_key(&request);
-        self.statement_info(BoundSql::new(query.query), session, request.into_inner())
-            .await
+        let user = Self::user(&request);
+        self.statement_info(
+            BoundSql::new(query.query),
+            session,
+            user,
+            request.into_inner(),
+        )
+        .await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -525,9 +595,11 @@ impl FlightSqlService for FrontDoor {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        // Its ticket is a statement ticket like any other: its DoGet runs the plan made here.
         let bound = self.resolve_prepared(&cmd.prepared_statement_handle)?;
         let session = Self::session_key(&request);
-        self.statement_info(bound, session, request.into_inner())
+        let user = Self::user(&request);
+        self.statement_info(bound, session, user, request.into_inner())
             .await
     }
 
@@ -579,13 +651,13 @@ impl FlightSqlService for FrontDoor {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let QueryTicket {
             statement,
             query_id,
         } = handles::decode_ticket(&ticket.statement_handle)?;
-        self.run(statement, query_id).await
+        self.run(statement, query_id, Self::user(&request)).await
     }
 
     async fn do_get_prepared_statement(
@@ -597,6 +669,7 @@ impl FlightSqlService for FrontDoor {
         // query a client can name, so there is nothing to track for CancelFlightInfo.
         self.run(
             self.resolve_prepared(&query.prepared_statement_handle)?,
+            None,
             None,
         )
         .await

@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use arrow::array::{Array, BinaryArray, Int64Array, StringArray};
@@ -19,8 +20,9 @@ use http_body::Frame;
 use tonic::Code;
 use tonic::codec::{DecodeBuf, Decoder};
 
+use super::plan_cache::PlanCacheStats;
 use super::*;
-use crate::engine::in_process_engine;
+use crate::engine::{QueryEngine, in_process_engine};
 use crate::error::QuiverError;
 
 /// A front door over an engine whose catalog file lives in the returned directory.
@@ -73,9 +75,20 @@ fn only_ticket(info: &FlightInfo) -> Ticket {
 
 /// DoGet: the stream's schema and its batches.
 async fn fetch(door: &FrontDoor, ticket: Ticket) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-    let stream = FlightService::do_get(door, Request::new(ticket))
-        .await?
-        .into_inner();
+    fetch_as(door, ticket, None).await
+}
+
+/// DoGet by the user of `identity` (as the auth layer records it; `None`: authentication off).
+async fn fetch_as(
+    door: &FrontDoor,
+    ticket: Ticket,
+    identity: Option<Identity>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    let mut request = Request::new(ticket);
+    if let Some(identity) = identity {
+        request.extensions_mut().insert(identity);
+    }
+    let stream = FlightService::do_get(door, request).await?.into_inner();
     let mut decoded =
         FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from));
     let mut batches = Vec::new();
@@ -643,4 +656,259 @@ async fn set_is_permission_denied_however_it_is_sent() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let status = update(&door, set).await.expect_err("SET as an update");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+/// The in-process engine, counting the planning the front door asks of it.
+struct CountingEngine {
+    inner: QueryEngine,
+    /// SQL planned ([`QueryService::prepare`]).
+    prepared: AtomicUsize,
+    /// Queries planned down to their physical plan at GetFlightInfo.
+    planned: AtomicUsize,
+    /// Statements run from their logical plan (their physical plan made there).
+    executed: AtomicUsize,
+    /// Queries run from a physical plan made earlier.
+    executed_planned: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl QueryService for CountingEngine {
+    async fn prepare(&self, sql: &str) -> Result<Statement> {
+        self.prepared.fetch_add(1, Ordering::SeqCst);
+        self.inner.prepare(sql).await
+    }
+
+    fn bind(&self, statement: Statement, values: &RecordBatch) -> Result<Statement> {
+        self.inner.bind(statement, values)
+    }
+
+    fn check_runnable(&self, statement: &Statement) -> Result<()> {
+        self.inner.check_runnable(statement)
+    }
+
+    async fn execute_update(&self, statement: &Statement) -> Result<i64> {
+        self.inner.execute_update(statement).await
+    }
+
+    async fn execute(&self, statement: Statement) -> Result<QueryStream> {
+        self.executed.fetch_add(1, Ordering::SeqCst);
+        self.inner.execute(statement).await
+    }
+
+    async fn plan_query(&self, statement: Statement) -> Result<PlannedQuery> {
+        self.planned.fetch_add(1, Ordering::SeqCst);
+        self.inner.plan_query(statement).await
+    }
+
+    async fn is_current(&self, planned: &PlannedQuery) -> bool {
+        self.inner.is_current(planned).await
+    }
+
+    async fn execute_planned(&self, planned: PlannedQuery) -> Result<QueryStream> {
+        self.executed_planned.fetch_add(1, Ordering::SeqCst);
+        self.inner.execute_planned(planned).await
+    }
+
+    async fn ingest(
+        &self,
+        table: &str,
+        if_missing: IfMissing,
+        if_exists: IfExists,
+        incoming: SchemaRef,
+        batches: futures::stream::BoxStream<'static, Result<RecordBatch>>,
+    ) -> Result<u64> {
+        self.inner
+            .ingest(table, if_missing, if_exists, incoming, batches)
+            .await
+    }
+
+    fn catalogs(&self) -> Vec<crate::engine::CatalogListing> {
+        self.inner.catalogs()
+    }
+
+    async fn tables(&self) -> Result<Vec<crate::engine::TableListing>> {
+        self.inner.tables().await
+    }
+}
+
+/// How much planning the engine did: (prepared, planned, executed, executed_planned).
+fn planning(engine: &CountingEngine) -> (usize, usize, usize, usize) {
+    (
+        engine.prepared.load(Ordering::SeqCst),
+        engine.planned.load(Ordering::SeqCst),
+        engine.executed.load(Ordering::SeqCst),
+        engine.executed_planned.load(Ordering::SeqCst),
+    )
+}
+
+/// A front door over a [`CountingEngine`].
+fn counting_front_door() -> (tempfile::TempDir, Arc<CountingEngine>, FrontDoor) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let engine = Arc::new(CountingEngine {
+        inner: in_process_engine(dir.path()),
+        prepared: AtomicUsize::new(0),
+        planned: AtomicUsize::new(0),
+        executed: AtomicUsize::new(0),
+        executed_planned: AtomicUsize::new(0),
+    });
+    let door = FrontDoor::new(Arc::clone(&engine) as Arc<dyn QueryService>)
+        .expect("the front door builds");
+    (dir, engine, door)
+}
+
+/// The one value of a one-row result's column `column`.
+fn only_string(batches: &[RecordBatch], column: &str) -> String {
+    let rows: Vec<String> = batches.iter().flat_map(|b| strings(b, column)).collect();
+    let [value] = rows.as_slice() else {
+        panic!("one row expected, got {rows:?}");
+    };
+    value.clone()
+}
+
+/// A statement ticket as a client could build it, naming `query_id`.
+fn hand_made_ticket(sql: &str, query_id: QueryId) -> Ticket {
+    let ticket = TicketStatementQuery {
+        statement_handle: handles::encode_ticket(&QueryTicket {
+            statement: BoundSql::new(sql.into()),
+            query_id: Some(query_id),
+        })
+        .expect("a ticket"),
+    };
+    Ticket::new(ticket.as_any().encode_to_vec())
+}
+
+/// The query id inside a ticket the server issued.
+fn ticket_query_id(ticket: &Ticket) -> QueryId {
+    let any = Any::decode(ticket.ticket.as_ref()).expect("an Any");
+    let statement: TicketStatementQuery = any.unpack().expect("unpacks").expect("a statement");
+    handles::decode_ticket(&statement.statement_handle)
+        .expect("decodes")
+        .query_id
+        .expect("issued tickets carry a query id")
+}
+
+#[tokio::test]
+async fn get_flight_info_then_do_get_plans_the_query_once() {
+    let (_dir, engine, door) = counting_front_door();
+    let info = statement_info(&door, "SELECT 'once' AS v")
+        .await
+        .expect("plans");
+    assert_eq!(planning(&engine), (1, 1, 0, 0));
+    let ticket = only_ticket(&info);
+    let (schema, batches) = fetch(&door, ticket.clone()).await.expect("DoGet");
+    assert_eq!(schema.as_ref(), &info.clone().try_decode_schema().unwrap());
+    assert_eq!(only_string(&batches, "v"), "once");
+    // DoGet planned nothing: no SQL, no physical plan.
+    assert_eq!(planning(&engine), (1, 1, 0, 1));
+    assert_eq!(door.plans.stats(), PlanCacheStats { hits: 1, misses: 0 });
+
+    // The plan is used up: fetching the ticket again plans its SQL, as before the cache.
+    let (_, batches) = fetch(&door, ticket).await.expect("DoGet again");
+    assert_eq!(only_string(&batches, "v"), "once");
+    assert_eq!(planning(&engine), (2, 1, 1, 1));
+    assert_eq!(door.plans.stats(), PlanCacheStats { hits: 1, misses: 1 });
+
+    // Updates keep nothing: they ran at GetFlightInfo.
+    statement_info(&door, "CREATE VIEW v AS SELECT 1 AS x")
+        .await
+        .expect("DDL");
+    assert_eq!(door.plans.len(), 0);
+}
+
+#[tokio::test]
+async fn tickets_without_their_plan_are_planned_from_their_own_sql() {
+    let (_dir, engine, door) = counting_front_door();
+    // An id this server never issued (another coordinator's, or from before a restart).
+    let (_, batches) = fetch(
+        &door,
+        hand_made_ticket("SELECT 'unknown' AS v", QueryId::random()),
+    )
+    .await
+    .expect("an unknown id still runs");
+    assert_eq!(only_string(&batches, "v"), "unknown");
+    assert_eq!(door.plans.stats(), PlanCacheStats { hits: 0, misses: 1 });
+
+    // An issued id in a ticket with other SQL: that ticket's SQL answers, not the kept plan.
+    let info = statement_info(&door, "SELECT 'issued' AS v")
+        .await
+        .expect("plans");
+    let id = ticket_query_id(&only_ticket(&info));
+    let (_, batches) = fetch(&door, hand_made_ticket("SELECT 'tampered' AS v", id))
+        .await
+        .expect("the other SQL runs");
+    assert_eq!(only_string(&batches, "v"), "tampered");
+    assert_eq!(door.plans.stats(), PlanCacheStats { hits: 0, misses: 2 });
+    // The mismatch used the plan up; the real ticket still answers, planned again.
+    let (_, batches) = fetch(&door, only_ticket(&info))
+        .await
+        .expect("the issued ticket runs");
+    assert_eq!(only_string(&batches, "v"), "issued");
+    assert_eq!(door.plans.stats(), PlanCacheStats { hits: 0, misses: 3 });
+    assert_eq!(planning(&engine).3, 0, "no kept plan ran");
+
+    // A plan serves the user it was made for only.
+    let info = statement_info(&door, "SELECT 'mine' AS v")
+        .await
+        .expect("plans");
+    let other_user = Identity {
+        user: Some("mallory".into()),
+        session: None,
+    };
+    let (_, batches) = fetch_as(&door, only_ticket(&info), Some(other_user))
+        .await
+        .expect("runs for its own user");
+    assert_eq!(only_string(&batches, "v"), "mine");
+    assert_eq!(door.plans.stats(), PlanCacheStats { hits: 0, misses: 4 });
+}
+
+#[tokio::test]
+async fn the_ticket_of_a_prepared_statement_runs_the_plan_made_for_it() {
+    let (_dir, engine, door) = counting_front_door();
+    let prepared = prepare(&door, "SELECT $1 AS v").await.expect("prepares");
+    let handle = bind(
+        &door,
+        &prepared.prepared_statement_handle,
+        one_column("0", Arc::new(StringArray::from(vec!["bound"]))),
+    )
+    .await
+    .expect("bind");
+    let info = flight_info(&door, &prepared_query(&handle))
+        .await
+        .expect("plans");
+    let before = planning(&engine);
+    let (_, batches) = fetch(&door, only_ticket(&info)).await.expect("DoGet");
+    assert_eq!(only_string(&batches, "v"), "bound");
+    let after = planning(&engine);
+    assert_eq!(
+        (after.0 - before.0, after.2 - before.2, after.3 - before.3),
+        (0, 0, 1),
+        "DoGet planned nothing"
+    );
+    assert_eq!(door.plans.stats(), PlanCacheStats { hits: 1, misses: 0 });
+
+    // Values remembered under the statement id (the handle from prepare time) hit too.
+    let info = flight_info(&door, &prepared_query(&prepared.prepared_statement_handle))
+        .await
+        .expect("plans");
+    let (_, batches) = fetch(&door, only_ticket(&info)).await.expect("DoGet");
+    assert_eq!(only_string(&batches, "v"), "bound");
+    assert_eq!(door.plans.stats(), PlanCacheStats { hits: 2, misses: 0 });
+}
+
+#[tokio::test]
+async fn a_cancelled_ticket_drops_its_plan() {
+    let (_dir, _engine, door) = counting_front_door();
+    let info = statement_info(&door, "SELECT 1").await.expect("plans");
+    assert_eq!(door.plans.len(), 1);
+    let request = CancelFlightInfoRequest {
+        info: Some(info.clone()),
+    };
+    action(&door, "CancelFlightInfo", request.encode_to_vec())
+        .await
+        .expect("cancelled");
+    assert_eq!(door.plans.len(), 0);
+    let status = fetch(&door, only_ticket(&info))
+        .await
+        .expect_err("cancelled ticket");
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
 }
