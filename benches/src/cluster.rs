@@ -6,15 +6,22 @@
 //! the cluster drops (on success, error, panic or Ctrl-C alike). Nodes run with their production
 //! defaults ([`ClusterOptions::binary_defaults`]) except the flags a benchmark must fix: the
 //! TPC-H tables, `--target-partitions`, and a cluster secret (internal calls are signed, as in a
-//! real deployment); they log warnings only, since info-level logs per query would be part of
+//! real deployment), plus what `--coordinator-arg` adds; they log warnings only, since info-level logs per query would be part of
 //! what is measured (the write benchmark adds the one info line per written file and commit,
 //! [`start_logging`]).
+//!
+//! With [`ClusterSetup::confine`] every node runs on a CPU budget in a cgroup of its own
+//! ([`crate::cgroup`]): `quiver-bench` itself is launched as each node, joins the node's group,
+//! and `exec`s `quiver` with the node's arguments.
 
 use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 
 use quiver_tests::process::Launch;
 use quiver_tests::{ClusterOptions, TestCluster};
 
+use crate::cgroup::{NodeCgroup, WrapperSpec};
 use crate::report::NodeMemory;
 
 /// What every cluster of one benchmark run shares.
@@ -27,6 +34,17 @@ pub(crate) struct ClusterSetup {
     pub(crate) dataset: PathBuf,
     /// Extra environment for every process (after `RUST_LOG=warn`, so it may override it).
     pub(crate) env: Vec<(String, String)>,
+    /// Extra coordinator flags (`--coordinator-arg`).
+    pub(crate) coordinator_args: Vec<String>,
+    /// CPU budgets: every node in a cgroup of its own.
+    pub(crate) confine: Option<WrapperSpec>,
+}
+
+impl ClusterSetup {
+    /// The cgroup of the node called `name` (`coordinator`, `executor-0`, …), if confined.
+    pub(crate) fn cgroup(&self, name: &str) -> Option<NodeCgroup> {
+        self.confine.as_ref().map(|spec| spec.group(name))
+    }
 }
 
 pub(crate) async fn start(setup: &ClusterSetup) -> TestCluster {
@@ -37,6 +55,18 @@ pub(crate) async fn start(setup: &ClusterSetup) -> TestCluster {
 pub(crate) async fn start_logging(setup: &ClusterSetup, rust_log: &str) -> TestCluster {
     let mut env = vec![("RUST_LOG".to_string(), rust_log.to_string())];
     env.extend(setup.env.iter().cloned());
+    let mut bin = setup.quiver_bin.clone();
+    if let Some(spec) = &setup.confine {
+        // The wrapper: this executable, which confines itself and becomes `quiver`.
+        match std::env::current_exe() {
+            Ok(exe) => bin = exe,
+            Err(e) => panic!("locating quiver-bench to launch confined nodes: {e}"),
+        }
+        match spec.env() {
+            Ok(entry) => env.push(entry),
+            Err(e) => panic!("encoding the nodes' CPU budgets: {e}"),
+        }
+    }
     TestCluster::start(ClusterOptions {
         executors: setup.executors,
         target_partitions: setup.target_partitions,
@@ -44,9 +74,10 @@ pub(crate) async fn start_logging(setup: &ClusterSetup, rust_log: &str) -> TestC
             "--target-partitions".to_string(),
             setup.target_partitions.to_string(),
         ],
+        coordinator_args: setup.coordinator_args.clone(),
         binary_defaults: true,
         launch: Launch {
-            bin: Some(setup.quiver_bin.clone()),
+            bin: Some(bin),
             env,
         },
         ..ClusterOptions::tpch(&setup.dataset)
@@ -65,6 +96,19 @@ pub(crate) fn memory(cluster: &TestCluster) -> Vec<NodeMemory> {
                 peak_rss_bytes: memory.peak_bytes,
                 current_rss_bytes: memory.current_bytes,
             })
+        })
+        .collect()
+}
+
+/// `(name, pid)` of every process of `cluster`, coordinator first.
+pub(crate) fn pids(cluster: &TestCluster) -> Result<Vec<(String, u32)>> {
+    cluster
+        .processes()
+        .map(|p| {
+            let pid = p
+                .pid()
+                .with_context(|| format!("{} is not running", p.name))?;
+            Ok((p.name.clone(), pid))
         })
         .collect()
 }

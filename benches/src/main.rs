@@ -5,21 +5,31 @@
 //! target/release/quiver-bench                 # TPC-H SF1 + micro-benchmarks, tables
 //! target/release/quiver-bench --scale-factor 10 --json > sf10.json
 //! target/release/quiver-bench --writes --skip-tpch --skip-micro   # the write benchmark only
+//! target/release/quiver-bench --scaling --node-cpus 0.5 --executor-counts 1,2,3
+//! target/release/quiver-bench --concurrency --clients 16 --duration-secs 60
 //! ```
 //!
 //! It generates TPC-H at the requested scale factor if missing ([`tpch`]), starts a coordinator
 //! and N executor processes on loopback ([`cluster`]), runs the 22 queries interleaved on Quiver
 //! (through a Flight SQL client, results fully fetched) and on single-node DataFusion in this
 //! process over the same files, then the Flight micro-benchmarks ([`micro`]), with `--writes`
-//! the write benchmark ([`writes`]), and prints the report ([`report`]). Every child process dies with the harness, also on errors and Ctrl-C.
+//! the write benchmark ([`writes`]), and prints the report ([`report`]). `--scaling` and
+//! `--concurrency` are a mode of their own (they replace the TPC-H comparison and the
+//! micro-benchmarks): one machine as a cluster of small ones, every process on its own CPU
+//! budget ([`cgroup`]), Quiver with 1, 2, 3 executors against DataFusion on one budget
+//! ([`scaling`]), and many clients at once ([`concurrency`]). Every child process dies with the
+//! harness, also on errors and Ctrl-C; so do the cgroups.
 //! See `BENCHMARKS.md` for what each figure means and the figures measured so far.
 
 mod baseline;
+mod cgroup;
 mod cluster;
+mod concurrency;
 mod flight;
 mod micro;
 mod plain_flight;
 mod report;
+mod scaling;
 mod tpch;
 mod writes;
 
@@ -70,6 +80,14 @@ pub(crate) struct Options {
     /// LD_PRELOAD=... for experiments.
     #[arg(long = "node-env", value_name = "KEY=VALUE", value_parser = parse_env)]
     node_env: Vec<(String, String)>,
+    /// An extra flag for every coordinator the harness starts (repeatable), e.g.
+    /// `--coordinator-arg=--scan-bytes-per-partition=1048576` to spread small scans.
+    #[arg(
+        long = "coordinator-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
+    coordinator_args: Vec<String>,
     /// The `quiver` binary (default: QUIVER_BIN, or next to this executable).
     #[arg(long, value_name = "PATH")]
     quiver_bin: Option<PathBuf>,
@@ -101,6 +119,41 @@ pub(crate) struct Options {
     /// Also write the JSON report to this file.
     #[arg(long, value_name = "PATH")]
     save_json: Option<PathBuf>,
+    /// The scaling benchmark (instead of the TPC-H comparison and the micro-benchmarks): TPC-H
+    /// (--scale-factor, --queries, --runs) on one Quiver cluster per --executor-counts against
+    /// single-node DataFusion (--baseline), every process on a budget of --node-cpus CPUs.
+    #[arg(long)]
+    scaling: bool,
+    /// The executor counts of the scaling benchmark's clusters.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    executor_counts: Vec<usize>,
+    /// The CPU budget of every executor and of the confined baseline (a cgroup CPU quota per
+    /// process, 0.5 = half a core); 0: no budgets.
+    #[arg(long, default_value_t = 0.5)]
+    node_cpus: f64,
+    /// The coordinator's CPU budget (default: --node-cpus).
+    #[arg(long)]
+    coordinator_cpus: Option<f64>,
+    /// The concurrency benchmark (instead of the TPC-H comparison and the micro-benchmarks):
+    /// --clients clients looping over --concurrency-queries for --duration-secs, on a cluster of
+    /// --executors without budgets, then on budgets with each of --concurrency-executor-counts.
+    #[arg(long)]
+    concurrency: bool,
+    /// Concurrent Flight SQL clients, each with its own connection.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// How long the clients send queries, per configuration.
+    #[arg(long, default_value_t = 60.0)]
+    duration_secs: f64,
+    /// The concurrency benchmark's TPC-H scale factor.
+    #[arg(long, default_value_t = 0.1)]
+    concurrency_scale_factor: f64,
+    /// The concurrency benchmark's queries (single statements only).
+    #[arg(long, value_delimiter = ',', default_value = "1,3,5,6,10,12,14,19")]
+    concurrency_queries: Vec<usize>,
+    /// The executor counts of the concurrency benchmark's budgeted clusters.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    concurrency_executor_counts: Vec<usize>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +167,7 @@ pub(crate) enum BaselineChoice {
 }
 
 impl Options {
-    fn queries_dir(&self) -> PathBuf {
+    pub(crate) fn queries_dir(&self) -> PathBuf {
         if let Some(dir) = &self.queries_dir {
             return dir.clone();
         }
@@ -148,6 +201,34 @@ impl Options {
             )
         })
     }
+
+    /// The budgets of `--node-cpus` / `--coordinator-cpus` (None: none).
+    pub(crate) fn budget(&self) -> Option<cgroup::Budget> {
+        (self.node_cpus > 0.0).then(|| cgroup::Budget {
+            coordinator_cpus: self.coordinator_cpus.unwrap_or(self.node_cpus),
+            executor_cpus: self.node_cpus,
+        })
+    }
+
+    /// The `target_partitions` of every node and of the baseline in the scaling and concurrency
+    /// benchmarks, for a node on `cpus` CPUs (None: the whole machine): `--target-partitions`,
+    /// or one per CPU of the budget (rounded up) and at least 2, the fewest Quiver plans
+    /// distributed queries with. Explicit, so that a confined process does not plan for what
+    /// its budget makes `available_parallelism` say (1 for half a CPU).
+    pub(crate) fn node_partitions(&self, cpus: Option<f64>) -> usize {
+        if self.target_partitions > 0 {
+            return self.target_partitions;
+        }
+        let cpus = cpus.map_or_else(
+            || {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            },
+            |c| c.ceil() as usize,
+        );
+        cpus.max(2)
+    }
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -169,6 +250,26 @@ async fn run(options: Options) -> Result<report::Report> {
     }
     if options.coordinator.is_some() && options.writes {
         bail!("--writes starts its own processes (it reads their CPU time): drop --coordinator");
+    }
+    let mode = options.scaling || options.concurrency;
+    if mode && options.coordinator.is_some() {
+        bail!("--scaling and --concurrency start their own processes: drop --coordinator");
+    }
+    if !(options.node_cpus.is_finite() && options.node_cpus >= 0.0) {
+        bail!("--node-cpus must be 0 (no budgets) or a positive number of CPUs");
+    }
+    if let Some(cpus) = options.coordinator_cpus
+        && !(cpus.is_finite() && cpus > 0.0 && options.node_cpus > 0.0)
+    {
+        bail!("--coordinator-cpus must be positive, and needs --node-cpus above 0");
+    }
+    if options.scaling
+        && (options.executor_counts.is_empty() || options.executor_counts.contains(&0))
+    {
+        bail!("--executor-counts: every count must be at least 1");
+    }
+    if options.concurrency_executor_counts.contains(&0) {
+        bail!("--concurrency-executor-counts: every count must be at least 1");
     }
     let quiver_bin = if options.coordinator.is_some() {
         PathBuf::new()
@@ -195,15 +296,30 @@ async fn run(options: Options) -> Result<report::Report> {
         target_partitions: options.target_partitions,
         dataset: dataset.clone(),
         env: options.node_env.clone(),
+        coordinator_args: options.coordinator_args.clone(),
+        confine: None,
     };
 
     let mut report = report::Report::new(&options, &dataset);
-    if !options.skip_tpch {
+    if !mode && !options.skip_tpch {
         let statements = tpch::load_queries(&queries_dir, &queries)?;
         report.tpch = Some(tpch::run(&setup, &options, &statements).await?);
     }
-    if !options.skip_micro {
+    if !mode && !options.skip_micro {
         report.micro = Some(micro::run(&setup, &options).await?);
+    }
+    if options.scaling {
+        let statements = tpch::load_queries(&queries_dir, &queries)?;
+        report.scaling = Some(scaling::run(&setup, &options, &statements).await?);
+    }
+    if options.concurrency {
+        let dataset = tpch::dataset(&options.data_dir, options.concurrency_scale_factor).await?;
+        report::progress(format!("concurrency dataset: {}", dataset.display()));
+        let setup = cluster::ClusterSetup {
+            dataset,
+            ..setup.clone()
+        };
+        report.concurrency = Some(concurrency::run(&setup, &options).await?);
     }
     if options.writes {
         report.writes = Some(writes::run(&setup, &options).await?);
@@ -212,14 +328,27 @@ async fn run(options: Options) -> Result<report::Report> {
 }
 
 fn main() -> ExitCode {
+    // A confined child joins its cgroup before it starts any thread; a wrapper of a `quiver`
+    // node does, then becomes the node (and only returns on failure).
+    if let Err(e) = cgroup::confine_self() {
+        eprintln!("quiver-bench: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    if std::env::args().nth(1).as_deref() == Some(baseline::CHILD_COMMAND) {
+        let args = baseline::ChildArgs::parse_from(std::env::args().skip(1));
+        return match new_runtime().and_then(|rt| rt.block_on(baseline::serve(args))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("quiver-bench {}: {e:#}", baseline::CHILD_COMMAND);
+                ExitCode::FAILURE
+            }
+        };
+    }
     let options = Options::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match new_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("quiver-bench: cannot start the runtime: {e}");
+            eprintln!("quiver-bench: {e:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -256,6 +385,12 @@ fn main() -> ExitCode {
                 eprintln!("quiver-bench: row counts differ between engines (marked with !)");
                 return ExitCode::FAILURE;
             }
+            if let Some(concurrency) = &report.concurrency
+                && concurrency.runs.iter().any(|r| r.errors > 0)
+            {
+                eprintln!("quiver-bench: queries failed in the concurrency benchmark");
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Some(Err(e)) => {
@@ -267,4 +402,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Multi-threaded, one worker per CPU `available_parallelism` reports (a confined child's
+/// budget, rounded up).
+fn new_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))
 }

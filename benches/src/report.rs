@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::Options;
+use crate::cgroup::{Budget, Throttling};
 
 /// Progress goes to stderr, so `--json` output stays clean.
 pub(crate) fn progress(line: impl AsRef<str>) {
@@ -87,6 +88,8 @@ pub(crate) struct Report {
     pub(crate) tpch: Option<TpchReport>,
     pub(crate) micro: Option<MicroReport>,
     pub(crate) writes: Option<WritesReport>,
+    pub(crate) scaling: Option<ScalingReport>,
+    pub(crate) concurrency: Option<ConcurrencyReport>,
 }
 
 impl Report {
@@ -101,6 +104,8 @@ impl Report {
             tpch: None,
             micro: None,
             writes: None,
+            scaling: None,
+            concurrency: None,
         }
     }
 
@@ -108,6 +113,10 @@ impl Report {
         self.tpch
             .as_ref()
             .is_some_and(|t| t.queries.iter().any(|q| q.rows_differ))
+            || self
+                .scaling
+                .as_ref()
+                .is_some_and(|t| t.queries.iter().any(|q| q.rows_differ))
             || self
                 .writes
                 .as_ref()
@@ -117,21 +126,29 @@ impl Report {
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let m = &self.machine;
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "machine: {} CPUs ({}), {:.1} GiB; TPC-H SF{}; {} executors; target_partitions {}; warm-up + {} runs",
+            "machine: {} CPUs ({}), {:.1} GiB",
             m.cpus,
             m.cpu_model,
             m.memory_bytes as f64 / (1u64 << 30) as f64,
-            self.scale_factor,
-            self.executors,
-            if self.target_partitions == 0 {
-                "one per core".to_string()
-            } else {
-                self.target_partitions.to_string()
-            },
-            self.runs
         );
+        // The scaling and concurrency benchmarks state their own setup.
+        if self.tpch.is_some() || self.micro.is_some() || self.writes.is_some() {
+            let _ = write!(
+                out,
+                "; TPC-H SF{}; {} executors; target_partitions {}; warm-up + {} runs",
+                self.scale_factor,
+                self.executors,
+                if self.target_partitions == 0 {
+                    "one per core".to_string()
+                } else {
+                    self.target_partitions.to_string()
+                },
+                self.runs
+            );
+        }
+        out.push('\n');
         if let Some(tpch) = &self.tpch {
             out.push('\n');
             tpch.render(&mut out);
@@ -143,6 +160,14 @@ impl Report {
         if let Some(writes) = &self.writes {
             out.push('\n');
             writes.render(&mut out);
+        }
+        if let Some(scaling) = &self.scaling {
+            out.push('\n');
+            scaling.render(&mut out);
+        }
+        if let Some(concurrency) = &self.concurrency {
+            out.push('\n');
+            concurrency.render(&mut out);
         }
         out
     }
@@ -186,6 +211,39 @@ impl QueryFigures {
     }
 }
 
+/// Fills in every query's medians; returns the totals (sums of medians) and every timed run's
+/// totals, per engine, over the queries that succeeded on every engine.
+fn summarize(queries: &mut [QueryFigures], engines: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+    for q in queries.iter_mut() {
+        q.median_ms = q.times_ms.iter().map(|t| median(t)).collect();
+    }
+    let ok: Vec<&QueryFigures> = queries.iter().filter(|q| q.ok()).collect();
+    let total_ms = (0..engines)
+        .map(|e| ok.iter().map(|q| q.median_ms[e]).sum())
+        .collect();
+    let runs = ok
+        .iter()
+        .flat_map(|q| q.times_ms.iter().map(Vec::len))
+        .min()
+        .unwrap_or(0);
+    let run_total_ms = (0..runs)
+        .map(|r| {
+            (0..engines)
+                .map(|e| ok.iter().map(|q| q.times_ms[e][r]).sum())
+                .collect()
+        })
+        .collect();
+    (total_ms, run_total_ms)
+}
+
+/// The geometric mean (0 for none).
+fn geomean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    (values.iter().map(|r| r.ln()).sum::<f64>() / values.len() as f64).exp()
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct Ratio {
     pub(crate) baseline: String,
@@ -214,31 +272,7 @@ impl TpchReport {
         mut queries: Vec<QueryFigures>,
         memory: Vec<NodeMemory>,
     ) -> Self {
-        for q in &mut queries {
-            q.median_ms = q.times_ms.iter().map(|t| median(t)).collect();
-        }
-        let total_ms: Vec<f64> = (0..engines.len())
-            .map(|e| {
-                queries
-                    .iter()
-                    .filter(|q| q.ok())
-                    .map(|q| q.median_ms[e])
-                    .sum()
-            })
-            .collect();
-        let ok: Vec<&QueryFigures> = queries.iter().filter(|q| q.ok()).collect();
-        let runs = ok
-            .iter()
-            .flat_map(|q| q.times_ms.iter().map(Vec::len))
-            .min()
-            .unwrap_or(0);
-        let run_total_ms = (0..runs)
-            .map(|r| {
-                (0..engines.len())
-                    .map(|e| ok.iter().map(|q| q.times_ms[e][r]).sum())
-                    .collect()
-            })
-            .collect();
+        let (total_ms, run_total_ms) = summarize(&mut queries, engines.len());
         let ratios = (1..engines.len())
             .map(|b| {
                 let per_query: Vec<f64> = queries
@@ -246,15 +280,10 @@ impl TpchReport {
                     .filter(|q| q.ok() && q.median_ms[b] > 0.0)
                     .map(|q| q.median_ms[0] / q.median_ms[b])
                     .collect();
-                let geomean = if per_query.is_empty() {
-                    0.0
-                } else {
-                    (per_query.iter().map(|r| r.ln()).sum::<f64>() / per_query.len() as f64).exp()
-                };
                 Ratio {
                     baseline: engines[b].clone(),
                     total: total_ms[0] / total_ms[b],
-                    geomean,
+                    geomean: geomean(&per_query),
                 }
             })
             .collect();
@@ -586,6 +615,402 @@ impl WritesReport {
                 mib(s.datafusion_output.bytes),
                 s.datafusion_output.files,
                 s.datafusion_output.directories
+            );
+        }
+    }
+}
+
+/// One process's CPU use over a measured stretch.
+#[derive(Debug, Serialize)]
+pub(crate) struct ProcessCpu {
+    pub(crate) node: String,
+    /// Its CPU budget (None: the whole machine).
+    pub(crate) budget_cpus: Option<f64>,
+    /// User + system, s.
+    pub(crate) cpu_s: f64,
+    /// `cpu_s` over the stretch's wall time: at most the budget where the budget holds.
+    pub(crate) cpu_per_wall_s: f64,
+    /// From its cgroup's `cpu.stat`, over its whole life (warm-up included).
+    pub(crate) throttling: Option<Throttling>,
+}
+
+impl ProcessCpu {
+    fn render(&self) -> String {
+        let mut text = format!(
+            "{} {:.2} CPU s ({:.2} per wall s",
+            self.node, self.cpu_s, self.cpu_per_wall_s
+        );
+        if let Some(budget) = self.budget_cpus {
+            let _ = write!(text, ", budget {budget}");
+        }
+        if let Some(t) = &self.throttling {
+            let _ = write!(
+                text,
+                ", throttled in {} of {} periods, {:.1} s",
+                t.throttled_periods, t.periods, t.throttled_s
+            );
+        }
+        text.push(')');
+        text
+    }
+}
+
+/// One contender's CPU during its timed runs.
+#[derive(Debug, Serialize)]
+pub(crate) struct EngineCpu {
+    pub(crate) engine: String,
+    /// The sum of its timed runs' wall times, s.
+    pub(crate) timed_wall_s: f64,
+    pub(crate) processes: Vec<ProcessCpu>,
+}
+
+/// A cluster's speedup over a baseline.
+#[derive(Debug, Serialize)]
+pub(crate) struct Speedup {
+    pub(crate) baseline: String,
+    pub(crate) engine: String,
+    pub(crate) executors: usize,
+    /// The baseline's total over the cluster's (above 1: the cluster is faster).
+    pub(crate) total: f64,
+    /// Geometric mean of the per-query speedups.
+    pub(crate) geomean: f64,
+    /// What perfect scaling would give: the executor count.
+    pub(crate) ideal: f64,
+}
+
+/// What the scaling benchmark ran on.
+#[derive(Debug, Serialize)]
+pub(crate) struct ScalingSetup {
+    pub(crate) scale_factor: f64,
+    /// Timed runs, after one warm-up.
+    pub(crate) runs: usize,
+    /// How budgets were enforced; `none` without budgets (`--node-cpus 0`).
+    pub(crate) cgroups: String,
+    pub(crate) budget: Option<Budget>,
+    /// Every node's and the baseline's.
+    pub(crate) target_partitions: usize,
+    pub(crate) baselines: Vec<String>,
+    pub(crate) executor_counts: Vec<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ScalingReport {
+    #[serde(flatten)]
+    pub(crate) setup: ScalingSetup,
+    /// The baselines first, then one cluster per executor count.
+    pub(crate) engines: Vec<String>,
+    pub(crate) queries: Vec<QueryFigures>,
+    pub(crate) total_ms: Vec<f64>,
+    /// Per timed run, per engine: the sum of that run's times.
+    pub(crate) run_total_ms: Vec<Vec<f64>>,
+    pub(crate) speedups: Vec<Speedup>,
+    pub(crate) cpu: Vec<EngineCpu>,
+}
+
+impl ScalingReport {
+    pub(crate) fn new(
+        setup: ScalingSetup,
+        engines: Vec<String>,
+        mut queries: Vec<QueryFigures>,
+        cpu: Vec<EngineCpu>,
+    ) -> Self {
+        let (total_ms, run_total_ms) = summarize(&mut queries, engines.len());
+        let baselines = setup.baselines.len();
+        let mut speedups = Vec::new();
+        for b in 0..baselines {
+            for (c, &executors) in setup.executor_counts.iter().enumerate() {
+                let e = baselines + c;
+                let per_query: Vec<f64> = queries
+                    .iter()
+                    .filter(|q| q.ok() && q.median_ms[e] > 0.0)
+                    .map(|q| q.median_ms[b] / q.median_ms[e])
+                    .collect();
+                speedups.push(Speedup {
+                    baseline: engines[b].clone(),
+                    engine: engines[e].clone(),
+                    executors,
+                    total: total_ms[b] / total_ms[e],
+                    geomean: geomean(&per_query),
+                    ideal: executors as f64,
+                });
+            }
+        }
+        Self {
+            setup,
+            engines,
+            queries,
+            total_ms,
+            run_total_ms,
+            speedups,
+            cpu,
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let s = &self.setup;
+        let budget = match s.budget {
+            Some(b) => format!(
+                "every process on its own CPU budget (executors and baseline {} CPUs, coordinator {}; {})",
+                b.executor_cpus, b.coordinator_cpus, s.cgroups
+            ),
+            None => "no CPU budgets".to_string(),
+        };
+        let first = &self.engines[0];
+        let _ = writeln!(
+            out,
+            "Scaling: TPC-H SF{}, warm-up + {} runs, median ms per query; {budget}; target_partitions {} \
+             everywhere; S-n = {first} / Quiver-n, the speedup of n executors (ideal: n); ! marks differing row counts",
+            s.scale_factor, s.runs, s.target_partitions
+        );
+        let baselines = s.baselines.len();
+        let mut header = format!("{:<6}{:>10}", "query", "rows");
+        for e in &self.engines {
+            let _ = write!(header, "{e:>12}");
+        }
+        for n in &s.executor_counts {
+            let _ = write!(header, "{:>8}", format!("S-{n}"));
+        }
+        let _ = writeln!(out, "{header}");
+        for q in &self.queries {
+            let rows = q
+                .rows
+                .iter()
+                .flatten()
+                .next()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into());
+            let mark = if q.rows_differ { "!" } else { "" };
+            let mut line = format!("{:<6}{:>10}", format!("q{}{mark}", q.query), rows);
+            for (e, median) in q.median_ms.iter().enumerate() {
+                let cell = if q.errors[e].is_some() {
+                    "error".to_string()
+                } else {
+                    format!("{median:.1}")
+                };
+                let _ = write!(line, "{cell:>12}");
+            }
+            for c in 0..s.executor_counts.len() {
+                let e = baselines + c;
+                let cell = if q.ok() && q.median_ms[e] > 0.0 {
+                    format!("{:.2}", q.median_ms[0] / q.median_ms[e])
+                } else {
+                    "-".into()
+                };
+                let _ = write!(line, "{cell:>8}");
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        let mut line = format!("{:<16}", "total");
+        for t in &self.total_ms {
+            let _ = write!(line, "{t:>12.1}");
+        }
+        for c in 0..s.executor_counts.len() {
+            let _ = write!(
+                line,
+                "{:>8.2}",
+                self.total_ms[0] / self.total_ms[baselines + c]
+            );
+        }
+        let _ = writeln!(out, "{line}");
+        for sp in &self.speedups {
+            let _ = writeln!(
+                out,
+                "{} over {}: speedup {:.2} in total, geometric mean of per-query speedups {:.2} (ideal {}; {:.0} % of it)",
+                sp.engine,
+                sp.baseline,
+                sp.total,
+                sp.geomean,
+                sp.ideal,
+                sp.total / sp.ideal * 100.0
+            );
+        }
+        for (r, totals) in self.run_total_ms.iter().enumerate() {
+            let cells: Vec<String> = self
+                .engines
+                .iter()
+                .zip(totals)
+                .map(|(e, t)| format!("{e} {t:.0}"))
+                .collect();
+            let _ = writeln!(out, "run {} totals, ms: {}", r + 1, cells.join(", "));
+        }
+        let _ = writeln!(out, "CPU during the timed runs:");
+        for engine in &self.cpu {
+            let processes: Vec<String> = engine.processes.iter().map(ProcessCpu::render).collect();
+            let _ = writeln!(
+                out,
+                "  {} ({:.1} s): {}",
+                engine.engine,
+                engine.timed_wall_s,
+                processes.join("; ")
+            );
+        }
+        for q in &self.queries {
+            for (e, err) in q.errors.iter().enumerate() {
+                if let Some(err) = err {
+                    let _ = writeln!(out, "q{} failed on {}: {err}", q.query, self.engines[e]);
+                }
+            }
+            if q.rows_differ {
+                let _ = writeln!(out, "q{}: row counts differ: {:?}", q.query, q.rows);
+            }
+        }
+    }
+}
+
+/// One query's latencies in a concurrency run.
+#[derive(Debug, Serialize)]
+pub(crate) struct QueryLatency {
+    pub(crate) query: usize,
+    pub(crate) count: usize,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+}
+
+/// One configuration of the concurrency benchmark.
+#[derive(Debug, Serialize)]
+pub(crate) struct ConcurrencyRun {
+    pub(crate) label: String,
+    pub(crate) executors: usize,
+    /// None: no budgets.
+    pub(crate) budget: Option<Budget>,
+    pub(crate) target_partitions: usize,
+    /// From the first query sent to the last answer, s.
+    pub(crate) elapsed_s: f64,
+    /// Successful queries.
+    pub(crate) queries: u64,
+    pub(crate) queries_per_s: f64,
+    /// Of the successful queries.
+    pub(crate) latency: Latency,
+    pub(crate) per_query: Vec<QueryLatency>,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
+    /// Coordinator first.
+    pub(crate) nodes: Vec<ProcessCpu>,
+    /// The coordinator's and the executors' CPU s together.
+    pub(crate) cluster_cpu_s: f64,
+    /// The coordinator's CPU over the cluster's.
+    pub(crate) coordinator_cpu_share: f64,
+    /// The harness (the clients) meanwhile, s.
+    pub(crate) harness_cpu_s: f64,
+}
+
+/// A budgeted configuration's throughput over the first budgeted one's.
+#[derive(Debug, Serialize)]
+pub(crate) struct ThroughputRatio {
+    pub(crate) executors: usize,
+    pub(crate) over_executors: usize,
+    pub(crate) queries_per_s_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ConcurrencyReport {
+    pub(crate) scale_factor: f64,
+    pub(crate) clients: usize,
+    pub(crate) duration_s: f64,
+    pub(crate) queries: Vec<usize>,
+    /// How budgets were enforced; `none` without budgets.
+    pub(crate) cgroups: String,
+    pub(crate) runs: Vec<ConcurrencyRun>,
+    pub(crate) ratios: Vec<ThroughputRatio>,
+}
+
+impl ConcurrencyReport {
+    pub(crate) fn new(
+        options: &Options,
+        queries: Vec<usize>,
+        cgroups: Option<&str>,
+        runs: Vec<ConcurrencyRun>,
+    ) -> Self {
+        let budgeted: Vec<&ConcurrencyRun> = runs.iter().filter(|r| r.budget.is_some()).collect();
+        let ratios = budgeted
+            .iter()
+            .skip(1)
+            .filter_map(|r| {
+                let first = budgeted.first()?;
+                Some(ThroughputRatio {
+                    executors: r.executors,
+                    over_executors: first.executors,
+                    queries_per_s_ratio: r.queries_per_s / first.queries_per_s,
+                })
+            })
+            .collect();
+        Self {
+            scale_factor: options.concurrency_scale_factor,
+            clients: options.clients,
+            duration_s: options.duration_secs,
+            queries,
+            cgroups: cgroups.unwrap_or("none").to_string(),
+            runs,
+            ratios,
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let queries: Vec<String> = self.queries.iter().map(|q| format!("q{q}")).collect();
+        let _ = writeln!(
+            out,
+            "Concurrency: {} clients looping over TPC-H SF{} {} for {} s per configuration \
+             (budgets: {}; CPU: user + system s over the run; coord %: the coordinator's share of the cluster's CPU)",
+            self.clients,
+            self.scale_factor,
+            queries.join(","),
+            self.duration_s,
+            self.cgroups
+        );
+        let _ = writeln!(
+            out,
+            "{:<64}{:>9}{:>9}{:>9}{:>8}{:>11}{:>11}{:>8}{:>11}",
+            "configuration",
+            "q/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "coord CPU",
+            "exec CPU",
+            "coord%",
+            "client CPU"
+        );
+        for r in &self.runs {
+            let coordinator = r.nodes.first().map_or(0.0, |n| n.cpu_s);
+            let _ = writeln!(
+                out,
+                "{:<64}{:>9.1}{:>9.1}{:>9.1}{:>8}{:>11.1}{:>11.1}{:>8.1}{:>11.1}",
+                r.label,
+                r.queries_per_s,
+                r.latency.p50_ms,
+                r.latency.p99_ms,
+                r.errors,
+                coordinator,
+                r.cluster_cpu_s - coordinator,
+                r.coordinator_cpu_share * 100.0,
+                r.harness_cpu_s
+            );
+        }
+        for r in &self.runs {
+            let nodes: Vec<String> = r.nodes.iter().map(ProcessCpu::render).collect();
+            let per_query: Vec<String> = r
+                .per_query
+                .iter()
+                .map(|q| format!("q{} {}× p50 {:.1}", q.query, q.count, q.p50_ms))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{}: {} queries in {:.1} s; {}; per query (ms): {}",
+                r.label,
+                r.queries,
+                r.elapsed_s,
+                nodes.join("; "),
+                per_query.join(", ")
+            );
+            if let Some(e) = &r.first_error {
+                let _ = writeln!(out, "  first error: {e}");
+            }
+        }
+        for ratio in &self.ratios {
+            let _ = writeln!(
+                out,
+                "budgeted, {} executors over {}: queries/s × {:.2}",
+                ratio.executors, ratio.over_executors, ratio.queries_per_s_ratio
             );
         }
     }

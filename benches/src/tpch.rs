@@ -8,6 +8,9 @@
 //! fully fetched. Row counts of the statement that returns rows are compared between engines on
 //! every run; a mismatch is reported, since a benchmark of wrong answers is worthless. A query
 //! that fails on an engine is reported with its error and left out of the totals.
+//!
+//! [`measure`] is that loop for any set of [`Contender`]s; the scaling benchmark
+//! ([`crate::scaling`]) runs it over several clusters and a confined baseline.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use datafusion::prelude::SessionContext;
 
-use crate::baseline::{self, Flavour};
+use quiver_tests::process::cpu_time;
+
+use crate::baseline::{self, BaselineChild, Flavour};
 use crate::cluster::{self, ClusterSetup};
 use crate::flight::{Fetched, SqlClient};
 use crate::report::{self, QueryFigures, TpchReport};
@@ -45,35 +50,58 @@ pub(crate) fn load_queries(dir: &Path, queries: &[usize]) -> Result<Vec<(usize, 
         .collect()
 }
 
-enum Engine {
+/// How a contender runs a query.
+pub(crate) enum Engine {
+    /// A Quiver cluster, through Flight SQL.
     Quiver(SqlClient),
-    DataFusion(Flavour, SessionContext),
+    /// DataFusion in this process.
+    DataFusion(SessionContext),
+    /// DataFusion in a child process (on a CPU budget).
+    Child(BaselineChild),
 }
 
 impl Engine {
-    fn name(&self) -> &'static str {
-        match self {
-            Engine::Quiver(_) => "Quiver",
-            Engine::DataFusion(flavour, _) => flavour.short(),
-        }
-    }
-
     /// Runs every statement; returns the elapsed time and what the statement with columns
     /// returned.
     async fn run(&mut self, statements: &[String]) -> Result<(Duration, Fetched)> {
-        let started = Instant::now();
-        let mut result = Fetched::default();
-        for sql in statements {
-            let fetched = match self {
-                Engine::Quiver(client) => client.query(sql, None).await?,
-                Engine::DataFusion(_, ctx) => baseline::query(ctx, sql).await?,
-            };
-            if fetched.has_columns {
-                result = fetched;
+        match self {
+            Engine::Quiver(client) => {
+                let started = Instant::now();
+                let mut result = Fetched::default();
+                for sql in statements {
+                    let fetched = client.query(sql, None).await?;
+                    if fetched.has_columns {
+                        result = fetched;
+                    }
+                }
+                Ok((started.elapsed(), result))
             }
+            Engine::DataFusion(ctx) => baseline::run_statements(ctx, statements).await,
+            Engine::Child(child) => child.run(statements).await,
         }
-        Ok((started.elapsed(), result))
     }
+}
+
+/// One engine of a comparison: its name in the report, and the processes doing its work.
+pub(crate) struct Contender {
+    pub(crate) name: String,
+    pub(crate) engine: Engine,
+    /// `(name, pid)`: whose CPU time is read around each timed run (none: not read).
+    pub(crate) processes: Vec<(String, u32)>,
+}
+
+/// What [`measure`] measured.
+pub(crate) struct Measured {
+    pub(crate) figures: Vec<QueryFigures>,
+    /// Per contender: its timed runs' wall time, and the CPU its processes used in them.
+    pub(crate) cpu: Vec<ContenderCpu>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ContenderCpu {
+    pub(crate) wall_s: f64,
+    /// Per process of [`Contender::processes`], s (user + system).
+    pub(crate) process_cpu_s: Vec<f64>,
 }
 
 pub(crate) async fn run(
@@ -95,47 +123,92 @@ pub(crate) async fn run(
             (Some(cluster), addr)
         }
     };
-    let mut engines = vec![Engine::Quiver(SqlClient::connect(&addr).await?)];
-    let flavours: &[Flavour] = match options.baseline {
+    let mut contenders = vec![Contender {
+        name: "Quiver".to_string(),
+        engine: Engine::Quiver(SqlClient::connect(&addr).await?),
+        processes: Vec::new(),
+    }];
+    for &flavour in baseline_flavours(options.baseline) {
+        let ctx = baseline::context(flavour, &setup.dataset, setup.target_partitions).await?;
+        contenders.push(Contender {
+            name: flavour.short().to_string(),
+            engine: Engine::DataFusion(ctx),
+            processes: Vec::new(),
+        });
+    }
+    let measured = measure(&mut contenders, queries, options.runs).await;
+    let names = contenders.into_iter().map(|c| c.name).collect();
+    let memory = cluster.as_ref().map(cluster::memory).unwrap_or_default();
+    Ok(TpchReport::new(names, measured.figures, memory))
+}
+
+pub(crate) fn baseline_flavours(choice: BaselineChoice) -> &'static [Flavour] {
+    match choice {
         BaselineChoice::Quiver => &[Flavour::Quiver],
         BaselineChoice::Stock => &[Flavour::Stock],
         BaselineChoice::Both => &[Flavour::Quiver, Flavour::Stock],
-    };
-    for &flavour in flavours {
-        let ctx = baseline::context(flavour, &setup.dataset, setup.target_partitions).await?;
-        engines.push(Engine::DataFusion(flavour, ctx));
     }
+}
 
+/// One warm-up run (checked, not timed), then `runs` timed runs of every query on every
+/// contender, taking turns per query with a rotating first (see the module's contract). A query
+/// that fails on a contender is not run on it again.
+pub(crate) async fn measure(
+    contenders: &mut [Contender],
+    queries: &[(usize, Vec<String>)],
+    runs: usize,
+) -> Measured {
+    let n = contenders.len();
     let mut figures: Vec<QueryFigures> = queries
         .iter()
-        .map(|(q, _)| QueryFigures::new(*q, engines.len()))
+        .map(|(q, _)| QueryFigures::new(*q, n))
+        .collect();
+    let mut cpu: Vec<ContenderCpu> = contenders
+        .iter()
+        .map(|c| ContenderCpu {
+            wall_s: 0.0,
+            process_cpu_s: vec![0.0; c.processes.len()],
+        })
         .collect();
     // Run 0 is the warm-up: checked, not timed.
-    for run in 0..=options.runs {
+    for run in 0..=runs {
         let label = if run == 0 {
             "warm-up".to_string()
         } else {
-            format!("run {run}/{}", options.runs)
+            format!("run {run}/{runs}")
         };
         let run_started = Instant::now();
         for (i, (q, statements)) in queries.iter().enumerate() {
-            let n = engines.len();
             for turn in 0..n {
                 let e = (turn + run + i) % n;
-                let engine = &mut engines[e];
+                let contender = &mut contenders[e];
                 let figure = &mut figures[i];
                 if figure.errors[e].is_some() {
                     continue;
                 }
-                match engine.run(statements).await {
+                let before: Vec<Duration> = contender
+                    .processes
+                    .iter()
+                    .map(|&(_, pid)| cpu_time(pid))
+                    .collect();
+                match contender.engine.run(statements).await {
                     Ok((elapsed, fetched)) => {
                         figure.record_rows(e, fetched.rows);
                         if run > 0 {
                             figure.times_ms[e].push(elapsed.as_secs_f64() * 1e3);
+                            let account = &mut cpu[e];
+                            account.wall_s += elapsed.as_secs_f64();
+                            for (total, (&(_, pid), before)) in account
+                                .process_cpu_s
+                                .iter_mut()
+                                .zip(contender.processes.iter().zip(&before))
+                            {
+                                *total += cpu_time(pid).saturating_sub(*before).as_secs_f64();
+                            }
                         }
                     }
                     Err(err) => {
-                        report::progress(format!("q{q} failed on {}: {err:#}", engine.name()));
+                        report::progress(format!("q{q} failed on {}: {err:#}", contender.name));
                         figure.errors[e] = Some(format!("{err:#}"));
                     }
                 }
@@ -146,7 +219,5 @@ pub(crate) async fn run(
             run_started.elapsed().as_secs_f64()
         ));
     }
-    let engine_names = engines.iter().map(|e| e.name().to_string()).collect();
-    let memory = cluster.as_ref().map(cluster::memory).unwrap_or_default();
-    Ok(TpchReport::new(engine_names, figures, memory))
+    Measured { figures, cpu }
 }
