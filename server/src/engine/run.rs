@@ -16,6 +16,10 @@
 //!   ([`PlanRunner::run_to_end`]: a write's input, `EXPLAIN ANALYZE`) before it ended, since
 //!   those show nothing before then. One rerun at most; with no executor left, `Unavailable`.
 //!
+//! A streamed query whose head only concatenates its last stage's streams gets that stage's
+//! record batch messages as the executors encoded them ([`ResultPart::Encoded`], see
+//! [`crate::cluster::pass_through`]); its first such message is its first row.
+//!
 //! Execution of a streamed query starts when its stream is first polled, so a client that hangs
 //! up before the first row (which gRPC notices only while a response streams) still cancels it.
 
