@@ -35,9 +35,9 @@ use tonic::codegen::http;
 /// Messages the sink buffers between the executors and the client.
 pub(crate) const SINK_MESSAGES: usize = 4;
 
-/// Largest record batch message forwarded as it is: bigger ones are decoded and sent in pieces
-/// that clients with a default 16 MiB message limit accept.
-pub(crate) const MAX_FORWARDED_BYTES: usize = 8 * 1024 * 1024;
+/// Largest record batch message forwarded as it is, under the 4 MiB that gRPC clients (tonic,
+/// grpc-go, grpc-java) accept by default: bigger ones are decoded and sent in smaller pieces.
+pub(crate) const MAX_FORWARDED_BYTES: usize = 3 * 1024 * 1024;
 
 /// Where the forwarded messages of one query attempt go; the receiving half is the client's.
 #[derive(Debug, Clone)]
@@ -240,7 +240,9 @@ mod tests {
     /// The gRPC frames of a response streaming `batches`, cut into `chunk`-byte DATA frames.
     async fn response(batches: Vec<RecordBatch>, chunk: usize) -> Vec<Bytes> {
         let schema = batches[0].schema();
+        // One message per batch, as workers send them.
         let messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(usize::MAX)
             .with_schema(schema)
             .build(stream::iter(batches.into_iter().map(Ok)))
             .map_ok(|d| d.with_app_metadata(Bytes::from_static(b"partition 0")))
@@ -301,6 +303,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(decoded, batches);
+    }
+
+    #[tokio::test]
+    async fn messages_over_the_limit_stay_in_the_response() {
+        // ~4 MiB of strings in one batch message.
+        let big = batch(400_000);
+        assert!(big.get_array_memory_size() > MAX_FORWARDED_BYTES);
+        let (sink, mut rx) = PassThroughSink::new();
+        let tapped = TapBody::new(body(response(vec![batch(3), big], 4096).await), sink.0);
+        let left: Vec<Bytes> = http_body_util::BodyDataStream::new(tapped)
+            .try_collect()
+            .await
+            .unwrap();
+        let left = left.concat();
+        let mut messages = 0;
+        let mut at = 0;
+        while at < left.len() {
+            let len = u32::from_be_bytes(left[at + 1..at + PREFIX].try_into().unwrap()) as usize;
+            at += PREFIX + len;
+            messages += 1;
+        }
+        // The schema and the big batch; the small batch went to the sink.
+        assert_eq!(messages, 2);
+        assert!(!rx.try_recv().expect("the small batch").data_body.is_empty());
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]
