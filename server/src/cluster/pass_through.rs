@@ -3,12 +3,14 @@
 //!
 //! Contract:
 //! * [`Tap`] wraps the channel of one `ExecuteTask` call of the stage that feeds a head which only
-//!   concatenates streams. In the gRPC response it reads, every uncompressed record batch message
-//!   (at most [`MAX_FORWARDED_BYTES`]) goes to the query's [`PassThroughSink`] with the crate's
-//!   app metadata removed, and is taken out of the response, so the crate on the coordinator
-//!   sees only the schema messages and ends each partition with no rows. Any other message
-//!   (schema, dictionary, compressed or oversized batch) stays in the response and is decoded
-//!   as usual: the caller gets those rows as batches.
+//!   concatenates streams. Every record batch message in the gRPC response it reads goes to the
+//!   query's [`PassThroughSink`], in the order it arrived, and is taken out of the response, so
+//!   the crate on the coordinator sees only the schema messages and ends each partition with no
+//!   rows. An uncompressed message of at most [`MAX_FORWARDED_BYTES`] goes as it came (the
+//!   crate's app metadata removed); a larger or compressed one is decoded and sent as
+//!   uncompressed pieces under that size (its order kept: a sorted stage stays sorted). A
+//!   dictionary message fails the response (`INTERNAL`): stages with dictionaries are never
+//!   tapped.
 //! * Backpressure: a message leaves the response only once the sink has room, so a slow client
 //!   stops the executor through HTTP/2 flow control; the sink holds [`SINK_MESSAGES`] messages.
 //! * Cancellation: when the sink's receiver is gone (the client hung up), the response fails with
@@ -16,11 +18,17 @@
 //! * The message sent into the sink happens before the response goes on, so when the plan's
 //!   stream ends every message of the stage is already in the sink.
 
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
 use arrow::ipc::{MessageHeader, root_as_message};
 use arrow_flight::FlightData;
+use arrow_flight::utils::flight_data_to_arrow_batch;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame};
@@ -95,8 +103,10 @@ struct TapBody {
     /// Bytes received and not yet split into messages.
     pending: BytesMut,
     sink: PollSender<FlightData>,
-    /// A message waiting for room in the sink.
-    held: Option<FlightData>,
+    /// Messages waiting for room in the sink, in order.
+    held: VecDeque<FlightData>,
+    /// The schema of the stage's batches, from the first schema message.
+    schema: Option<SchemaRef>,
 }
 
 impl TapBody {
@@ -105,7 +115,8 @@ impl TapBody {
             inner,
             pending: BytesMut::new(),
             sink: PollSender::new(sink),
-            held: None,
+            held: VecDeque::new(),
+            schema: None,
         }
     }
 
@@ -128,27 +139,67 @@ impl TapBody {
     }
 }
 
-/// `message` (prefix included) as a message to forward, when it is one.
-fn forwarded(message: &Bytes) -> Result<Option<FlightData>, Status> {
-    if message.len() - PREFIX > MAX_FORWARDED_BYTES {
-        return Ok(None);
+impl TapBody {
+    /// What goes to the sink for `message` (prefix included), in order; `None` for a message
+    /// the crate reads (a schema).
+    fn forwarded(&mut self, message: &Bytes) -> Result<Option<Vec<FlightData>>, Status> {
+        let data = FlightData::decode(message.slice(PREFIX..))
+            .map_err(|e| Status::internal(format!("a worker sent a malformed FlightData: {e}")))?;
+        let Ok(header) = root_as_message(&data.data_header) else {
+            // Not ours to judge: the crate's decoder reports it.
+            return Ok(None);
+        };
+        match header.header_type() {
+            MessageHeader::Schema => {
+                let schema = Schema::try_from(&data)
+                    .map_err(|e| Status::internal(format!("a worker sent a bad schema: {e}")))?;
+                self.schema = Some(Arc::new(schema));
+                Ok(None)
+            }
+            MessageHeader::RecordBatch => {
+                let plain = header
+                    .header_as_record_batch()
+                    .is_some_and(|batch| batch.compression().is_none());
+                if plain && message.len() - PREFIX <= MAX_FORWARDED_BYTES {
+                    return Ok(Some(vec![FlightData {
+                        flight_descriptor: None,
+                        data_header: data.data_header,
+                        app_metadata: Bytes::new(),
+                        data_body: data.data_body,
+                    }]));
+                }
+                let schema = self.schema.clone().ok_or_else(|| {
+                    Status::internal("a worker sent a record batch before its schema")
+                })?;
+                let batch = flight_data_to_arrow_batch(&data, schema, &HashMap::new())
+                    .map_err(|e| Status::internal(format!("decoding a worker's batch: {e}")))?;
+                in_pieces(&batch, message.len()).map(Some)
+            }
+            other => Err(Status::internal(format!(
+                "pass-through does not forward {other:?} messages"
+            ))),
+        }
     }
-    let data = FlightData::decode(message.slice(PREFIX..))
-        .map_err(|e| Status::internal(format!("a worker sent a malformed FlightData: {e}")))?;
-    let Ok(header) = root_as_message(&data.data_header) else {
-        // Not ours to judge: the crate's decoder reports it.
-        return Ok(None);
-    };
-    let plain_batch = header.header_type() == MessageHeader::RecordBatch
-        && header
-            .header_as_record_batch()
-            .is_some_and(|batch| batch.compression().is_none());
-    Ok(plain_batch.then(|| FlightData {
-        flight_descriptor: None,
-        data_header: data.data_header,
-        app_metadata: Bytes::new(),
-        data_body: data.data_body,
-    }))
+}
+
+/// `batch`, whose message took `encoded_bytes`, as uncompressed messages of about half
+/// [`MAX_FORWARDED_BYTES`] each (a single row may make a bigger one).
+fn in_pieces(batch: &RecordBatch, encoded_bytes: usize) -> Result<Vec<FlightData>, Status> {
+    let pieces = encoded_bytes.div_ceil(MAX_FORWARDED_BYTES / 2).max(1);
+    let rows = batch.num_rows().div_ceil(pieces).max(1);
+    let generator = IpcDataGenerator::default();
+    let options = IpcWriteOptions::default();
+    let mut tracker = DictionaryTracker::new(false);
+    (0..batch.num_rows())
+        .step_by(rows)
+        .map(|offset| {
+            let piece = batch.slice(offset, rows.min(batch.num_rows() - offset));
+            let (_, encoded) = generator
+                .encode(&piece, &mut tracker, &options, &mut Default::default())
+                .map_err(|e| Status::internal(format!("encoding a worker's batch: {e}")))?;
+            Ok(FlightData::from(encoded))
+        })
+        .collect()
 }
 
 impl HttpBody for TapBody {
@@ -161,10 +212,10 @@ impl HttpBody for TapBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
         loop {
-            if let Some(data) = this.held.take() {
+            if let Some(data) = this.held.pop_front() {
                 match this.sink.poll_reserve(cx) {
                     Poll::Pending => {
-                        this.held = Some(data);
+                        this.held.push_front(data);
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(_)) => {
@@ -178,14 +229,15 @@ impl HttpBody for TapBody {
                                 "the client stopped reading the result",
                             ))));
                         }
+                        continue;
                     }
                 }
             }
             match this.next_message() {
                 Err(e) => return Poll::Ready(Some(Err(e))),
-                Ok(Some(message)) => match forwarded(&message) {
+                Ok(Some(message)) => match this.forwarded(&message) {
                     Err(e) => return Poll::Ready(Some(Err(e))),
-                    Ok(Some(data)) => this.held = Some(data),
+                    Ok(Some(pieces)) => this.held.extend(pieces),
                     Ok(None) => return Poll::Ready(Some(Ok(Frame::data(message)))),
                 },
                 Ok(None) => match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
@@ -207,7 +259,7 @@ impl HttpBody for TapBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held.is_none() && self.pending.is_empty() && self.inner.is_end_stream()
+        self.held.is_empty() && self.pending.is_empty() && self.inner.is_end_stream()
     }
 }
 
@@ -306,28 +358,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn messages_over_the_limit_stay_in_the_response() {
-        // ~4 MiB of strings in one batch message.
-        let big = batch(400_000);
+    async fn messages_over_the_limit_reach_the_sink_in_pieces_and_in_order() {
+        // ~5 MiB of strings in one batch message, between two small ones.
+        let big = batch(500_000);
         assert!(big.get_array_memory_size() > MAX_FORWARDED_BYTES);
+        let batches = vec![batch(3), big, batch(5)];
         let (sink, mut rx) = PassThroughSink::new();
-        let tapped = TapBody::new(body(response(vec![batch(3), big], 4096).await), sink.0);
+        let tapped = TapBody::new(body(response(batches.clone(), 4096).await), sink.0);
+        let reader = crate::task::AbortOnDrop::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(m) = rx.recv().await {
+                got.push(m);
+            }
+            got
+        });
         let left: Vec<Bytes> = http_body_util::BodyDataStream::new(tapped)
             .try_collect()
             .await
             .unwrap();
+        // Only the schema message is left for the crate.
         let left = left.concat();
-        let mut messages = 0;
-        let mut at = 0;
-        while at < left.len() {
-            let len = u32::from_be_bytes(left[at + 1..at + PREFIX].try_into().unwrap()) as usize;
-            at += PREFIX + len;
-            messages += 1;
-        }
-        // The schema and the big batch; the small batch went to the sink.
-        assert_eq!(messages, 2);
-        assert!(!rx.try_recv().expect("the small batch").data_body.is_empty());
-        assert!(rx.try_recv().is_err());
+        let len = u32::from_be_bytes(left[1..5].try_into().unwrap()) as usize;
+        assert_eq!(left.len(), PREFIX + len);
+        let schema_message = FlightData::decode(&left[PREFIX..]).unwrap();
+
+        let forwarded = reader.await.expect("the reader");
+        assert!(forwarded.len() > 3, "the big batch was not split");
+        assert!(
+            forwarded
+                .iter()
+                .all(|m| m.encoded_len() <= MAX_FORWARDED_BYTES)
+        );
+        let decoded: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(stream::iter(
+                std::iter::once(schema_message).chain(forwarded).map(Ok),
+            ))
+            .try_collect()
+            .await
+            .unwrap();
+        let schema = batches[0].schema();
+        assert_eq!(
+            arrow::compute::concat_batches(&schema, &decoded).unwrap(),
+            arrow::compute::concat_batches(&schema, &batches).unwrap(),
+        );
     }
 
     #[tokio::test]

@@ -415,8 +415,8 @@ fn fail_on_departure(
 }
 
 /// The parts of a pass-through attempt: the messages its tapped stage forwarded, and whatever
-/// rows or error its own plan stream yields (the stream that drives the stage; its batches are
-/// empty unless a message could not be forwarded). Ends when the plan's stream has ended and
+/// rows or error its own plan stream yields (the stream that drives the stage; the tap leaves
+/// it no rows, so any it yields are passed on, never dropped). Ends when the plan's stream has ended and
 /// every forwarded message is out: the tap hands a message over before its response goes on.
 fn with_forwarded(
     batches: BoxStream<'static, DFResult<RecordBatch>>,

@@ -136,3 +136,24 @@ async fn a_paused_reader_of_a_forwarded_result_holds_every_node_back_and_hanging
         hung_up.elapsed()
     );
 }
+
+/// A sorted result whose batch messages are larger than the client-safe size, forwarded from
+/// the one task it runs in: the pieces arrive in order, so the result stays sorted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sorted_result_with_large_batches_is_forwarded_in_order() {
+    let cluster = TestCluster::start(ClusterOptions {
+        scan_bytes_per_partition: 1 << 30,
+        ..options()
+    })
+    .await;
+    let ctx = oracle::tpch_context(&tpch_dataset()).await;
+    let mut client = cluster.client().await;
+    // ~600 bytes a row: 8192-row batches of ~5 MiB.
+    let sql = "SELECT l_orderkey, l_linenumber, repeat(l_comment, 15) AS wide FROM lineitem \
+               ORDER BY l_orderkey, l_linenumber";
+    let before = forwarded(&cluster);
+    let expected = oracle::run(&ctx, &[sql.to_string()]).await;
+    let got = query(&mut client, sql).await.expect("the sorted query");
+    assert!(forwarded(&cluster) > before, "not forwarded");
+    compare(&expected, &got, true).expect("the forwarded sorted result");
+}
