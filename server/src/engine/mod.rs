@@ -44,6 +44,7 @@ use datafusion::common::TableReference;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
@@ -175,6 +176,54 @@ impl QueryEngine {
     fn require_executors(&self, plan: &LogicalPlan) -> Result<()> {
         require_executors(self.runner.registry(), plan)
     }
+
+    /// Runs a statement ([`QueryService::execute`]); a query's first attempt runs `physical` when
+    /// it was planned already ([`QueryService::execute_planned`]).
+    async fn run_statement(
+        &self,
+        statement: Statement,
+        physical: Option<Arc<dyn ExecutionPlan>>,
+    ) -> Result<QueryStream> {
+        self.check_runnable(&statement)?;
+        match statement.kind {
+            StatementKind::Ddl | StatementKind::Write => {
+                self.execute_update(&statement).await?;
+                Ok(QueryStream::from_batches(
+                    statement.schema,
+                    stream::empty().boxed(),
+                ))
+            }
+            StatementKind::Query => {
+                self.runner
+                    .stream(&self.ctx, &statement.plan, statement.schema, physical)
+                    .await
+            }
+            StatementKind::Explain { analyze } => {
+                let inner = match &statement.plan {
+                    LogicalPlan::Explain(e) => Arc::clone(&e.plan),
+                    LogicalPlan::Analyze(a) => Arc::clone(&a.input),
+                    _ => return Err(QuiverError::Internal("explain without a plan".into())),
+                };
+                // A write explains as the plan it runs: where it writes, on how many tasks.
+                let inner = if statement::classify(&inner)? == StatementKind::Write {
+                    if analyze {
+                        return Err(QuiverError::Unsupported(
+                            "EXPLAIN ANALYZE of a write is not supported (it would write): use EXPLAIN".into(),
+                        ));
+                    }
+                    let write = statement.clone().with_plan(inner.as_ref().clone());
+                    Arc::new(self.writer.explain_plan(&write).await?)
+                } else {
+                    inner
+                };
+                let batch = explain::explain(&self.ctx, &self.runner, &inner, analyze).await?;
+                Ok(QueryStream::from_batches(
+                    statement.schema,
+                    stream::once(async { Ok(batch) }).boxed(),
+                ))
+            }
+        }
+    }
 }
 
 /// The engine's API: see [`QueryService`].
@@ -220,45 +269,7 @@ impl QueryService for QueryEngine {
 
     /// Runs a statement; updates (DDL, writes) run to completion here and stream nothing.
     async fn execute(&self, statement: Statement) -> Result<QueryStream> {
-        self.check_runnable(&statement)?;
-        match statement.kind {
-            StatementKind::Ddl | StatementKind::Write => {
-                self.execute_update(&statement).await?;
-                Ok(QueryStream::from_batches(
-                    statement.schema,
-                    stream::empty().boxed(),
-                ))
-            }
-            StatementKind::Query => {
-                self.runner
-                    .stream(&self.ctx, &statement.plan, statement.schema, None)
-                    .await
-            }
-            StatementKind::Explain { analyze } => {
-                let inner = match &statement.plan {
-                    LogicalPlan::Explain(e) => Arc::clone(&e.plan),
-                    LogicalPlan::Analyze(a) => Arc::clone(&a.input),
-                    _ => return Err(QuiverError::Internal("explain without a plan".into())),
-                };
-                // A write explains as the plan it runs: where it writes, on how many tasks.
-                let inner = if statement::classify(&inner)? == StatementKind::Write {
-                    if analyze {
-                        return Err(QuiverError::Unsupported(
-                            "EXPLAIN ANALYZE of a write is not supported (it would write): use EXPLAIN".into(),
-                        ));
-                    }
-                    let write = statement.clone().with_plan(inner.as_ref().clone());
-                    Arc::new(self.writer.explain_plan(&write).await?)
-                } else {
-                    inner
-                };
-                let batch = explain::explain(&self.ctx, &self.runner, &inner, analyze).await?;
-                Ok(QueryStream::from_batches(
-                    statement.schema,
-                    stream::once(async { Ok(batch) }).boxed(),
-                ))
-            }
-        }
+        self.run_statement(statement, None).await
     }
 
     /// Plans a query down to its physical plan, under the deadline a query's planning has; an
@@ -324,19 +335,8 @@ impl QueryService for QueryEngine {
     /// Runs the physical plan made at planning for the query's first attempt; the checks of
     /// [`QueryService::execute`] run again (executors may have left since).
     async fn execute_planned(&self, planned: PlannedQuery) -> Result<QueryStream> {
-        let PlannedQuery {
-            statement,
-            physical,
-        } = planned;
-        match (statement.kind, physical) {
-            (StatementKind::Query, Some(physical)) => {
-                self.check_runnable(&statement)?;
-                self.runner
-                    .stream(&self.ctx, &statement.plan, statement.schema, Some(physical))
-                    .await
-            }
-            _ => self.execute(statement).await,
-        }
+        self.run_statement(planned.statement, planned.physical)
+            .await
     }
 
     /// Bulk ingest of a client's batches into `table`; returns the rows written.

@@ -186,12 +186,8 @@ impl FrontDoor {
             Some(self.engine.execute_update(&statement).await?)
         } else {
             let planned = self.engine.plan_query(statement).await?;
-            let key = PlanKey {
-                sql: bound.sql.clone(),
-                parameters: bound.parameters.clone(),
-                user,
-            };
-            self.plans.insert(query_id.clone(), key, planned);
+            self.plans
+                .insert(query_id.clone(), PlanKey::new(&bound, user), planned);
             None
         };
         let ticket = TicketStatementQuery {
@@ -247,19 +243,12 @@ impl FrontDoor {
     ) -> Option<PlannedQuery> {
         let outcome = match query_id {
             None => Err(plan_cache::Miss::Unknown),
-            Some(id) => {
-                let key = PlanKey {
-                    sql: bound.sql.clone(),
-                    parameters: bound.parameters.clone(),
-                    user,
-                };
-                match self.plans.take(id, &key) {
-                    Ok(planned) if !self.engine.is_current(&planned).await => {
-                        Err(plan_cache::Miss::Stale)
-                    }
-                    outcome => outcome,
+            Some(id) => match self.plans.take(id, &PlanKey::new(bound, user)) {
+                Ok(planned) if !self.engine.is_current(&planned).await => {
+                    Err(plan_cache::Miss::Stale)
                 }
-            }
+                outcome => outcome,
+            },
         };
         self.plans.counted(query_id, outcome)
     }

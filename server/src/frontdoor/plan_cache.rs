@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
+use super::handles::BoundSql;
 use crate::ids::QueryId;
 
 /// Most plans kept at once. A client fetches its ticket right after `GetFlightInfo`, so live
@@ -60,6 +61,15 @@ pub(super) struct PlanKey {
 }
 
 impl PlanKey {
+    /// What `bound`, run by `user`, presents.
+    pub(super) fn new(bound: &BoundSql, user: Option<String>) -> Self {
+        Self {
+            sql: bound.sql.clone(),
+            parameters: bound.parameters.clone(),
+            user,
+        }
+    }
+
     /// Whether a statement this large is worth keeping (see [`MAX_STATEMENT_BYTES`]).
     fn fits(&self) -> bool {
         let parameters = self
