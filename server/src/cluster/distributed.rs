@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Schema};
+use arrow_flight::FlightData;
 use async_trait::async_trait;
 use datafusion::arrow::ipc::CompressionType;
 use datafusion::catalog::Session;
@@ -50,6 +51,7 @@ use datafusion_distributed::{
     WorkerSessionBuilder, WorkerToCoordinatorMsg,
 };
 use futures::stream::BoxStream;
+use tokio::sync::mpsc;
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::transport::server::Router;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -599,11 +601,11 @@ pub(crate) struct PassThroughStage {
 /// (`DistributedExec` over `CoalescePartitionsExec` over the stage's coalesce, no merge, sort,
 /// limit or projection) and the stage produces exactly `schema`'s types, none of them
 /// dictionary-encoded (what every client in the conformance table reads as they are sent).
+/// Returns the stage with a new sink, and where the sink's messages come out.
 pub(crate) fn pass_through_stage(
     plan: &Arc<dyn ExecutionPlan>,
     schema: &Schema,
-    sink: PassThroughSink,
-) -> Option<PassThroughStage> {
+) -> Option<(PassThroughStage, mpsc::Receiver<FlightData>)> {
     let head = plan.downcast_ref::<DistributedExec>()?.children()[0];
     let coalesce = head.downcast_ref::<CoalescePartitionsExec>()?;
     if coalesce.fetch().is_some() {
@@ -620,11 +622,16 @@ pub(crate) fn pass_through_stage(
             .iter()
             .zip(schema.fields())
             .all(|(a, b)| a.data_type() == b.data_type() && !has_dictionary(a.data_type()));
-    same_types.then(|| PassThroughStage {
+    if !same_types {
+        return None;
+    }
+    let (sink, forwarded) = PassThroughSink::new();
+    let stage = PassThroughStage {
         query_id: stage.query_id,
         num: stage.num,
         sink,
-    })
+    };
+    Some((stage, forwarded))
 }
 
 fn has_dictionary(data_type: &DataType) -> bool {

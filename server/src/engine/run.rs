@@ -42,7 +42,6 @@ use url::Url;
 use crate::arrow_compat::cast_batch;
 use crate::cluster::distributed::{self, TaskPlacements};
 use crate::cluster::membership::ExecutorRegistry;
-use crate::cluster::pass_through::PassThroughSink;
 use crate::error::{QuiverError, Result, datafusion_status, to_datafusion};
 use crate::ids::AttemptId;
 use crate::resources::{Admission, QueryMemory, Slot};
@@ -267,10 +266,11 @@ impl Attempts {
     ) -> Result<Attempt> {
         let attempt = AttemptId::random();
         let placements = Arc::new(TaskPlacements::default());
-        let (sink, forwarded) = PassThroughSink::new();
-        let pass_through =
-            announced.and_then(|schema| distributed::pass_through_stage(&physical, schema, sink));
-        let forwarded = pass_through.is_some().then_some(forwarded);
+        let (pass_through, forwarded) =
+            match announced.and_then(|schema| distributed::pass_through_stage(&physical, schema)) {
+                Some((stage, forwarded)) => (Some(stage), Some(forwarded)),
+                None => (None, None),
+            };
         if forwarded.is_some() {
             tracing::debug!(%attempt, "forwarding the executors' record batch messages to the client");
         }
