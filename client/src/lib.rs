@@ -5,6 +5,12 @@
 //! client, so a server error reaches the caller as the `tonic::Status` the server sent, code
 //! included. [`ConnectOptions`] adds TLS (`grpc+tls://` with a CA file) and authentication (a
 //! Basic handshake whose bearer token is sent on every later call, or a token given directly).
+//!
+//! For a client that watches or stops a running statement, [`QuiverClient::start`] returns the
+//! statement's `FlightInfo` (its query id in `app_metadata`, [`query_id`]),
+//! [`QuiverClient::stream`] reads its rows as they arrive, [`QuiverClient::query_status`] asks
+//! the coordinator how far it got (the `QueryStatus` action) and [`QuiverClient::cancel`] stops
+//! it (`CancelFlightInfo`). [`QuiverClient::tables`] lists the catalog (Flight SQL `GetTables`).
 
 pub mod cli;
 
@@ -15,13 +21,17 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::{
-    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, CommandGetTables,
     CommandPreparedStatementQuery, CommandStatementQuery, CommandStatementUpdate,
     DoPutUpdateResult, ProstMessageExt,
 };
-use arrow_flight::{Action, FlightData, FlightDescriptor, FlightInfo};
+use arrow_flight::{
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
+    FlightDescriptor, FlightInfo,
+};
 use base64::Engine as _;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message as _;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -83,6 +93,80 @@ impl QueryResult {
         self.batches.iter().map(|b| b.num_rows()).sum()
     }
 }
+
+/// A stream of a statement's record batches, endpoint after endpoint.
+pub type BatchStream = BoxStream<'static, Result<RecordBatch, ClientError>>;
+
+/// The query id the coordinator put in a statement's `FlightInfo.app_metadata`
+/// (`{"query_id":"..."}`), if it did.
+pub fn query_id(info: &FlightInfo) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct AppMetadata {
+        query_id: String,
+    }
+    serde_json::from_slice::<AppMetadata>(&info.app_metadata)
+        .ok()
+        .map(|m| m.query_id)
+}
+
+/// What the coordinator knows of a statement (the `QueryStatus` action's answer). Fields the
+/// server leaves out read as their defaults, so an older or newer server still parses.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct QueryStatus {
+    pub id: String,
+    pub user: Option<String>,
+    /// `queued`, `running`, `finished`, `failed` or `cancelled`.
+    pub state: String,
+    pub duration_ms: u64,
+    /// Rows sent to the client so far.
+    pub rows: u64,
+    pub bytes: u64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub executors: Vec<String>,
+    pub stages: Vec<StageStatus>,
+}
+
+/// One stage of a running statement.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct StageStatus {
+    pub stage: u64,
+    pub tasks_total: u64,
+    pub tasks_done: u64,
+    pub tasks_running: u64,
+    /// Rows the stage's tasks produced so far.
+    pub rows: u64,
+}
+
+impl QueryStatus {
+    /// Stages whose every task is done, and all stages.
+    pub fn stages_done(&self) -> (u64, u64) {
+        let done = self
+            .stages
+            .iter()
+            .filter(|s| s.tasks_total > 0 && s.tasks_done >= s.tasks_total)
+            .count();
+        (done as u64, self.stages.len() as u64)
+    }
+
+    /// Tasks done, and all tasks, over every stage.
+    pub fn tasks_done(&self) -> (u64, u64) {
+        self.stages.iter().fold((0, 0), |(done, total), s| {
+            (done + s.tasks_done, total + s.tasks_total)
+        })
+    }
+
+    /// Tasks running now, over every stage.
+    pub fn tasks_running(&self) -> u64 {
+        self.stages.iter().map(|s| s.tasks_running).sum()
+    }
+}
+
+/// The Flight action that reports a statement's progress (body: the query id).
+pub const QUERY_STATUS_ACTION: &str = "QueryStatus";
+const CANCEL_FLIGHT_INFO_ACTION: &str = "CancelFlightInfo";
 
 /// A connection to a Quiver coordinator.
 #[derive(Debug, Clone)]
@@ -223,9 +307,84 @@ impl QuiverClient {
 
     /// Runs `sql` and fetches the whole result.
     pub async fn query(&mut self, sql: &str) -> Result<QueryResult, ClientError> {
+        let info = self.start(sql).await?;
+        self.fetch(info).await
+    }
+
+    /// Plans `sql` (`GetFlightInfo`); its rows are read with [`QuiverClient::stream`], and the
+    /// `FlightInfo` names it for [`QuiverClient::cancel`] and [`query_id`].
+    pub async fn start(&mut self, sql: &str) -> Result<FlightInfo, ClientError> {
         let command = CommandStatementQuery {
             query: sql.to_string(),
             transaction_id: None,
+        };
+        self.flight_info(command.as_any().encode_to_vec()).await
+    }
+
+    /// The schema of a started statement and a stream of its rows as they arrive (`DoGet` of
+    /// each endpoint in turn).
+    pub fn stream(&self, info: FlightInfo) -> Result<(SchemaRef, BatchStream), ClientError> {
+        let schema = std::sync::Arc::new(info.clone().try_decode_schema()?);
+        let client = self.clone();
+        let stream = futures::stream::iter(info.endpoint)
+            .then(move |endpoint| {
+                let mut client = client.clone();
+                async move {
+                    let ticket = endpoint
+                        .ticket
+                        .ok_or_else(|| ClientError::Protocol("endpoint without a ticket".into()))?;
+                    let request = client.request(ticket);
+                    let stream = client.flight.do_get(request).await?.into_inner();
+                    let decoded = FlightRecordBatchStream::new_from_flight_data(
+                        stream.map_err(FlightError::from),
+                    )
+                    .map_err(ClientError::from);
+                    Ok::<_, ClientError>(decoded)
+                }
+            })
+            .try_flatten()
+            .boxed();
+        Ok((schema, stream))
+    }
+
+    /// Stops a started statement (`CancelFlightInfo`); its stream then ends with `Cancelled`.
+    pub async fn cancel(&mut self, info: &FlightInfo) -> Result<CancelStatus, ClientError> {
+        let body = CancelFlightInfoRequest::new(info.clone()).encode_to_vec();
+        let action = Action::new(CANCEL_FLIGHT_INFO_ACTION, body);
+        let request = self.request(action);
+        let mut results = self.flight.do_action(request).await?.into_inner();
+        let result = results
+            .message()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("CancelFlightInfo returned nothing".into()))?;
+        let result = CancelFlightInfoResult::decode(result.body.as_ref())
+            .map_err(|e| ClientError::Protocol(format!("CancelFlightInfoResult: {e}")))?;
+        Ok(result.status())
+    }
+
+    /// The coordinator's view of query `id` (the `QueryStatus` action). A server without the
+    /// action answers `Unimplemented`.
+    pub async fn query_status(&mut self, id: &str) -> Result<QueryStatus, ClientError> {
+        let action = Action::new(QUERY_STATUS_ACTION, id.as_bytes().to_vec());
+        let request = self.request(action);
+        let mut results = self.flight.do_action(request).await?.into_inner();
+        let result = results
+            .message()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("QueryStatus returned nothing".into()))?;
+        serde_json::from_slice(&result.body)
+            .map_err(|e| ClientError::Protocol(format!("QueryStatus: {e}")))
+    }
+
+    /// The catalog's tables (Flight SQL `GetTables`), with their Arrow schemas when
+    /// `include_schema` (column `table_schema`, read with [`table_schema`]).
+    pub async fn tables(&mut self, include_schema: bool) -> Result<QueryResult, ClientError> {
+        let command = CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: None,
+            table_types: Vec::new(),
+            include_schema,
         };
         let info = self.flight_info(command.as_any().encode_to_vec()).await?;
         self.fetch(info).await
@@ -285,22 +444,17 @@ impl QuiverClient {
     }
 
     async fn fetch(&mut self, info: FlightInfo) -> Result<QueryResult, ClientError> {
-        let schema = std::sync::Arc::new(info.clone().try_decode_schema()?);
-        let mut batches = Vec::new();
-        for endpoint in info.endpoint {
-            let ticket = endpoint
-                .ticket
-                .ok_or_else(|| ClientError::Protocol("endpoint without a ticket".into()))?;
-            let request = self.request(ticket);
-            let stream = self.flight.do_get(request).await?.into_inner();
-            let mut decoded =
-                FlightRecordBatchStream::new_from_flight_data(stream.map_err(FlightError::from));
-            while let Some(batch) = decoded.try_next().await? {
-                batches.push(batch);
-            }
-        }
+        let (schema, stream) = self.stream(info)?;
+        let batches = stream.try_collect().await?;
         Ok(QueryResult { schema, batches })
     }
+}
+
+/// A table's Arrow schema as `GetTables` sends it (an IPC-encapsulated schema message).
+pub fn table_schema(ipc: &[u8]) -> Result<arrow::datatypes::Schema, ClientError> {
+    Ok(arrow::datatypes::Schema::try_from(
+        arrow_flight::IpcMessage(bytes::Bytes::copy_from_slice(ipc)),
+    )?)
 }
 
 fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, ClientError> {
@@ -312,6 +466,33 @@ fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, ClientEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_ids_come_from_app_metadata() {
+        let info =
+            FlightInfo::new().with_app_metadata(r#"{"query_id":"q-42"}"#.as_bytes().to_vec());
+        assert_eq!(query_id(&info).as_deref(), Some("q-42"));
+        assert_eq!(query_id(&FlightInfo::new()), None);
+        let info = FlightInfo::new().with_app_metadata(b"not json".to_vec());
+        assert_eq!(query_id(&info), None);
+    }
+
+    #[test]
+    fn query_status_parses_and_sums_progress() {
+        let body = r#"{"id":"q","user":null,"sql":"select 1","state":"running",
+            "started_unix_ms":1,"duration_ms":1200,"rows":10,"bytes":80,"error_code":null,
+            "error_message":null,"executors":["http://a"],"explain_analyze":null,
+            "stages":[{"stage":1,"tasks_total":4,"tasks_done":4,"tasks_running":0,"rows":7},
+                      {"stage":2,"tasks_total":2,"tasks_done":1,"tasks_running":1,"rows":3}]}"#;
+        let status: QueryStatus = serde_json::from_str(body).unwrap();
+        assert_eq!(status.state, "running");
+        assert_eq!(status.stages_done(), (1, 2));
+        assert_eq!(status.tasks_done(), (5, 6));
+        assert_eq!(status.tasks_running(), 1);
+        // Unknown and missing fields are fine.
+        let status: QueryStatus = serde_json::from_str(r#"{"state":"queued","x":1}"#).unwrap();
+        assert_eq!(status.tasks_done(), (0, 0));
+    }
 
     #[test]
     fn urls() {

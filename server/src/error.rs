@@ -9,7 +9,10 @@
 use arrow::error::ArrowError;
 use arrow_flight::error::FlightError;
 use datafusion::error::DataFusionError;
+use datafusion::sql::sqlparser::parser::ParserError;
 use tonic::{Code, Status};
+
+use crate::planner::settings as planner;
 
 pub type Result<T, E = QuiverError> = std::result::Result<T, E>;
 
@@ -152,10 +155,10 @@ pub(crate) fn datafusion_status(e: &DataFusionError) -> Status {
     if let Some(status) = find_status(e) {
         return Status::new(status.code(), status.message().to_string());
     }
-    let message = e.to_string();
+    let message = user_message(e);
     match datafusion_code(e) {
         // An executor's error reaches the coordinator re-encoded, a status inside it as text.
-        Code::Internal => crate::cluster::distributed::flattened_status(&message)
+        Code::Internal => crate::cluster::distributed::flattened_status(&e.to_string())
             .map(|(code, inner)| {
                 let message = if inner.is_empty() {
                     message.clone()
@@ -167,6 +170,78 @@ pub(crate) fn datafusion_status(e: &DataFusionError) -> Status {
             .unwrap_or_else(|| Status::new(Code::Internal, message)),
         code => Status::new(code, message),
     }
+}
+
+/// The message a client sees for a DataFusion error: what went wrong in the user's terms,
+/// without DataFusion's kind prefixes (`Error during planning: `, `External error: `), its
+/// `Debug` rendering of parser errors, backtraces or bug-report advice, and with the default
+/// catalog and schema left out of a table name the user did not qualify.
+fn user_message(e: &DataFusionError) -> String {
+    let message = match e {
+        DataFusionError::SQL(parser, _) => syntax_message(parser),
+        DataFusionError::Plan(msg) => unqualified(msg),
+        DataFusionError::Context(context, inner) => {
+            format!("{context}: {}", user_message(inner))
+        }
+        DataFusionError::Diagnostic(_, inner) => user_message(inner),
+        DataFusionError::Shared(inner) => user_message(inner),
+        DataFusionError::Collection(errors) => errors
+            .first()
+            .map(user_message)
+            .unwrap_or_else(|| e.to_string()),
+        DataFusionError::External(inner) => external_message(inner.as_ref()),
+        DataFusionError::ArrowError(inner, _) => match inner.as_ref() {
+            ArrowError::ExternalError(inner) => external_message(inner.as_ref()),
+            other => other.to_string(),
+        },
+        DataFusionError::SchemaError(inner, _) => inner.to_string(),
+        DataFusionError::Execution(msg)
+        | DataFusionError::NotImplemented(msg)
+        | DataFusionError::Internal(msg)
+        | DataFusionError::ResourcesExhausted(msg)
+        | DataFusionError::Configuration(msg)
+        | DataFusionError::Substrait(msg)
+        | DataFusionError::Ffi(msg) => msg.clone(),
+        DataFusionError::ParquetError(inner) => inner.to_string(),
+        DataFusionError::ObjectStore(inner) => inner.to_string(),
+        DataFusionError::IoError(inner) => inner.to_string(),
+        DataFusionError::ExecutionJoin(inner) => inner.to_string(),
+    };
+    match message.split_once(DataFusionError::BACK_TRACE_SEP) {
+        Some((message, _backtrace)) => message.to_string(),
+        None => message,
+    }
+}
+
+/// A parser error as `syntax error: <what the parser expected>`, not its `Debug` text.
+fn syntax_message(e: &ParserError) -> String {
+    match e {
+        ParserError::TokenizerError(msg) | ParserError::ParserError(msg) => {
+            format!("syntax error: {msg}")
+        }
+        ParserError::RecursionLimitExceeded => {
+            "syntax error: the statement is nested too deeply".to_string()
+        }
+    }
+}
+
+/// The message of an error DataFusion carries for someone else: a status keeps its message,
+/// a nested DataFusion error is cleaned in turn.
+fn external_message(e: &(dyn std::error::Error + Send + Sync + 'static)) -> String {
+    if let Some(status) = e.downcast_ref::<Status>() {
+        return status.message().to_string();
+    }
+    if let Some(inner) = e.downcast_ref::<DataFusionError>() {
+        return user_message(inner);
+    }
+    e.to_string()
+}
+
+/// `table 'quiver.public.t' not found` as `table 't' not found`: the user wrote `t`, and the
+/// default catalog and schema are implied (a name in another schema keeps its qualifier).
+fn unqualified(message: &str) -> String {
+    let default = format!("'{}.{}.", planner::CATALOG_NAME, planner::SCHEMA_NAME);
+    message.replace(&default, "'")
 }
 
 fn find_status(e: &DataFusionError) -> Option<&Status> {
@@ -309,7 +384,48 @@ mod tests {
         );
         let status = datafusion_status(&e);
         assert_eq!(status.code(), Code::NotFound);
-        assert!(status.message().contains("nope"));
+        assert_eq!(status.message(), "while planning: table 'nope' not found");
+    }
+
+    #[test]
+    fn messages_carry_no_datafusion_prefixes_or_debug_text() {
+        let e = QuiverError::from(DataFusionError::Plan(
+            "table 'quiver.public.nope' not found".into(),
+        ));
+        let status = e.to_status();
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "table 'nope' not found");
+        // A name in another schema keeps its qualifier.
+        let e = DataFusionError::Plan("table 'quiver.other.t' not found".into());
+        assert_eq!(
+            datafusion_status(&e).message(),
+            "table 'quiver.other.t' not found"
+        );
+
+        let e = DataFusionError::from(ParserError::ParserError(
+            "Expected: an SQL statement, found: SELEC at Line: 1, Column: 1".into(),
+        ));
+        let status = datafusion_status(&e);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "syntax error: Expected: an SQL statement, found: SELEC at Line: 1, Column: 1"
+        );
+
+        let e = DataFusionError::ArrowError(
+            Box::new(ArrowError::ExternalError(Box::new(
+                DataFusionError::Execution("boom".into()),
+            ))),
+            None,
+        );
+        assert_eq!(datafusion_status(&e).message(), "boom");
+        let e = DataFusionError::Internal("broken invariant".into());
+        assert_eq!(datafusion_status(&e).message(), "broken invariant");
+        let e = DataFusionError::ResourcesExhausted("over the limit".into())
+            .context("the query's memory limit");
+        let status = datafusion_status(&e);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "the query's memory limit: over the limit");
     }
 
     #[test]

@@ -39,8 +39,11 @@
 //! * `storage`: catalog, warehouse, object stores, the demo dataset;
 //! * `planner`: the settings every node plans with and Quiver's optimizer rules;
 //! * `security`: client auth, cluster signatures, the IPC guard;
+//! * `ops`: what operators see and do: the query log, progress, system tables, metrics, the
+//!   admin HTTP port and its status page;
 //! * `error` (one error enum, one mapping to gRPC codes), `ids` (typed ids), `task` (owned
-//!   tasks), `resources` (memory and admission), `config`, `arrow_compat` (wire-safe types).
+//!   tasks), `resources` (memory and admission), `config`, `arrow_compat` (wire-safe types),
+//!   `logs` (log format, the query id on every node's lines about a query).
 //!
 //! What the binary, the tests and the benches use is re-exported below; nothing else is public.
 
@@ -51,7 +54,9 @@ mod engine;
 mod error;
 mod frontdoor;
 mod ids;
+mod logs;
 mod node;
+mod ops;
 mod planner;
 mod resources;
 mod security;
@@ -64,12 +69,14 @@ pub use config::ServerConfigFile;
 pub use error::{QuiverError, Result};
 pub use frontdoor::DEFAULT_MAX_MESSAGE_BYTES;
 pub use ids::{AttemptId, QueryId, StatementId, WriteId};
+pub use logs::{LogFormat, init_logs};
 pub use node::coordinator::{
     CoordinatorConfig, RunningCoordinator, TlsFiles, start as start_coordinator,
 };
 pub use node::executor::{ExecutorConfig, RunningExecutor, start as start_executor};
 pub use node::net::parse_listen;
 pub use node::serve::{LocalCluster, ServeConfig, start as start_serve};
+pub use ops::http::HttpListen;
 pub use planner::settings::{DISTRIBUTED_SETTINGS, session_config};
 pub use resources::{ResourceLimits, parse_bytes};
 pub use security::auth::{DEFAULT_HASH_ITERATIONS, hash_password};

@@ -1,5 +1,6 @@
 //! The `quiver` binary: `serve`, `coordinator`, `executor` and `sql`.
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,8 +10,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use datafusion::arrow::ipc::CompressionType;
 use quiver_server::{
-    ClusterAuth, CoordinatorConfig, ExecutorConfig, QuiverError, ResourceLimits, ServeConfig,
-    ServerConfigFile, TableDef, TlsFiles, parse_bytes, parse_listen,
+    ClusterAuth, CoordinatorConfig, ExecutorConfig, HttpListen, LogFormat, QuiverError,
+    ResourceLimits, ServeConfig, ServerConfigFile, TableDef, TlsFiles, parse_bytes, parse_listen,
 };
 
 #[derive(Parser)]
@@ -22,6 +23,16 @@ use quiver_server::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as JSON objects (one a line, with the query id of the query a line
+    /// is about).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Text)]
+    log_format: LogFormatArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -121,10 +132,37 @@ struct ClusterArgs {
     /// Queries waiting for a slot beyond that; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 128)]
     max_queued_queries: usize,
+    /// On SIGTERM, seconds running queries may take to finish while new ones are refused
+    /// (a second signal stops at once).
+    #[arg(long, default_value_t = DEFAULT_DRAIN_GRACE_SECS)]
+    drain_grace_secs: u64,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
     cluster_secret: ClusterSecretArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+#[derive(Args)]
+struct HttpArgs {
+    /// Serve the admin HTTP port here: /metrics (Prometheus), /healthz, /readyz, and on the
+    /// coordinator the status page (e.g. 127.0.0.1:8080; off by default). On the coordinator,
+    /// beyond loopback it needs an `[auth]` section or --insecure.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    http_listen: Option<SocketAddr>,
+    /// Write the bound HTTP HOST:PORT here once the admin port accepts connections.
+    #[arg(long, value_name = "PATH", requires = "http_listen")]
+    http_address_file: Option<PathBuf>,
+}
+
+impl HttpArgs {
+    fn listen(&self) -> Option<HttpListen> {
+        self.http_listen.map(|listen| HttpListen {
+            listen,
+            address_file: self.http_address_file.clone(),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -207,7 +245,14 @@ struct CoordinatorArgs {
     cluster: ClusterArgs,
     #[command(flatten)]
     catalog: CatalogArgs,
+    /// Check the flags and files (config, catalog, TLS, cluster secret) as start-up would,
+    /// print the effective settings and exit; binds and contacts nothing.
+    #[arg(long)]
+    check: bool,
 }
+
+/// Default of `--drain-grace-secs`.
+const DEFAULT_DRAIN_GRACE_SECS: u64 = 30;
 
 #[derive(Args)]
 struct ExecutorArgs {
@@ -236,6 +281,16 @@ struct ExecutorArgs {
     /// Allow listening beyond loopback without a cluster secret.
     #[arg(long)]
     insecure: bool,
+    /// On SIGTERM, seconds the executor's running tasks may take to finish while it takes no
+    /// new ones; then it leaves the cluster (a second signal stops at once).
+    #[arg(long, default_value_t = DEFAULT_DRAIN_GRACE_SECS)]
+    drain_grace_secs: u64,
+    /// Check the flags and files as start-up would, print the effective settings and exit;
+    /// binds and contacts nothing.
+    #[arg(long)]
+    check: bool,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 #[derive(Args)]
@@ -279,6 +334,8 @@ fn coordinator_config(
         max_concurrent_queries: cluster.max_concurrent_queries,
         max_queued_queries: cluster.max_queued_queries,
         cluster_auth: cluster.cluster_secret.auth()?,
+        http: cluster.http.listen(),
+        node_name: None,
         listen: cluster.listen,
         tables,
         catalog: catalog.catalog,
@@ -301,6 +358,7 @@ fn coordinator_config(
         target_file_bytes: cluster.target_file_bytes,
         staging_grace: Duration::from_secs(cluster.staging_grace_secs),
         staging_interval: Duration::from_secs(cluster.staging_interval_secs),
+        drain_grace: Duration::from_secs(cluster.drain_grace_secs),
     })
 }
 
@@ -315,6 +373,8 @@ fn check_exposure(addr: SocketAddr, auth: &ClusterAuth, insecure: bool) -> Resul
 }
 
 async fn run(cli: Cli) -> Result<(), QuiverError> {
+    // Registered before anything serves, and once: a second signal during a drain is not lost.
+    let mut signals = ShutdownSignals::new();
     match cli.command {
         Command::Serve(args) => {
             let executors = args.executors;
@@ -324,28 +384,43 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
                 data_dir: args.data_dir,
                 tpch_scale_factor: args.tpch_sf,
             };
-            let cluster = quiver_server::start_serve(config).await?;
+            let mut cluster = quiver_server::start_serve(config).await?;
             let url = cluster.coordinator.url();
             println!("Quiver is serving Flight SQL on {url} with {executors} executors.");
+            if let Some(http) = cluster.http_addr {
+                println!("Status page and metrics: http://{http}/");
+            }
             println!("Try: quiver sql --url {url} -c 'SELECT count(*) FROM lineitem'");
             tokio::select! {
-                r = cluster.coordinator.wait() => r,
-                _ = shutdown_signal() => Ok(()),
+                r = cluster.coordinator.wait() => return r,
+                _ = signals.next() => {}
             }
+            tracing::info!("shutdown signal: draining the cluster");
+            drain_or_stop(&mut signals, cluster.drain()).await
         }
         Command::Coordinator(args) => {
-            let running =
-                quiver_server::start_coordinator(coordinator_config(args.cluster, args.catalog)?)
-                    .await?;
-            tokio::select! {
-                r = running.wait() => r,
-                _ = shutdown_signal() => Ok(()),
+            let check = args.check;
+            let config = coordinator_config(args.cluster, args.catalog)?;
+            if check {
+                print_settings("coordinator", &config.check()?);
+                return Ok(());
             }
+            let mut running = quiver_server::start_coordinator(config).await?;
+            tokio::select! {
+                r = running.wait() => return r,
+                _ = signals.next() => {}
+            }
+            tracing::info!("shutdown signal: draining the coordinator");
+            drain_or_stop(&mut signals, running.drain()).await
         }
         Command::Executor(args) => {
             let cluster_auth = args.cluster_secret.auth()?;
             check_exposure(args.listen, &cluster_auth, args.insecure)?;
-            let running = quiver_server::start_executor(ExecutorConfig {
+            let http = args.http.listen();
+            if let Some(http) = &http {
+                check_exposure(http.listen, &cluster_auth, args.insecure)?;
+            }
+            let config = ExecutorConfig {
                 coordinator: args.coordinator,
                 listen: args.listen,
                 advertise: args.advertise,
@@ -354,16 +429,46 @@ async fn run(cli: Cli) -> Result<(), QuiverError> {
                 coordinator_ca: args.coordinator_ca,
                 limits: args.limits.limits(),
                 cluster_auth,
-            })
-            .await?;
-            tokio::select! {
-                r = running.wait() => r,
-                _ = shutdown_signal() => Ok(()),
+                drain_grace: Duration::from_secs(args.drain_grace_secs),
+                http,
+                node_name: None,
+            };
+            if args.check {
+                print_settings("executor", &config.check()?);
+                return Ok(());
             }
+            let mut running = quiver_server::start_executor(config).await?;
+            tokio::select! {
+                r = running.wait() => return r,
+                _ = signals.next() => {}
+            }
+            tracing::info!("shutdown signal: draining the executor");
+            drain_or_stop(&mut signals, running.drain()).await
         }
         Command::Sql(_) | Command::HashPassword(_) => {
             unreachable!("handled before the server runtime starts")
         }
+    }
+}
+
+/// Runs a drain to its end, unless another signal comes first: then the process stops at once.
+async fn drain_or_stop(
+    signals: &mut ShutdownSignals,
+    drain: impl Future<Output = Result<(), QuiverError>>,
+) -> Result<(), QuiverError> {
+    tokio::select! {
+        r = drain => r,
+        _ = signals.next() => Err(QuiverError::Unavailable(
+            "a second shutdown signal: stopped at once, without draining".into(),
+        )),
+    }
+}
+
+/// What `--check` prints: the effective settings, one `name = value` a line.
+fn print_settings(what: &str, settings: &[(&'static str, String)]) {
+    println!("quiver {what}: the configuration is valid");
+    for (name, value) in settings {
+        println!("{name} = {value}");
     }
 }
 
@@ -393,20 +498,38 @@ fn hash_password(args: &HashPasswordArgs) -> ExitCode {
     }
 }
 
-/// Ctrl-C or SIGTERM (what service managers send).
-async fn shutdown_signal() {
+/// Ctrl-C (SIGINT) or SIGTERM (what service managers send), as one stream of signals.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = signal(SignalKind::terminate())
+                .ok()
+                .zip(signal(SignalKind::interrupt()).ok());
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, interrupt)) = &mut self.streams {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = interrupt.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> ExitCode {
@@ -414,16 +537,15 @@ fn main() -> ExitCode {
     let cli = match cli.command {
         Command::Sql(args) => return quiver_client::cli::main(args),
         Command::HashPassword(args) => return hash_password(&args),
-        command => Cli { command },
+        command => Cli {
+            command,
+            log_format: cli.log_format,
+        },
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    quiver_server::init_logs(match cli.log_format {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

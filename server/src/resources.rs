@@ -13,12 +13,14 @@
 //!   `--memory-limit`. On an executor, every task of a query shares the query's pool;
 //! * the coordinator admits at most `--max-concurrent-queries` queries at once and queues at most
 //!   `--max-queued-queries` more; beyond that a query is refused with `ResourceExhausted` at once.
-//!   A query holds its slot until its result stream ends or is dropped.
+//!   A query holds its slot until its result stream ends or is dropped;
+//! * once the coordinator shuts down ([`Admission::close`]) every new query is refused with
+//!   `Unavailable`, and [`Admission::idle`] tells when the admitted ones have all ended.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -26,7 +28,7 @@ use datafusion::execution::memory_pool::{
     FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
 };
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::error::{QuiverError, Result};
 
@@ -218,23 +220,68 @@ pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
-/// Bounds how many queries run and wait on the coordinator.
-#[derive(Debug)]
+/// Bounds how many queries run and wait on the coordinator. Clones share their state (the
+/// engine admits, the node closes admission at shutdown).
+#[derive(Debug, Clone)]
 pub(crate) struct Admission {
     running: Arc<Semaphore>,
     max_running: usize,
     queued: Arc<AtomicUsize>,
     max_queued: usize,
+    closed: Arc<AtomicBool>,
+    /// Slots held now, whatever the limits.
+    held: Arc<watch::Sender<usize>>,
+    /// Counted while they hold a slot (also with no limit), and refusals since start.
+    load: AdmissionLoad,
+}
+
+/// How many queries run and wait now, read by the node's metrics while the engine admits them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AdmissionLoad {
+    running: Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
+    refused: Arc<AtomicU64>,
+}
+
+impl AdmissionLoad {
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Queries refused because the queue was full, since start.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
 /// A running query's slot; dropping it admits the next one.
 #[derive(Debug)]
 pub(crate) struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
+    held: Arc<watch::Sender<usize>>,
+    _running: Waiting,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.held.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Counts a waiting query while it waits.
+#[derive(Debug)]
 struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
 
 impl Drop for Waiting {
     fn drop(&mut self) {
@@ -245,26 +292,76 @@ impl Drop for Waiting {
 impl Admission {
     /// `max_running == 0` admits everything.
     pub(crate) fn new(max_running: usize, max_queued: usize) -> Self {
+        let queued = Arc::new(AtomicUsize::new(0));
         Self {
             running: Arc::new(Semaphore::new(max_running.max(1))),
             max_running,
-            queued: Arc::new(AtomicUsize::new(0)),
+            load: AdmissionLoad {
+                queued: Arc::clone(&queued),
+                ..AdmissionLoad::default()
+            },
+            queued,
             max_queued,
+            closed: Arc::new(AtomicBool::new(false)),
+            held: Arc::new(watch::Sender::new(0)),
         }
     }
 
-    /// Waits for a slot, or refuses at once when the queue is full.
+    /// Refuses every query from now on (the coordinator is shutting down); queries admitted
+    /// already keep their slots.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Queries holding a slot now.
+    pub(crate) fn running(&self) -> usize {
+        *self.held.borrow()
+    }
+
+    /// Resolves once no query holds a slot.
+    pub(crate) async fn idle(&self) {
+        let mut held = self.held.subscribe();
+        // The sender lives in `self`: `wait_for` cannot fail while we borrow it.
+        let _ = held.wait_for(|n| *n == 0).await;
+    }
+
+    fn slot(&self, permit: Option<OwnedSemaphorePermit>) -> Slot {
+        self.held.send_modify(|n| *n += 1);
+        Slot {
+            _permit: permit,
+            held: Arc::clone(&self.held),
+            _running: Waiting::new(&self.load.running),
+        }
+    }
+
+    fn refuse_if_closed(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(QuiverError::Unavailable(
+                "the coordinator is shutting down: retry on another coordinator or once it is back"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for a slot, or refuses at once when the queue is full or admission is closed.
+    /// A live view of the queries running and waiting.
+    pub(crate) fn load(&self) -> AdmissionLoad {
+        self.load.clone()
+    }
+
+    /// Waits for a slot, or refuses at once when the queue is full or admission is closed.
     pub(crate) async fn admit(&self) -> Result<Slot> {
+        self.refuse_if_closed()?;
         if self.max_running == 0 {
-            return Ok(Slot { _permit: None });
+            return Ok(self.slot(None));
         }
         if let Ok(permit) = Arc::clone(&self.running).try_acquire_owned() {
-            return Ok(Slot {
-                _permit: Some(permit),
-            });
+            return Ok(self.slot(Some(permit)));
         }
         if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
             self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.load.refused.fetch_add(1, Ordering::Relaxed);
             return Err(QuiverError::ResourceExhausted(format!(
                 "the coordinator is running {} queries and has {} waiting, its limits (--max-concurrent-queries, --max-queued-queries): retry later",
                 self.max_running, self.max_queued
@@ -275,9 +372,9 @@ impl Admission {
             .acquire_owned()
             .await
             .map_err(|_| QuiverError::Internal("admission semaphore closed".into()))?;
-        Ok(Slot {
-            _permit: Some(permit),
-        })
+        // Closed while it waited: it never started, so it is refused like any new query.
+        self.refuse_if_closed()?;
+        Ok(self.slot(Some(permit)))
     }
 }
 
@@ -340,7 +437,9 @@ mod tests {
     #[tokio::test]
     async fn admission_queues_then_refuses() {
         let admission = Arc::new(Admission::new(1, 1));
+        let load = admission.load();
         let first = admission.admit().await.unwrap();
+        assert_eq!((load.running(), load.queued()), (1, 0));
         let queued = {
             let admission = Arc::clone(&admission);
             AbortOnDrop::spawn(async move { admission.admit().await.map(|_| ()) })
@@ -348,10 +447,34 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let refused = admission.admit().await.unwrap_err();
         assert_eq!(refused.to_status().code(), tonic::Code::ResourceExhausted);
+        assert_eq!((load.running(), load.queued(), load.refused()), (1, 1, 1));
         drop(first);
         queued.await.unwrap().unwrap();
+        assert_eq!((load.running(), load.queued()), (0, 0));
         let unlimited = Admission::new(0, 0);
         let _a = unlimited.admit().await.unwrap();
         let _b = unlimited.admit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn closed_admission_refuses_and_reports_idle() {
+        let admission = Admission::new(0, 0);
+        let running = admission.admit().await.unwrap();
+        let closer = admission.clone();
+        closer.close();
+        let refused = admission.admit().await.unwrap_err();
+        assert_eq!(refused.to_status().code(), tonic::Code::Unavailable);
+        assert!(refused.to_string().contains("shutting down"), "{refused}");
+        assert_eq!(closer.running(), 1);
+        let wait = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(wait, closer.idle()).await.is_err(),
+            "idle while a query runs"
+        );
+        drop(running);
+        tokio::time::timeout(std::time::Duration::from_secs(5), closer.idle())
+            .await
+            .expect("idle once the last query ended");
+        assert_eq!(closer.running(), 0);
     }
 }

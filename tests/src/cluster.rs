@@ -49,6 +49,9 @@ pub struct ClusterOptions {
     pub binary_defaults: bool,
     /// The binary and extra environment of every process.
     pub launch: Launch,
+    /// Every process also serves its admin HTTP port (`--http-listen 127.0.0.1:0`); see
+    /// [`TestCluster::http_addr`].
+    pub http: bool,
 }
 
 impl Default for ClusterOptions {
@@ -67,6 +70,7 @@ impl Default for ClusterOptions {
             executor_args: Vec::new(),
             binary_defaults: false,
             launch: Launch::default(),
+            http: false,
         }
     }
 }
@@ -174,16 +178,28 @@ impl TestCluster {
             args.push(secret_file(self.dir.path()).display().to_string());
         }
         args.extend(self.options.executor_args.iter().cloned());
-        let mut process = QuiverProcess::spawn_with(
-            &self.options.launch,
-            self.dir.path(),
-            &format!("executor-{index}"),
-            &args,
-        );
+        let name = format!("executor-{index}");
+        if self.options.http {
+            args.extend(http_args(self.dir.path(), &name));
+        }
+        let mut process =
+            QuiverProcess::spawn_with(&self.options.launch, self.dir.path(), &name, &args);
         let addr = process.wait_for_address(START_LIMIT);
         self.executors.push(process);
         self.executor_addrs.push(addr);
         index
+    }
+
+    /// The admin HTTP port (`host:port`) of `process` (the coordinator or an executor), in a
+    /// cluster started with [`ClusterOptions::http`]. It is written before the process's main
+    /// address, so it is there once the process is.
+    pub fn http_addr(&self, process: &QuiverProcess) -> String {
+        let name = process.name.trim_end_matches("-restarted");
+        let path = http_address_file(self.dir.path(), name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (started with http: true?)", path.display()))
+            .trim()
+            .to_string()
     }
 
     /// Every process, coordinator first.
@@ -330,6 +346,19 @@ async fn signed_channel(url: String) -> Signed<tonic::transport::Channel> {
     Signed::new(channel, cluster_auth())
 }
 
+fn http_address_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.http"))
+}
+
+fn http_args(dir: &Path, name: &str) -> Vec<String> {
+    vec![
+        "--http-listen".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--http-address-file".to_string(),
+        http_address_file(dir, name).display().to_string(),
+    ]
+}
+
 fn coordinator_args(options: &ClusterOptions, dir: &Path, listen: &str) -> Vec<String> {
     let mut args = vec![
         "coordinator".to_string(),
@@ -358,6 +387,9 @@ fn coordinator_args(options: &ClusterOptions, dir: &Path, listen: &str) -> Vec<S
         ]);
     }
     args.extend(options.coordinator_args.iter().cloned());
+    if options.http {
+        args.extend(http_args(dir, "coordinator"));
+    }
     for (name, path) in &options.tables {
         args.push("--table".to_string());
         args.push(format!("{name}={}", path.display()));

@@ -1,7 +1,7 @@
 //! Real `quiver` processes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `quiver` binary under test: `QUIVER_BIN`, or `quiver` next to the test's target dir.
@@ -150,6 +150,32 @@ impl QuiverProcess {
     /// Its memory now and at its peak; `None` once it is killed (or off Linux).
     pub fn memory(&self) -> Option<Memory> {
         memory(self.pid()?)
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `STOP`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the process is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; `None` if it still runs then.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL, and reap.

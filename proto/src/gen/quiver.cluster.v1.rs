@@ -27,7 +27,37 @@ pub struct RegisterExecutorResponse {
 pub struct HeartbeatRequest {
     #[prost(string, tag = "1")]
     pub executor_id: ::prost::alloc::string::String,
+    /// What the executor runs and holds now, for the coordinator's status page.
+    #[prost(message, optional, tag = "2")]
+    pub stats: ::core::option::Option<ExecutorStats>,
+    /// The executor is shutting down: the coordinator places no new task on it, but queries
+    /// already running there go on (it is not lost). Sent in every heartbeat from then on.
+    #[prost(bool, tag = "3")]
+    pub draining: bool,
 }
+/// An executor's load at one heartbeat.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExecutorStats {
+    /// Tasks whose query has not ended yet.
+    #[prost(uint64, tag = "1")]
+    pub tasks_running: u64,
+    /// Bytes reserved in the executor's memory pool.
+    #[prost(uint64, tag = "2")]
+    pub memory_used_bytes: u64,
+    /// The pool's limit (--memory-limit); 0 when unbounded.
+    #[prost(uint64, tag = "3")]
+    pub memory_limit_bytes: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeregisterExecutorRequest {
+    #[prost(string, tag = "1")]
+    pub executor_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeregisterExecutorResponse {}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HeartbeatResponse {
@@ -71,6 +101,10 @@ pub struct ExecutorInfo {
     /// Milliseconds since the coordinator last heard from this executor.
     #[prost(uint64, tag = "3")]
     pub last_heartbeat_age_ms: u64,
+    /// The executor is draining (shutting down): it gets no new task and leaves once its running
+    /// tasks end.
+    #[prost(bool, tag = "10")]
+    pub draining: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -246,6 +280,38 @@ pub mod cluster_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// Leaves the live set at once: the last call of an executor that drained (SIGTERM: it told
+        /// the coordinator with `draining` in its heartbeats, waited for its running tasks to end,
+        /// then calls this before it exits). Unknown executor ids are not an error.
+        pub async fn deregister_executor(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeregisterExecutorRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeregisterExecutorResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/quiver.cluster.v1.ClusterService/DeregisterExecutor",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "quiver.cluster.v1.ClusterService",
+                        "DeregisterExecutor",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
         /// The live set as the coordinator sees it now.
         pub async fn list_executors(
             &mut self,
@@ -303,6 +369,16 @@ pub mod cluster_service_server {
             request: tonic::Request<super::HeartbeatRequest>,
         ) -> std::result::Result<
             tonic::Response<super::HeartbeatResponse>,
+            tonic::Status,
+        >;
+        /// Leaves the live set at once: the last call of an executor that drained (SIGTERM: it told
+        /// the coordinator with `draining` in its heartbeats, waited for its running tasks to end,
+        /// then calls this before it exits). Unknown executor ids are not an error.
+        async fn deregister_executor(
+            &self,
+            request: tonic::Request<super::DeregisterExecutorRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeregisterExecutorResponse>,
             tonic::Status,
         >;
         /// The live set as the coordinator sees it now.
@@ -466,6 +542,52 @@ pub mod cluster_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = HeartbeatSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/quiver.cluster.v1.ClusterService/DeregisterExecutor" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeregisterExecutorSvc<T: ClusterService>(pub Arc<T>);
+                    impl<
+                        T: ClusterService,
+                    > tonic::server::UnaryService<super::DeregisterExecutorRequest>
+                    for DeregisterExecutorSvc<T> {
+                        type Response = super::DeregisterExecutorResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeregisterExecutorRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ClusterService>::deregister_executor(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeregisterExecutorSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

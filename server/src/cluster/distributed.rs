@@ -8,7 +8,7 @@
 //! nodes, which sign every request with the cluster secret ([`crate::security::cluster_auth`]).
 //! A plan the crate leaves in one piece (too small to split) still runs on an executor when it
 //! reads table data or writes ([`PlaceOnExecutor`]): the coordinator only plans and forwards. What goes through this module is Quiver's own
-//! interface ([`coordinator_state`], [`worker_router`], [`running_tasks`], [`render_plan`],
+//! interface ([`metered_coordinator_state`], [`worker_router`], [`running_tasks`], [`render_plan`],
 //! [`render_analyzed_plan`], [`stage_count`], [`TaskPlacements`]), so a new version or a
 //! replacement touches this file only.
 
@@ -39,7 +39,8 @@ use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
 use datafusion::prelude::SessionConfig;
 use datafusion_distributed::grpc::{
-    BoxCloneSyncChannel, GetTaskProgressRequest, ObservabilityServiceClient, create_worker_client,
+    BoxCloneSyncChannel, GetTaskProgressRequest, ObservabilityServiceClient,
+    ObservabilityServiceImpl, ObservabilityServiceServer, create_worker_client,
 };
 use datafusion_distributed::{
     ChannelResolver, CoordinatorToWorkerMsg, DesiredTaskCountEvent, DesiredTaskCountEventResponse,
@@ -60,8 +61,10 @@ use url::Url;
 use crate::cluster::membership::ExecutorRegistry;
 use crate::cluster::pass_through::{PassThroughSink, Tap};
 use crate::cluster::stage_deadline::{self, StageDeadlines};
+use crate::cluster::traffic::{Counted, Traffic};
 use crate::error::{QuiverError, to_datafusion};
 use crate::ids::AttemptId;
+use crate::logs::{self, QuerySpans};
 use crate::planner::cooperative::YieldingJoins;
 use crate::planner::settings;
 use crate::planner::window_sorts::SortWindowPartitions;
@@ -78,9 +81,9 @@ impl WorkerResolver for LiveExecutors {
     }
 }
 
-/// The coordinator's planning session: DataFusion with the distributed planner, workers resolved
-/// from `registry`. Leaf scans get one task per `scan_bytes_per_partition` bytes of input per
-/// partition, capped by the number of live executors; smaller inputs stay on fewer tasks.
+/// [`metered_coordinator_state`] whose worker traffic nobody counts (tests that plan without a
+/// node).
+#[cfg(test)]
 pub(crate) fn coordinator_state(
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
@@ -89,12 +92,36 @@ pub(crate) fn coordinator_state(
     shuffle_compression: Option<CompressionType>,
     auth: ClusterAuth,
 ) -> Result<SessionState> {
+    metered_coordinator_state(
+        config,
+        runtime,
+        registry,
+        scan_bytes_per_partition,
+        shuffle_compression,
+        auth,
+        Traffic::unobserved(),
+    )
+}
+
+/// The coordinator's planning session: DataFusion with the distributed planner, workers resolved
+/// from `registry`. Leaf scans get one task per `scan_bytes_per_partition` bytes of input per
+/// partition, capped by the number of live executors; smaller inputs stay on fewer tasks. What
+/// its channels to workers carry counts into `traffic`.
+pub(crate) fn metered_coordinator_state(
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+    registry: Arc<ExecutorRegistry>,
+    scan_bytes_per_partition: usize,
+    shuffle_compression: Option<CompressionType>,
+    auth: ClusterAuth,
+    traffic: Traffic,
+) -> Result<SessionState> {
     let mut builder = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_distributed_worker_resolver(LiveExecutors(Arc::clone(&registry)))
-        .with_distributed_channel_resolver(SignedChannels::new(auth))
+        .with_distributed_channel_resolver(SignedChannels::new(auth, traffic))
         .with_physical_optimizer_rule(Arc::new(YieldingJoins))
         .with_physical_optimizer_rule(Arc::new(SortWindowPartitions))
         // Quiver's own logical nodes (writes) plan first; the distributed planner splits the result.
@@ -243,7 +270,7 @@ pub(crate) fn task_index(ctx: &Arc<TaskContext>) -> usize {
     DistributedTaskContext::from_ctx(ctx).task_index
 }
 
-/// See [`coordinator_state`].
+/// See [`metered_coordinator_state`].
 const CONNECTION_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 
 /// `state` collecting per-task metrics from the executors (EXPLAIN ANALYZE).
@@ -276,6 +303,12 @@ pub(crate) fn attempt_task_ctx(
     let id = HeaderValue::from_str(attempt.as_str())
         .map_err(|e| DataFusionError::Internal(format!("attempt id '{attempt}': {e}")))?;
     headers.insert(ATTEMPT_ID_HEADER, id);
+    // Executors log the attempt's tasks under the query's id.
+    if let Some(query) = logs::current_query() {
+        let id = HeaderValue::from_str(query.as_str())
+            .map_err(|e| DataFusionError::Internal(format!("query id '{query}': {e}")))?;
+        headers.insert(logs::QUERY_ID_HEADER, id);
+    }
     let mut config = state.config().clone();
     config.set_distributed_passthrough_headers(headers)?;
     config.set_extension(placements);
@@ -292,10 +325,14 @@ pub(crate) fn attempt_task_ctx(
 
 /// The headers of a worker request that Quiver forwards to the task's own requests.
 fn quiver_headers(headers: &HeaderMap) -> HeaderMap {
-    [ATTEMPT_ID_HEADER, stage_deadline::HEADER]
-        .into_iter()
-        .filter_map(|name| Some((HeaderName::from_static(name), headers.get(name)?.clone())))
-        .collect()
+    [
+        ATTEMPT_ID_HEADER,
+        stage_deadline::HEADER,
+        logs::QUERY_ID_HEADER,
+    ]
+    .into_iter()
+    .filter_map(|name| Some((HeaderName::from_static(name), headers.get(name)?.clone())))
+    .collect()
 }
 
 /// Places each stage's tasks on live executors, right before the stage starts.
@@ -483,18 +520,21 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Channels to workers, one per URL, reused by every query; their requests carry the cluster
-/// signature, and HTTP/2 keepalive bounds how long a silent peer can stall a stream.
+/// signature, and HTTP/2 keepalive bounds how long a silent peer can stall a stream. Their
+/// bodies count into the node's [`Traffic`].
 #[derive(Clone)]
 struct SignedChannels {
     channels: Arc<Mutex<HashMap<Url, Channel>>>,
     auth: ClusterAuth,
+    traffic: Traffic,
 }
 
 impl SignedChannels {
-    fn new(auth: ClusterAuth) -> Self {
+    fn new(auth: ClusterAuth, traffic: Traffic) -> Self {
         Self {
             channels: Arc::default(),
             auth,
+            traffic,
         }
     }
 
@@ -523,7 +563,10 @@ impl ChannelResolver for SignedChannels {
         &self,
         url: &Url,
     ) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
-        let channel = Signed::new(self.channel(url)?, self.auth.clone());
+        let channel = Signed::new(
+            Counted::channel(self.channel(url)?, self.traffic.clone()),
+            self.auth.clone(),
+        );
         Ok(Box::new(QuiverWorkerChannel {
             inner: create_worker_client(BoxCloneSyncChannel::new(channel.clone())),
             channel,
@@ -535,7 +578,7 @@ impl ChannelResolver for SignedChannels {
 /// ([`PassThroughStage`]) are read through a [`Tap`] that forwards their messages to the client.
 struct QuiverWorkerChannel {
     inner: Box<dyn WorkerChannel>,
-    channel: Signed<Channel>,
+    channel: Signed<Counted<Channel>>,
 }
 
 #[async_trait]
@@ -686,37 +729,76 @@ impl WorkerSessionBuilder for ExecutorSessions {
             ctx.builder = std::mem::take(&mut ctx.builder).with_runtime_env(runtime);
         }
         let state = ctx.builder.build();
+        // Inside the query's span (see crate::logs): the line names the query.
+        if let Some(task) = state.config().get_extension::<DistributedTaskContext>() {
+            tracing::info!(
+                task = task.task_index,
+                tasks = task.task_count,
+                "task started"
+            );
+        }
         self.observer.task_started(state.config());
         Ok(state)
     }
 }
 
 /// Adds the worker service (what the coordinator and other executors call to run plan fragments)
-/// and the crate's task-progress service (read by [`running_tasks`]) to an executor's gRPC server.
+/// and the crate's task-progress service (read by [`running_tasks`]) to an executor's gRPC server;
+/// the worker traffic, served and sent, counts into `traffic`. Also returns the worker's task
+/// count, read in-process.
 pub(crate) fn worker_router(
     server: &mut Server,
     memory: Arc<QueryMemory>,
     target_partitions: usize,
     observer: Arc<dyn TaskObserver>,
     auth: ClusterAuth,
-) -> Router {
+    traffic: Traffic,
+) -> (Router, LocalTasks) {
     let runtime = Arc::clone(memory.node());
     let worker = Worker::from_session_builder(ExecutorSessions {
         target_partitions,
         memory,
         observer,
-        channels: SignedChannels::new(auth.clone()),
+        channels: SignedChannels::new(auth.clone(), traffic.clone()),
     })
     .with_runtime_env(runtime)
     .with_version(env!("CARGO_PKG_VERSION"));
     // Executors resolve no workers themselves; the service is mounted for its task progress.
     let progress = worker.with_observability_service(Arc::new(NoWorkers));
-    server
+    let local = LocalTasks(worker.with_observability_service(Arc::new(NoWorkers)));
+    let router = server
         .add_service(Verified::new(progress, auth.clone()))
-        .add_service(Verified::new(
-            StageDeadlines::new(worker.into_worker_server()),
-            auth,
-        ))
+        .add_service(Counted::service(
+            Verified::new(
+                StageDeadlines::new(QuerySpans::new(worker.into_worker_server())),
+                auth,
+            ),
+            traffic,
+        ));
+    (router, local)
+}
+
+/// The number of tasks an executor's worker holds for queries that have not ended (what
+/// [`running_tasks`] asks over the network), read in-process: no connection, and no wait for a
+/// runtime busy with queries.
+#[derive(Clone)]
+pub(crate) struct LocalTasks(ObservabilityServiceServer<ObservabilityServiceImpl>);
+
+impl std::fmt::Debug for LocalTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalTasks")
+    }
+}
+
+impl LocalTasks {
+    pub(crate) async fn running(&self) -> Result<u64> {
+        let mut client = ObservabilityServiceClient::new(self.0.clone());
+        let progress = client
+            .get_task_progress(GetTaskProgressRequest {})
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(progress.into_inner().tasks.len() as u64)
+    }
 }
 
 struct NoWorkers;
@@ -742,9 +824,119 @@ pub(crate) async fn running_tasks(worker_url: &Url, auth: &ClusterAuth) -> Resul
     Ok(progress.into_inner().tasks.len() as u64)
 }
 
+/// The crate's id of a distributed plan's query and, per stage that runs on executors, its
+/// number and task count (empty for a plan that stays on the coordinator). Read before the plan
+/// runs, to follow its tasks' progress.
+pub(crate) fn stage_shapes(plan: &Arc<dyn ExecutionPlan>) -> (Option<Vec<u8>>, Vec<(u64, u64)>) {
+    let mut query = None;
+    let mut stages = Vec::new();
+    let mut pending = vec![Arc::clone(plan)];
+    while let Some(node) = pending.pop() {
+        // `apply` only fails if the closure does.
+        let _ = node.apply(|n| {
+            let Some(boundary) = n.as_network_boundary() else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            if let Stage::Local(stage) = boundary.input_stage() {
+                query.get_or_insert_with(|| stage.query_id.as_bytes().to_vec());
+                stages.push((stage.num as u64, stage.tasks as u64));
+                pending.push(Arc::clone(&stage.plan));
+            }
+            Ok(TreeNodeRecursion::Jump)
+        });
+    }
+    stages.sort_unstable();
+    stages.dedup();
+    (query, stages)
+}
+
+/// One task an executor runs now, as its task-progress service reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunningTask {
+    /// The crate's query id (see [`stage_shapes`]).
+    pub(crate) query: Vec<u8>,
+    pub(crate) stage: u64,
+    pub(crate) task: u64,
+    pub(crate) output_rows: u64,
+}
+
+/// Reads executors' task progress, keeping one channel per executor.
+#[derive(Debug)]
+pub(crate) struct ProgressReader {
+    auth: ClusterAuth,
+    channels: Mutex<HashMap<Url, Channel>>,
+}
+
+impl ProgressReader {
+    pub(crate) fn new(auth: ClusterAuth) -> Self {
+        Self {
+            auth,
+            channels: Mutex::default(),
+        }
+    }
+
+    /// The tasks `worker_url` runs now.
+    pub(crate) async fn running(&self, worker_url: &Url) -> Result<Vec<RunningTask>> {
+        let channel = {
+            let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            match channels.get(worker_url) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let channel = Endpoint::from_shared(worker_url.to_string())
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?
+                        .connect_timeout(Duration::from_secs(2))
+                        .timeout(Duration::from_secs(2))
+                        .connect_lazy();
+                    channels.insert(worker_url.clone(), channel.clone());
+                    channel
+                }
+            }
+        };
+        let mut client = ObservabilityServiceClient::new(Signed::new(channel, self.auth.clone()));
+        let progress = match client.get_task_progress(GetTaskProgressRequest {}).await {
+            Ok(progress) => progress.into_inner(),
+            Err(status) => {
+                // A gone executor's channel is not kept: it may come back at the same address.
+                self.channels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(worker_url);
+                return Err(DataFusionError::External(Box::new(status)));
+            }
+        };
+        Ok(progress
+            .tasks
+            .into_iter()
+            .filter_map(|t| {
+                let key = t.task_key?;
+                Some(RunningTask {
+                    query: key.query_id,
+                    stage: key.stage_id,
+                    task: key.task_number,
+                    output_rows: t.output_rows,
+                })
+            })
+            .collect())
+    }
+
+    /// Forgets channels to executors not in `live`.
+    pub(crate) fn retain(&self, live: &[Url]) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|url, _| live.contains(url));
+    }
+}
+
 /// The distributed plan as text: stages, their tasks and partitions.
 pub(crate) fn render_plan(plan: &dyn ExecutionPlan) -> String {
     datafusion_distributed::display_plan_ascii(plan, false)
+}
+
+/// The plan as it ran, with the metrics the coordinator holds (per task where they were
+/// collected).
+pub(crate) fn render_plan_with_metrics(plan: &dyn ExecutionPlan) -> String {
+    datafusion_distributed::display_plan_ascii(plan, true)
 }
 
 /// The plan after execution, with per-task metrics.

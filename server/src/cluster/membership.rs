@@ -7,8 +7,15 @@
 //! does not know (it restarted, or it had expired the executor) answers `known = false`, and the
 //! executor registers again. The live set is read synchronously by the distributed planner on
 //! every query, so an executor that joins later gets work from the next query on.
+//!
+//! Drain: an executor shutting down says so in its heartbeats (`draining`). From then on it is
+//! out of [`ExecutorRegistry::live_worker_urls`] (no new placement) but still a member
+//! ([`ExecutorRegistry::member_worker_urls`]): queries already running on it are not told it
+//! is lost (departure watchdog, [`ExecutorRegistry::lost_since`]) and it is still probed and
+//! expired like any member. It leaves with `DeregisterExecutor` once its tasks have ended.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,9 +24,9 @@ use quiver_proto::cluster::executor_service_client::ExecutorServiceClient;
 
 use crate::security::cluster_auth::{ClusterAuth, Signed};
 use quiver_proto::cluster::{
-    ExecutorInfo, GetExecutorStatusRequest, HeartbeatRequest, HeartbeatResponse,
-    ListExecutorsRequest, ListExecutorsResponse, ObjectStoreConfig, RegisterExecutorRequest,
-    RegisterExecutorResponse,
+    DeregisterExecutorRequest, DeregisterExecutorResponse, ExecutorInfo, ExecutorStats,
+    GetExecutorStatusRequest, HeartbeatRequest, HeartbeatResponse, ListExecutorsRequest,
+    ListExecutorsResponse, ObjectStoreConfig, RegisterExecutorRequest, RegisterExecutorResponse,
 };
 use tokio::sync::watch;
 use tonic::transport::Endpoint;
@@ -34,6 +41,23 @@ use crate::task::AbortOnDrop;
 struct Member {
     worker_url: Url,
     last_seen: Instant,
+    /// Shutting down: no new placements, running queries go on.
+    draining: bool,
+    /// What its latest heartbeat reported (none before the first).
+    stats: Option<ExecutorStats>,
+}
+
+/// A live executor as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct LiveExecutor {
+    pub(crate) executor_id: String,
+    pub(crate) worker_url: String,
+    pub(crate) last_heartbeat_age_ms: u64,
+    /// From its latest heartbeat; `None` before its first.
+    pub(crate) tasks_running: Option<u64>,
+    pub(crate) memory_used_bytes: Option<u64>,
+    /// `None` also when its pool is unbounded.
+    pub(crate) memory_limit_bytes: Option<u64>,
 }
 
 /// The live set of executors.
@@ -45,6 +69,8 @@ pub struct ExecutorRegistry {
     auth: ClusterAuth,
     /// Bumped whenever an executor leaves, so running queries can check theirs.
     departures: watch::Sender<u64>,
+    /// Executors dropped because their heartbeats stopped.
+    heartbeats_missed: AtomicU64,
 }
 
 impl ExecutorRegistry {
@@ -54,6 +80,7 @@ impl ExecutorRegistry {
             timeout,
             auth,
             departures: watch::Sender::new(0),
+            heartbeats_missed: AtomicU64::new(0),
         })
     }
 
@@ -76,6 +103,8 @@ impl ExecutorRegistry {
             Member {
                 worker_url: worker_url.clone(),
                 last_seen: Instant::now(),
+                draining: false,
+                stats: None,
             },
         );
         if previous.is_none() {
@@ -83,24 +112,50 @@ impl ExecutorRegistry {
         }
     }
 
-    /// Refreshes an executor; false if it is not a member.
-    pub fn heartbeat(&self, executor_id: &str) -> bool {
+    /// Refreshes an executor, `draining` once it shuts down; false if it is not a member.
+    pub fn heartbeat(&self, executor_id: &str, draining: bool) -> bool {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
         match members.get_mut(executor_id) {
             Some(member) if member.last_seen.elapsed() <= self.timeout => {
                 member.last_seen = Instant::now();
+                if draining && !member.draining {
+                    tracing::info!(executor_id, worker_url = %member.worker_url, "executor draining: no new tasks go to it");
+                }
+                member.draining = draining;
                 true
             }
             _ => false,
         }
     }
 
-    /// Worker URLs of the live executors, sorted.
+    /// Drops an executor that drained; false if it was not a member.
+    pub fn deregister(&self, executor_id: &str) -> bool {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let Some(member) = members.remove(executor_id) else {
+            return false;
+        };
+        tracing::info!(executor_id, worker_url = %member.worker_url, "executor left: drained");
+        drop(members);
+        self.departed();
+        true
+    }
+
+    /// Worker URLs of the live executors that take new tasks (not draining), sorted.
     pub fn live_worker_urls(&self) -> Vec<Url> {
+        self.worker_urls(false)
+    }
+
+    /// Worker URLs of every live executor, draining ones included, sorted: where running
+    /// queries' tasks may still be.
+    pub fn member_worker_urls(&self) -> Vec<Url> {
+        self.worker_urls(true)
+    }
+
+    fn worker_urls(&self, with_draining: bool) -> Vec<Url> {
         let members = self.members.read().unwrap_or_else(|e| e.into_inner());
         let mut urls: Vec<Url> = members
             .values()
-            .filter(|m| m.last_seen.elapsed() <= self.timeout)
+            .filter(|m| m.last_seen.elapsed() <= self.timeout && (with_draining || !m.draining))
             .map(|m| m.worker_url.clone())
             .collect();
         urls.sort();
@@ -120,8 +175,46 @@ impl ExecutorRegistry {
             live
         });
         if members.len() < before {
+            self.heartbeats_missed
+                .fetch_add((before - members.len()) as u64, Ordering::Relaxed);
             self.departed();
         }
+    }
+
+    /// Executors dropped from the live set because their heartbeats stopped, since start.
+    pub(crate) fn heartbeats_missed(&self) -> u64 {
+        self.heartbeats_missed.load(Ordering::Relaxed)
+    }
+
+    /// Keeps what a live executor's heartbeat reported.
+    pub(crate) fn record_stats(&self, executor_id: &str, stats: ExecutorStats) {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(member) = members.get_mut(executor_id) {
+            member.stats = Some(stats);
+        }
+    }
+
+    /// The live executors with their latest reported load, sorted by worker URL.
+    pub(crate) fn live_executors(&self) -> Vec<LiveExecutor> {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<LiveExecutor> = members
+            .iter()
+            .filter(|(_, m)| m.last_seen.elapsed() <= self.timeout)
+            .map(|(id, m)| LiveExecutor {
+                executor_id: id.clone(),
+                worker_url: m.worker_url.to_string(),
+                last_heartbeat_age_ms: m.last_seen.elapsed().as_millis() as u64,
+                tasks_running: m.stats.as_ref().map(|s| s.tasks_running),
+                memory_used_bytes: m.stats.as_ref().map(|s| s.memory_used_bytes),
+                memory_limit_bytes: m
+                    .stats
+                    .as_ref()
+                    .map(|s| s.memory_limit_bytes)
+                    .filter(|limit| *limit > 0),
+            })
+            .collect();
+        out.sort_by(|a, b| a.worker_url.cmp(&b.worker_url));
+        out
     }
 
     pub fn snapshot(&self) -> Vec<ExecutorInfo> {
@@ -133,6 +226,7 @@ impl ExecutorRegistry {
                 executor_id: id.clone(),
                 worker_url: m.worker_url.to_string(),
                 last_heartbeat_age_ms: m.last_seen.elapsed().as_millis() as u64,
+                draining: m.draining,
             })
             .collect();
         out.sort_by(|a, b| a.worker_url.cmp(&b.worker_url));
@@ -156,10 +250,11 @@ impl ExecutorRegistry {
     }
 
     /// Which of `live_at_start` are lost now: evicts executors that do not answer a probe, and
-    /// counts those whose missed heartbeats already took them out of the live set.
+    /// counts those whose missed heartbeats already took them out of the live set (a draining
+    /// executor is not lost).
     pub async fn lost_since(&self, live_at_start: &[Url]) -> Vec<Url> {
         self.evict_unreachable().await;
-        let live = self.live_worker_urls();
+        let live = self.member_worker_urls();
         live_at_start
             .iter()
             .filter(|url| !live.contains(url))
@@ -171,7 +266,7 @@ impl ExecutorRegistry {
     /// returns their worker URLs. Used when a query fails in a way a lost executor explains, so
     /// the next attempt does not wait for the heartbeat timeout.
     pub async fn evict_unreachable(&self) -> Vec<Url> {
-        let probes = self.live_worker_urls().into_iter().map(|url| async move {
+        let probes = self.member_worker_urls().into_iter().map(|url| async move {
             let alive = probe(&url, &self.auth).await;
             (url, alive)
         });
@@ -313,11 +408,23 @@ impl ClusterService for ClusterServiceImpl {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let known = self.registry.heartbeat(&req.executor_id);
+        let known = self.registry.heartbeat(&req.executor_id, req.draining);
+        if known && let Some(stats) = req.stats {
+            self.registry.record_stats(&req.executor_id, stats);
+        }
         Ok(Response::new(HeartbeatResponse {
             known,
             object_stores: self.object_stores().await,
         }))
+    }
+
+    async fn deregister_executor(
+        &self,
+        request: Request<DeregisterExecutorRequest>,
+    ) -> Result<Response<DeregisterExecutorResponse>, Status> {
+        let req = request.into_inner();
+        self.registry.deregister(&req.executor_id);
+        Ok(Response::new(DeregisterExecutorResponse {}))
     }
 
     async fn list_executors(
@@ -341,7 +448,7 @@ mod tests {
         registry.register("b", Url::parse("http://127.0.0.1:2").unwrap());
         assert_eq!(registry.live_worker_urls().len(), 2);
         std::thread::sleep(Duration::from_millis(60));
-        assert!(registry.heartbeat("a"));
+        assert!(registry.heartbeat("a", false));
         std::thread::sleep(Duration::from_millis(60));
         // b missed its deadline: not live even before the reaper runs.
         assert_eq!(
@@ -349,12 +456,27 @@ mod tests {
             vec![Url::parse("http://127.0.0.1:1").unwrap()]
         );
         assert!(
-            !registry.heartbeat("b"),
+            !registry.heartbeat("b", false),
             "an expired executor must register again"
         );
         registry.reap();
         assert_eq!(registry.snapshot().len(), 1);
-        assert!(!registry.heartbeat("unknown"));
+        assert_eq!(registry.heartbeats_missed(), 1);
+        assert_eq!(registry.live_executors()[0].tasks_running, None);
+        registry.record_stats(
+            "a",
+            ExecutorStats {
+                tasks_running: 3,
+                memory_used_bytes: 10,
+                memory_limit_bytes: 0,
+            },
+        );
+        let a = &registry.live_executors()[0];
+        assert_eq!(
+            (a.tasks_running, a.memory_used_bytes, a.memory_limit_bytes),
+            (Some(3), Some(10), None)
+        );
+        assert!(!registry.heartbeat("unknown", false));
 
         // A new incarnation on the same address replaces the old one.
         registry.register("a2", Url::parse("http://127.0.0.1:1").unwrap());
@@ -364,6 +486,34 @@ mod tests {
             .map(|e| e.executor_id)
             .collect();
         assert_eq!(ids, vec!["a2".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn draining_executors_get_no_tasks_but_are_not_lost() {
+        let registry = ExecutorRegistry::new(Duration::from_secs(60), ClusterAuth::open());
+        let a = Url::parse("http://127.0.0.1:1").unwrap();
+        let b = Url::parse("http://127.0.0.1:2").unwrap();
+        registry.register("a", a.clone());
+        registry.register("b", b.clone());
+        let departures = registry.departures();
+        assert!(registry.heartbeat("a", true));
+        assert_eq!(registry.live_worker_urls(), vec![b.clone()]);
+        assert_eq!(registry.member_worker_urls(), vec![a.clone(), b.clone()]);
+        assert!(
+            !departures.has_changed().unwrap(),
+            "draining is no departure"
+        );
+        let draining: Vec<_> = registry.snapshot().iter().map(|e| e.draining).collect();
+        assert_eq!(draining, vec![true, false]);
+
+        assert!(registry.deregister("a"));
+        assert!(departures.has_changed().unwrap());
+        assert_eq!(registry.member_worker_urls(), vec![b.clone()]);
+        assert!(!registry.deregister("a"), "deregistering twice is harmless");
+        assert!(
+            !registry.heartbeat("a", true),
+            "a drained executor is no member"
+        );
     }
 
     #[test]

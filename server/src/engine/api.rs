@@ -86,7 +86,7 @@ pub(crate) trait QueryService: Send + Sync + 'static {
 
 /// A statement that returns rows, planned ahead of its run; see [`QueryService::plan_query`].
 pub(crate) struct PlannedQuery {
-    pub(super) statement: Statement,
+    pub(crate) statement: Statement,
     /// A query's physical plan, for its first attempt; `None` for `EXPLAIN`, whose run is its
     /// planning.
     pub(super) physical: Option<Arc<dyn ExecutionPlan>>,

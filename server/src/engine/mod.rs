@@ -30,7 +30,7 @@ mod writes;
 #[cfg(test)]
 pub(crate) use api::in_process_engine;
 pub(crate) use api::{CatalogListing, PlannedQuery, QueryService, TableKind, TableListing};
-pub(crate) use statement::{Statement, StatementKind};
+pub(crate) use statement::{Procedure, Statement, StatementKind};
 pub(crate) use writes::{IfExists, IfMissing, WriteSettings};
 
 use std::sync::Arc;
@@ -195,7 +195,13 @@ impl QueryEngine {
             }
             StatementKind::Query => {
                 self.runner
-                    .stream(&self.ctx, &statement.plan, statement.schema, physical)
+                    .stream(
+                        &self.ctx,
+                        &statement.plan,
+                        statement.schema,
+                        physical,
+                        statement.tracker,
+                    )
                     .await
             }
             StatementKind::Explain { analyze } => {
@@ -244,6 +250,9 @@ impl QueryService for QueryEngine {
     async fn execute_update(&self, statement: &Statement) -> Result<i64> {
         self.check_runnable(statement)?;
         match statement.kind {
+            StatementKind::Ddl if statement.procedure.is_some() => Err(QuiverError::Internal(
+                "a CALL reached the engine: the front door runs procedures".into(),
+            )),
             StatementKind::Ddl => {
                 ddl::run(
                     &self.ctx,
@@ -299,13 +308,16 @@ impl QueryService for QueryEngine {
     /// Compares every table the plan scans (subqueries and views included) with the table of
     /// that name now: a commit, DDL or drop registers a new one (managed tables are immutable
     /// snapshots of their files, so a plan over a replaced one may read deleted files).
-    /// `information_schema` is computed when read, and its tables are built anew on every
-    /// lookup: not compared.
+    /// `information_schema` and `system` are computed when read, and their tables are built anew
+    /// on every lookup: not compared.
     async fn is_current(&self, planned: &PlannedQuery) -> bool {
         let mut scans = Vec::new();
         let walked = planned.statement.plan.apply_with_subqueries(|node| {
             if let LogicalPlan::TableScan(scan) = node
-                && scan.table_name.schema() != Some("information_schema")
+                && !matches!(
+                    scan.table_name.schema(),
+                    Some("information_schema" | "system")
+                )
             {
                 scans.push((scan.table_name.clone(), Arc::clone(&scan.source)));
             }
@@ -391,7 +403,7 @@ fn require_executors(registry: &ExecutorRegistry, plan: &LogicalPlan) -> Result<
     let reads_tables = plan
         .exists(|node| {
             Ok(matches!(node, LogicalPlan::TableScan(scan)
-                if scan.table_name.schema() != Some("information_schema")))
+                if !matches!(scan.table_name.schema(), Some("information_schema" | "system"))))
         })
         .unwrap_or(true);
     if reads_tables && registry.live_worker_urls().is_empty() {

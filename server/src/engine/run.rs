@@ -44,6 +44,7 @@ use crate::cluster::distributed::{self, TaskPlacements};
 use crate::cluster::membership::ExecutorRegistry;
 use crate::error::{QuiverError, Result, datafusion_status, to_datafusion};
 use crate::ids::AttemptId;
+use crate::ops::queries::QueryHandle;
 use crate::resources::{Admission, QueryMemory, Slot};
 
 use super::{QueryStream, ResultPart};
@@ -133,9 +134,16 @@ impl PlanRunner {
         plan: &LogicalPlan,
         schema: SchemaRef,
         planned: Option<Arc<dyn ExecutionPlan>>,
+        tracker: Option<QueryHandle>,
     ) -> Result<QueryStream> {
         let deadline = self.deadline();
+        if let Some(tracker) = &tracker {
+            tracker.queued();
+        }
         let slot = self.admit(deadline).await?;
+        if let Some(tracker) = &tracker {
+            tracker.admitted();
+        }
         let physical = match planned {
             Some(physical) => physical,
             None => {
@@ -158,6 +166,9 @@ impl PlanRunner {
                     None => state.create_physical_plan(&plan).await?,
                 };
                 let attempt = attempts.start(&state, physical, Some(&announced))?;
+                if let Some(tracker) = &tracker {
+                    tracker.attempt(&attempt.physical, &attempt.placements);
+                }
                 let placements = attempt.placements;
                 let mut batches = attempt.parts;
                 let first = match deadline.run(batches.next()).await? {
@@ -391,7 +402,8 @@ fn fail_on_departure(
                             let item = stream.next().await;
                             return item.map(|item| (item, None));
                         }
-                        let live = registry.live_worker_urls();
+                        // Draining executors still run the tasks they have.
+                        let live = registry.member_worker_urls();
                         let lost: Vec<Url> = placements
                             .executors()
                             .into_iter()

@@ -8,7 +8,8 @@
 //! BY (col, …)` (Hive syntax, which DataFusion does not plan) is taken apart here: the partition
 //! columns are kept on the statement and the rest planned as usual. Statements Quiver does not
 //! run are refused here with a code that says why: `SET`/`RESET` are `PermissionDenied`,
-//! temporary objects, other DDL and DML `Unimplemented`.
+//! temporary objects, other DDL and DML `Unimplemented`. `CALL system.cancel_query('id')` is a
+//! [`Procedure`]: planned here, run by the front door (which knows who calls it) as an update.
 
 use std::sync::Arc;
 
@@ -16,10 +17,12 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::EmptyRelation;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as LogicalStatement, WriteOp};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    DataType as SqlDataType, HiveDistributionStyle, Statement as SqlStatement,
+    DataType as SqlDataType, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    HiveDistributionStyle, Statement as SqlStatement, Value as SqlValue,
 };
 
 use crate::arrow_compat::{plain_schema, plain_type};
@@ -47,11 +50,22 @@ impl StatementKind {
     }
 }
 
+/// A built-in procedure (`CALL system.…`); the front door runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Procedure {
+    /// `CALL system.cancel_query('id')`.
+    CancelQuery(String),
+}
+
 /// A planned statement.
 #[derive(Debug, Clone)]
 pub(crate) struct Statement {
     pub(crate) sql: String,
     pub(crate) kind: StatementKind,
+    /// A `CALL` of a built-in procedure (then `kind` is `Ddl` and `plan` empty).
+    pub(crate) procedure: Option<Procedure>,
+    /// The query log's entry of the statement's run, set by the front door when it runs it.
+    pub(crate) tracker: Option<crate::ops::queries::QueryHandle>,
     /// The schema clients receive.
     pub(crate) schema: SchemaRef,
     /// Placeholders still to bind, in position order (`$1`, `$2`, ...).
@@ -72,6 +86,24 @@ impl Statement {
         let numbered = number_placeholders(sql);
         let dialect = state.config().options().sql_parser.dialect;
         let mut parsed = state.sql_to_statement(&numbered, &dialect)?;
+        if let Some(procedure) = procedure(&parsed)? {
+            let plan = LogicalPlan::EmptyRelation(EmptyRelation {
+                produce_one_row: false,
+                schema: Arc::new(datafusion::common::DFSchema::empty()),
+            });
+            return Ok(Self {
+                sql: sql.to_string(),
+                kind: StatementKind::Ddl,
+                procedure: Some(procedure),
+                tracker: None,
+                schema: Arc::new(Schema::empty()),
+                parameters: Vec::new(),
+                typed: Vec::new(),
+                plan,
+                partition_by: Vec::new(),
+                target_file_bytes: None,
+            });
+        }
         let partition_by = take_partition_by(&mut parsed)?;
         let plan = state.statement_to_plan(parsed).await?;
         let kind = classify(&plan)?;
@@ -84,6 +116,8 @@ impl Statement {
         Ok(Self {
             sql: sql.to_string(),
             kind,
+            procedure: None,
+            tracker: None,
             schema,
             parameters,
             typed,
@@ -210,6 +244,39 @@ pub(super) fn classify(plan: &LogicalPlan) -> Result<StatementKind> {
 /// Removes the Hive `PARTITIONED BY (col, …)` clause of a `CREATE TABLE` (DataFusion refuses to
 /// plan it) and returns its column names. Types given there must be the column's own: the
 /// columns are declared in the column list (or come from the query).
+/// The built-in procedure a `CALL` statement names; `None` for every other statement.
+fn procedure(statement: &DFStatement) -> Result<Option<Procedure>> {
+    let DFStatement::Statement(inner) = statement else {
+        return Ok(None);
+    };
+    let SqlStatement::Call(call) = inner.as_ref() else {
+        return Ok(None);
+    };
+    let name = call.name.to_string().to_ascii_lowercase();
+    if name != "system.cancel_query" && name != "quiver.system.cancel_query" {
+        return Err(QuiverError::NotFound(format!(
+            "no procedure {}: the one procedure is system.cancel_query('<query id>')",
+            call.name
+        )));
+    }
+    let usage = || {
+        QuiverError::InvalidArgument(
+            "system.cancel_query takes one argument, the query id as a string literal".into(),
+        )
+    };
+    let FunctionArguments::List(list) = &call.args else {
+        return Err(usage());
+    };
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(value)))] = list.args.as_slice()
+    else {
+        return Err(usage());
+    };
+    match &value.value {
+        SqlValue::SingleQuotedString(id) => Ok(Some(Procedure::CancelQuery(id.clone()))),
+        _ => Err(usage()),
+    }
+}
+
 fn take_partition_by(statement: &mut DFStatement) -> Result<Vec<String>> {
     let inner = match statement {
         DFStatement::Statement(inner) => inner,

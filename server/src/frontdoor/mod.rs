@@ -84,9 +84,13 @@ use quiver_proto::frontdoor::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{IfExists, IfMissing};
-use crate::engine::{PlannedQuery, QueryService, QueryStream, ResultPart, Statement, TableKind};
+use crate::engine::{
+    PlannedQuery, Procedure, QueryService, QueryStream, ResultPart, Statement, TableKind,
+};
 use crate::error::{QuiverError, Result};
 use crate::ids::{QueryId, StatementId};
+use crate::logs;
+use crate::ops::queries::{Caller, QueryHandle, QueryLog};
 use crate::planner::settings::{CATALOG_NAME, SCHEMA_NAME};
 use crate::security::auth::{Identity, IssuedToken, SESSION_COOKIE, random_id};
 use crate::security::ipc_guard;
@@ -103,6 +107,8 @@ pub(crate) struct FrontDoor {
     bindings: Bindings,
     /// Queries planned at `GetFlightInfo`, for the `DoGet` of their tickets.
     plans: PlanCache<PlannedQuery>,
+    /// Every statement run, for `system.queries`, the status page and cancel by id.
+    log: Arc<QueryLog>,
     /// Most bytes one client IPC message may decode to (decompressed buffers included).
     max_decoded_bytes: usize,
 }
@@ -129,6 +135,7 @@ impl FrontDoor {
             running: RunningQueries::default(),
             bindings: Bindings::default(),
             plans: PlanCache::default(),
+            log: Arc::new(QueryLog::default()),
             max_decoded_bytes: DEFAULT_MAX_MESSAGE_BYTES * MAX_COMPRESSION_RATIO,
         })
     }
@@ -143,6 +150,12 @@ impl FrontDoor {
             statement.parameters = self.bindings.get(id);
         }
         Ok(statement)
+    }
+
+    /// Records every statement in `log` (the coordinator's one log).
+    pub(crate) fn with_query_log(mut self, log: Arc<QueryLog>) -> Self {
+        self.log = log;
+        self
     }
 
     /// The tonic service to mount on the coordinator's server.
@@ -170,33 +183,59 @@ impl FrontDoor {
         &self,
         bound: BoundSql,
         session: Option<String>,
-        user: Option<String>,
+        caller: Caller,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let statement = self
-            .plan(&bound)
-            .await?
-            .with_target_file_bytes(self.sessions.target_file_bytes(session.as_deref()));
-        self.engine.check_runnable(&statement)?;
-        let schema = Arc::clone(&statement.schema);
         let query_id = QueryId::random();
+        let planned = logs::in_query(&query_id, self.plan(&bound))
+            .await
+            .and_then(|statement| {
+                let statement = statement
+                    .with_target_file_bytes(self.sessions.target_file_bytes(session.as_deref()));
+                self.engine.check_runnable(&statement)?;
+                Ok(statement)
+            });
+        let statement = match planned {
+            Ok(statement) => statement,
+            Err(e) => {
+                // A statement refused before it runs is logged too: it failed with its code.
+                self.log
+                    .start(query_id.as_str(), caller.user.clone(), &bound.sql)
+                    .end(Err(&e.to_status()));
+                return Err(e.into());
+            }
+        };
+        let schema = Arc::clone(&statement.schema);
         // ADBC (and most clients) never fetch a result without columns: DDL and writes run
         // here, once, and report their row count as the result's total_records.
         let updated = if statement.kind.is_update() {
-            Some(self.engine.execute_update(&statement).await?)
+            let handle = self
+                .log
+                .start(query_id.as_str(), caller.user.clone(), &bound.sql);
+            Some(logs::in_query(&query_id, self.logged_update(&statement, &caller, &handle)).await?)
         } else {
-            let planned = self.engine.plan_query(statement).await?;
+            let planned = match logs::in_query(&query_id, self.engine.plan_query(statement)).await {
+                Ok(planned) => planned,
+                Err(e) => {
+                    self.log
+                        .start(query_id.as_str(), caller.user.clone(), &bound.sql)
+                        .end(Err(&e.to_status()));
+                    return Err(e.into());
+                }
+            };
             self.plans
-                .insert(query_id.clone(), PlanKey::new(&bound, user), planned);
+                .insert(query_id.clone(), PlanKey::new(&bound, caller.user), planned);
             None
         };
+        let app_metadata = serde_json::json!({ "query_id": query_id.as_str() }).to_string();
         let ticket = TicketStatementQuery {
             statement_handle: handles::encode_ticket(&QueryTicket {
                 statement: bound,
                 query_id: Some(query_id),
             })?,
         };
-        let mut info = flight_info(&schema, ticket.as_any(), descriptor)?;
+        let mut info =
+            flight_info(&schema, ticket.as_any(), descriptor)?.with_app_metadata(app_metadata);
         if let Some(rows) = updated {
             info = info.with_total_records(rows);
         }
@@ -213,18 +252,46 @@ impl FrontDoor {
         query_id: Option<QueryId>,
         user: Option<String>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let result = match self.planned(query_id.as_ref(), &bound, user).await {
-            Some(planned) => self.engine.execute_planned(planned).await?,
-            None => {
-                let statement = self.plan(&bound).await?;
-                if statement.kind.is_update() {
-                    QueryStream::from_batches(statement.schema, stream::empty().boxed())
-                } else {
-                    self.engine.execute(statement).await?
+        // A prepared statement's direct DoGet has no id of its own: its log lines get one.
+        let log_id = query_id.clone().unwrap_or_else(QueryId::random);
+        logs::query_span(&log_id)
+            .in_scope(|| tracing::info!(user = user.as_deref().unwrap_or(""), "query started"));
+        let (started, handle) = match self.planned(query_id.as_ref(), &bound, user.clone()).await {
+            Some(mut planned) => {
+                let handle = self.log.start(log_id.as_str(), user, &bound.sql);
+                planned.statement.tracker = Some(handle.clone());
+                (
+                    logs::in_query(&log_id, self.engine.execute_planned(planned)).await,
+                    handle,
+                )
+            }
+            None => match self.plan(&bound).await {
+                // The update ran (and was logged) at GetFlightInfo.
+                Ok(statement) if statement.kind.is_update() => {
+                    return Ok(Response::new(encode(QueryStream::from_batches(
+                        statement.schema,
+                        stream::empty().boxed(),
+                    ))));
                 }
+                Ok(mut statement) => {
+                    let handle = self.log.start(log_id.as_str(), user, &bound.sql);
+                    statement.tracker = Some(handle.clone());
+                    (
+                        logs::in_query(&log_id, self.engine.execute(statement)).await,
+                        handle,
+                    )
+                }
+                Err(e) => (Err(e), self.log.start(log_id.as_str(), user, &bound.sql)),
+            },
+        };
+        let result = match started {
+            Ok(result) => result,
+            Err(e) => {
+                handle.end(Err(&e.to_status()));
+                return Err(e.into());
             }
         };
-        let encoded = encode(result);
+        let encoded = logs::in_query(&log_id, logged(handle, encode(result))).boxed();
         let Some(query_id) = query_id else {
             return Ok(Response::new(encoded));
         };
@@ -259,6 +326,26 @@ impl FrontDoor {
         &self,
         bound: BoundSql,
         session: Option<String>,
+        caller: Caller,
+        values: Vec<RecordBatch>,
+    ) -> Result<i64> {
+        let handle = self
+            .log
+            .start(QueryId::random().as_str(), caller.user.clone(), &bound.sql);
+        let run = self.run_update_rows(bound, session, &caller, values);
+        let outcome = tokio::select! {
+            outcome = run => outcome,
+            _ = handle.cancelled() => Err(cancelled_by_request()),
+        };
+        end_update(&handle, &outcome);
+        outcome
+    }
+
+    async fn run_update_rows(
+        &self,
+        bound: BoundSql,
+        session: Option<String>,
+        caller: &Caller,
         values: Vec<RecordBatch>,
     ) -> Result<i64> {
         let target_file_bytes = self.sessions.target_file_bytes(session.as_deref());
@@ -272,7 +359,7 @@ impl FrontDoor {
                 .plan(&bound)
                 .await?
                 .with_target_file_bytes(target_file_bytes);
-            return self.engine.execute_update(&statement).await;
+            return self.update(&statement, caller).await;
         }
         // Planned once; each row binds a copy.
         let statement = self
@@ -283,9 +370,50 @@ impl FrontDoor {
         let mut total = 0i64;
         for row in rows {
             let bound_row = self.engine.bind(statement.clone(), &row)?;
-            total = total.saturating_add(self.engine.execute_update(&bound_row).await?);
+            total = total.saturating_add(self.update(&bound_row, caller).await?);
         }
         Ok(total)
+    }
+
+    /// Runs an update (a `CALL` of a procedure included) for `caller`.
+    async fn update(&self, statement: &Statement, caller: &Caller) -> Result<i64> {
+        match &statement.procedure {
+            Some(Procedure::CancelQuery(id)) => {
+                self.log.cancel(id, caller)?;
+                Ok(1)
+            }
+            None => self.engine.execute_update(statement).await,
+        }
+    }
+
+    /// Runs an update under its log entry `handle`: cancelling the entry stops it, and the entry
+    /// ends with the update.
+    async fn logged_update(
+        &self,
+        statement: &Statement,
+        caller: &Caller,
+        handle: &QueryHandle,
+    ) -> Result<i64> {
+        let outcome = tokio::select! {
+            outcome = self.update(statement, caller) => outcome,
+            _ = handle.cancelled() => Err(cancelled_by_request()),
+        };
+        end_update(handle, &outcome);
+        outcome
+    }
+
+    /// Who sends a request (for the query log and its permission rule).
+    fn caller<T>(request: &Request<T>) -> Caller {
+        match request.extensions().get::<Identity>() {
+            Some(identity) => Caller {
+                user: identity.user.clone(),
+                admin: identity.admin,
+            },
+            None => Caller {
+                user: None,
+                admin: false,
+            },
+        }
     }
 
     /// The session key of a request: its token's session, or its session cookie.
@@ -335,6 +463,7 @@ impl FrontDoor {
         request: Request<arrow_flight::Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
         let key = Self::session_key(&request);
+        let caller = Self::caller(&request);
         let action = request.into_inner();
         let malformed =
             |what: &str| QuiverError::InvalidArgument(format!("malformed {what} request body"));
@@ -373,6 +502,20 @@ impl FrontDoor {
                     status: CancelStatus::Cancelled as i32,
                 }
                 .encode_to_vec()
+            }
+            QUERY_STATUS => {
+                let id = query_id_body(&action.body)?;
+                let info = self
+                    .log
+                    .get(id)
+                    .ok_or_else(|| QuiverError::NotFound(format!("no query with id {id}")))?;
+                serde_json::to_vec(&info)
+                    .map_err(|e| QuiverError::Internal(format!("encoding query status: {e}")))?
+            }
+            CANCEL_QUERY_BY_ID => {
+                let id = query_id_body(&action.body)?;
+                self.log.cancel(id, &caller)?;
+                b"{\"cancelled\":true}".to_vec()
             }
             other => {
                 return Err(
@@ -421,6 +564,69 @@ const SET_SESSION_OPTIONS: &str = "SetSessionOptions";
 const GET_SESSION_OPTIONS: &str = "GetSessionOptions";
 const CLOSE_SESSION: &str = "CloseSession";
 const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+/// Quiver's actions (bodies: a query id, UTF-8): a query's `system.queries` row as JSON, and
+/// cancel by id (its user or an admin). Flight SQL's own `CancelQuery` takes a FlightInfo.
+const QUERY_STATUS: &str = "QueryStatus";
+const CANCEL_QUERY_BY_ID: &str = "CancelQueryById";
+
+fn query_id_body(body: &[u8]) -> Result<&str> {
+    std::str::from_utf8(body)
+        .map(str::trim)
+        .ok()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| QuiverError::InvalidArgument("the action's body must be a query id".into()))
+}
+
+fn cancelled_by_request() -> QuiverError {
+    QuiverError::Cancelled("the query was cancelled on request".into())
+}
+
+/// Ends an update's log entry with its outcome (its rows written on success).
+fn end_update(handle: &QueryHandle, outcome: &Result<i64>) {
+    match outcome {
+        Ok(rows) => {
+            handle.sent(u64::try_from(*rows).unwrap_or(0), 0);
+            handle.end(Ok(()));
+        }
+        Err(e) => handle.end(Err(&e.to_status())),
+    }
+}
+
+/// A query's result stream, recorded in its log entry: rows and bytes as they go, its end or
+/// error. Cancelling the entry ends the stream with `Cancelled` (dropping the query's stream,
+/// which stops its work); a client hang-up drops it, and the entry ends as cancelled.
+fn logged(handle: QueryHandle, results: DoGetStream) -> DoGetStream {
+    let stop = handle.cancelled();
+    let recorder = handle.clone();
+    let counted = results.map(move |item| {
+        match &item {
+            Ok(data) => recorder.sent(batch_rows(data), data.data_body.len() as u64),
+            Err(status) => recorder.end(Err(status)),
+        }
+        item
+    });
+    let tail = stream::once(async move {
+        if handle.is_cancelled() {
+            let status = cancelled_by_request().to_status();
+            handle.end(Err(&status));
+            Some(Err(status))
+        } else {
+            handle.end(Ok(()));
+            None
+        }
+    })
+    .filter_map(|item| async move { item });
+    counted.take_until(stop).chain(tail).boxed()
+}
+
+/// The rows of a record batch message (0 for schema and dictionary messages).
+fn batch_rows(data: &arrow_flight::FlightData) -> u64 {
+    arrow::ipc::root_as_message(&data.data_header)
+        .ok()
+        .and_then(|m| m.header_as_record_batch())
+        .map(|b| u64::try_from(b.length()).unwrap_or(0))
+        .unwrap_or(0)
+}
 /// `ActionCancelQueryResult.CancelResult.CANCEL_RESULT_CANCELLED` (arrow-flight does not export
 /// the enum).
 const CANCEL_RESULT_CANCELLED: i32 = 1;
@@ -569,11 +775,11 @@ impl FlightSqlService for FrontDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let session = Self::session_key(&request);
-        let user = Self::user(&request);
+        let caller = Self::caller(&request);
         self.statement_info(
             BoundSql::new(query.query),
             session,
-            user,
+            caller,
             request.into_inner(),
         )
         .await
@@ -587,8 +793,8 @@ impl FlightSqlService for FrontDoor {
         // Its ticket is a statement ticket like any other: its DoGet runs the plan made here.
         let bound = self.resolve_prepared(&cmd.prepared_statement_handle)?;
         let session = Self::session_key(&request);
-        let user = Self::user(&request);
-        self.statement_info(bound, session, user, request.into_inner())
+        let caller = Self::caller(&request);
+        self.statement_info(bound, session, caller, request.into_inner())
             .await
     }
 
@@ -734,7 +940,13 @@ impl FlightSqlService for FrontDoor {
             .prepare(&command.query)
             .await?
             .with_target_file_bytes(session);
-        Ok(self.engine.execute_update(&statement).await?)
+        let caller = Self::caller(&request);
+        let handle = self.log.start(
+            QueryId::random().as_str(),
+            caller.user.clone(),
+            &command.query,
+        );
+        Ok(self.logged_update(&statement, &caller, &handle).await?)
     }
 
     /// Runs a prepared update; parameter rows sent with it run it once each.
@@ -745,8 +957,9 @@ impl FlightSqlService for FrontDoor {
     ) -> Result<i64, Status> {
         let bound = self.resolve_prepared(&command.prepared_statement_handle)?;
         let session = Self::session_key(&request);
+        let caller = Self::caller(&request);
         let values = read_batches(request, self.max_decoded_bytes).await?;
-        Ok(self.run_update(bound, session, values).await?)
+        Ok(self.run_update(bound, session, caller, values).await?)
     }
 
     /// Bulk ingest: the client's batches become a Parquet file of a managed table, committed
@@ -847,12 +1060,23 @@ impl FlightSqlService for FrontDoor {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<arrow_flight::Action>,
+        request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         if query.transaction_id.is_some() {
             return Err(transactions_unsupported().into());
         }
-        let statement = self.engine.prepare(&query.query).await?;
+        let statement = match self.engine.prepare(&query.query).await {
+            Ok(statement) => statement,
+            Err(e) => {
+                // Clients that prepare every statement (ADBC, JDBC) fail here: logged like a
+                // statement refused at GetFlightInfo, so it counts under its code.
+                let caller = Self::caller(&request);
+                self.log
+                    .start(QueryId::random().as_str(), caller.user, &query.query)
+                    .end(Err(&e.to_status()));
+                return Err(e.into());
+            }
+        };
         let handle = PreparedHandle {
             statement: BoundSql::new(query.query),
             id: Some(StatementId::random()),

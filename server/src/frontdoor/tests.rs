@@ -853,6 +853,7 @@ async fn tickets_without_their_plan_are_planned_from_their_own_sql() {
     let other_user = Identity {
         user: Some("mallory".into()),
         session: None,
+        admin: false,
     };
     let (_, batches) = fetch_as(&door, only_ticket(&info), Some(other_user))
         .await
@@ -911,4 +912,58 @@ async fn a_cancelled_ticket_drops_its_plan() {
         .await
         .expect_err("cancelled ticket");
     assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+}
+
+#[tokio::test]
+async fn statements_are_logged_under_the_id_their_flight_info_names() {
+    let (_dir, door) = front_door();
+    let info = statement_info(&door, "SELECT 1 AS a UNION ALL SELECT 2")
+        .await
+        .expect("plans");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&info.app_metadata).expect("app_metadata is JSON");
+    let id = metadata["query_id"]
+        .as_str()
+        .expect("a query id")
+        .to_string();
+    // Announced, not run yet: not in the log.
+    let unknown = action(&door, QUERY_STATUS, id.clone().into_bytes()).await;
+    assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
+    fetch(&door, only_ticket(&info)).await.expect("runs");
+    let [status] = action(&door, QUERY_STATUS, id.clone().into_bytes())
+        .await
+        .expect("status")
+        .try_into()
+        .expect("one result");
+    let status: serde_json::Value = serde_json::from_slice(&status).expect("JSON");
+    assert_eq!(status["state"], "finished");
+    assert_eq!(status["rows"], 2);
+    assert!(status["explain_analyze"].as_str().is_some(), "{status}");
+
+    // A failure keeps its code; an update is logged at GetFlightInfo, where it runs.
+    assert!(run_sql(&door, "SELECT * FROM nope").await.is_err());
+    statement_info(&door, "CREATE VIEW v AS SELECT 1 AS x")
+        .await
+        .expect("DDL runs");
+    let snapshot = door.log.snapshot();
+    assert!(snapshot.running.is_empty(), "{:?}", snapshot.running);
+    let states: Vec<(&str, &str, Option<&str>)> = snapshot
+        .recent
+        .iter()
+        .map(|i| (i.sql.as_str(), i.state, i.error_code.as_deref()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("CREATE VIEW v AS SELECT 1 AS x", "finished", None),
+            ("SELECT * FROM nope", "failed", Some("NOT_FOUND")),
+            ("SELECT 1 AS a UNION ALL SELECT 2", "finished", None),
+        ]
+    );
+    let bad = action(&door, CANCEL_QUERY_BY_ID, Vec::new()).await;
+    assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
+    let call = statement_info(&door, "CALL system.cancel_query('gone')").await;
+    assert_eq!(call.unwrap_err().code(), Code::NotFound);
+    let other = statement_info(&door, "CALL system.drop_everything()").await;
+    assert_eq!(other.unwrap_err().code(), Code::NotFound);
 }

@@ -3,6 +3,10 @@
 //! One port serves both the Flight SQL service (clients) and `quiver.cluster.v1.ClusterService`
 //! (executors). Queries are planned with the distributed planner over the live executor set and
 //! their head stage runs here, streaming to the client.
+//!
+//! Drain ([`RunningCoordinator::drain`], on SIGTERM): new queries are refused with `Unavailable`
+//! ("the coordinator is shutting down"), running ones may finish for up to `drain_grace`, then
+//! the server stops, letting calls in flight end.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +25,11 @@ use crate::engine::{QueryEngine, QueryLimits, WriteSettings};
 use crate::error::{QuiverError, Result};
 use crate::frontdoor::FrontDoor;
 use crate::node::net::{self, ServerHandle};
+use crate::ops::http::{self, AdminServer, CoordinatorView, HttpListen};
+use crate::ops::metrics::{CoordinatorMetrics, NodeMetrics, NodeValues};
+use crate::ops::progress;
+use crate::ops::queries::QueryLog;
+use crate::ops::system_tables::{SYSTEM_SCHEMA, SystemSchema};
 use crate::planner::settings;
 use crate::resources::{Admission, QueryMemory, ResourceLimits};
 use crate::security::auth::{AuthConfig, Authenticated, Authenticator};
@@ -84,6 +93,12 @@ pub struct CoordinatorConfig {
     pub max_queued_queries: usize,
     /// The cluster secret: required of executors' membership calls, signs calls to executors.
     pub cluster_auth: ClusterAuth,
+    /// How long a drain lets running queries finish.
+    pub drain_grace: Duration,
+    /// The admin HTTP port (metrics, health, the status page); `None`: none.
+    pub http: Option<HttpListen>,
+    /// Labels this node's metrics (`node="..."`), for several nodes in one process.
+    pub node_name: Option<String>,
 }
 
 /// PEM files of a TLS identity.
@@ -135,12 +150,101 @@ impl CoordinatorConfig {
                 self.listen
             )));
         }
+        if let Some(http) = &self.http {
+            http::check_coordinator_exposure(http, self.auth.is_some(), self.insecure)?;
+        }
         if self.max_message_bytes < 4 * 1024 * 1024 {
             return Err(QuiverError::InvalidArgument(
                 "--max-message-bytes must be at least 4 MiB (gRPC's default)".into(),
             ));
         }
         Ok(())
+    }
+
+    /// What start-up checks before it binds (`quiver coordinator --check`): [`Self::validate`],
+    /// the users and token settings of `[auth]`, the TLS files, the catalog file and the
+    /// warehouse location. Binds, writes and contacts nothing. Returns the effective settings,
+    /// secrets left out.
+    pub fn check(&self) -> Result<Vec<(&'static str, String)>> {
+        self.validate()?;
+        if let Some(auth) = &self.auth {
+            Authenticator::new(auth)?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.server_config()?;
+        }
+        let catalog = Catalog::load(self.catalog.clone(), self.tables.clone())?;
+        if let Some(warehouse) = &self.warehouse {
+            crate::storage::object_stores::store_root(warehouse)?;
+        }
+        let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+        let ms = |d: Option<Duration>| or_none(d.map(|d| format!("{} ms", d.as_millis())));
+        Ok(vec![
+            ("listen", self.listen.to_string()),
+            (
+                "http_listen",
+                or_none(self.http.as_ref().map(|h| h.listen.to_string())),
+            ),
+            (
+                "address_file",
+                or_none(self.address_file.as_ref().map(|p| p.display().to_string())),
+            ),
+            ("tls", self.tls.is_some().to_string()),
+            (
+                "auth",
+                match &self.auth {
+                    Some(auth) => format!("on, {} users", auth.users.len()),
+                    None => "off".into(),
+                },
+            ),
+            (
+                "cluster_secret",
+                if self.cluster_auth.is_open() {
+                    "none"
+                } else {
+                    "set"
+                }
+                .into(),
+            ),
+            ("insecure", self.insecure.to_string()),
+            (
+                "catalog",
+                or_none(catalog.path().map(|p| p.display().to_string())),
+            ),
+            ("flag_tables", self.tables.len().to_string()),
+            ("warehouse", or_none(self.warehouse.clone())),
+            (
+                "executor_timeout",
+                format!("{} ms", self.executor_timeout.as_millis()),
+            ),
+            (
+                "heartbeat_interval",
+                format!("{} ms", self.heartbeat_interval.as_millis()),
+            ),
+            ("target_partitions", self.target_partitions.to_string()),
+            (
+                "scan_bytes_per_partition",
+                self.scan_bytes_per_partition.to_string(),
+            ),
+            ("query_timeout", ms(self.query_timeout)),
+            ("stage_timeout", ms(self.stage_timeout)),
+            (
+                "max_concurrent_queries",
+                self.max_concurrent_queries.to_string(),
+            ),
+            ("max_queued_queries", self.max_queued_queries.to_string()),
+            ("max_message_bytes", self.max_message_bytes.to_string()),
+            ("target_file_bytes", self.target_file_bytes.to_string()),
+            (
+                "memory_limit",
+                or_none(self.limits.memory_limit.map(|m| m.to_string())),
+            ),
+            (
+                "query_memory_limit",
+                or_none(self.limits.query_memory_limit.map(|m| m.to_string())),
+            ),
+            ("drain_grace", format!("{} s", self.drain_grace.as_secs())),
+        ])
     }
 }
 
@@ -152,15 +256,30 @@ pub struct RunningCoordinator {
     /// The plaintext loopback cluster-service address, when there is one.
     local_cluster_addr: Option<SocketAddr>,
     registry: Arc<ExecutorRegistry>,
+    /// The admin HTTP port's address, when it has one.
+    pub http_addr: Option<SocketAddr>,
+    /// What an admin port of this coordinator serves.
+    admin_view: CoordinatorView,
     server: ServerHandle,
-    _local_cluster_server: Option<ServerHandle>,
+    _admin: Option<AdminServer>,
+    local_cluster_server: Option<ServerHandle>,
+    admission: Admission,
+    drain_grace: Duration,
     _reaper: AbortOnDrop,
     _collector: AbortOnDrop,
+    _progress: AbortOnDrop,
 }
+
+/// How long the server may finish calls in flight once the queries have ended.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 impl RunningCoordinator {
     pub fn registry(&self) -> &Arc<ExecutorRegistry> {
         &self.registry
+    }
+
+    pub(crate) fn admin_view(&self) -> CoordinatorView {
+        self.admin_view.clone()
     }
 
     /// The URL clients use.
@@ -177,9 +296,58 @@ impl RunningCoordinator {
         }
     }
 
-    /// Runs until the server stops.
-    pub async fn wait(self) -> Result<()> {
+    /// Runs until the server stops (an error). Cancel-safe: stop waiting to [`Self::drain`].
+    pub async fn wait(&mut self) -> Result<()> {
         self.server.wait().await
+    }
+
+    /// How long [`Self::drain`] lets running queries finish.
+    pub fn drain_grace(&self) -> Duration {
+        self.drain_grace
+    }
+
+    /// First step of a drain: every new query is refused with `Unavailable` from now on.
+    pub fn stop_admitting(&self) {
+        self.admission.close();
+        tracing::info!(
+            running = self.admission.running(),
+            grace_secs = self.drain_grace.as_secs_f64(),
+            "draining: refusing new queries, letting running ones finish"
+        );
+    }
+
+    /// Waits until no admitted query runs, or until `deadline`; true if none runs.
+    pub async fn queries_ended(&self, deadline: tokio::time::Instant) -> bool {
+        let ended = tokio::time::timeout_at(deadline, self.admission.idle())
+            .await
+            .is_ok();
+        if ended {
+            tracing::info!("drained: no query running");
+        } else {
+            tracing::warn!(
+                running = self.admission.running(),
+                "drain grace period over: stopping with queries still running"
+            );
+        }
+        ended
+    }
+
+    /// Stops serving, letting calls in flight end (briefly).
+    pub async fn shutdown(self) {
+        if let Some(local) = self.local_cluster_server {
+            local.shutdown(SHUTDOWN_LIMIT).await;
+        }
+        self.server.shutdown(SHUTDOWN_LIMIT).await;
+        tracing::info!("coordinator stopped");
+    }
+
+    /// Shuts down gracefully (see the module doc).
+    pub async fn drain(self) -> Result<()> {
+        self.stop_admitting();
+        self.queries_ended(tokio::time::Instant::now() + self.drain_grace)
+            .await;
+        self.shutdown().await;
+        Ok(())
     }
 }
 
@@ -207,17 +375,36 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
     }
     let session_config = settings::session_config(target_partitions)?;
     let runtime = config.limits.runtime_env()?;
+    let admission = Admission::new(config.max_concurrent_queries, config.max_queued_queries);
+    let load = admission.load();
+    let metrics = NodeMetrics::new(
+        &runtime,
+        config.node_name.as_deref(),
+        NodeValues {
+            // The coordinator runs the head stage of each query it admitted.
+            tasks_running: {
+                let load = load.clone();
+                Box::new(move || load.running() as u64)
+            },
+            heartbeats_missed: {
+                let registry = Arc::clone(&registry);
+                Box::new(move || registry.heartbeats_missed())
+            },
+        },
+    )?;
+    let query_metrics = CoordinatorMetrics::register(&metrics, load, Arc::clone(&registry))?;
     let memory = Arc::new(QueryMemory::new(
         Arc::clone(&runtime),
         config.limits.query_memory_limit,
     ));
-    let state = distributed::coordinator_state(
+    let state = distributed::metered_coordinator_state(
         session_config,
         runtime,
         Arc::clone(&registry),
         config.scan_bytes_per_partition,
         config.shuffle_compression,
         config.cluster_auth.clone(),
+        metrics.traffic(),
     )?;
     let ctx = SessionContext::new_with_state(state);
 
@@ -226,6 +413,22 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         config.tables.clone(),
     )?);
     catalog.register_all(&ctx).await?;
+    let query_log = Arc::new(QueryLog::default());
+    query_log.add_observer(query_metrics);
+    ctx.catalog(settings::CATALOG_NAME)
+        .ok_or_else(|| QuiverError::Internal("the session has no quiver catalog".into()))?
+        .register_schema(
+            SYSTEM_SCHEMA,
+            Arc::new(SystemSchema::new(
+                Arc::clone(&query_log),
+                Arc::clone(&registry),
+            )),
+        )?;
+    let progress = progress::spawn(
+        Arc::clone(&query_log),
+        Arc::clone(&registry),
+        config.cluster_auth.clone(),
+    );
     if catalog.path().is_none() {
         tracing::warn!(
             "no --catalog file: tables created with SQL last until the coordinator restarts"
@@ -262,7 +465,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
             },
         },
         warehouse,
-        Admission::new(config.max_concurrent_queries, config.max_queued_queries),
+        admission.clone(),
         config.locations.clone(),
     ));
     let authenticator = config
@@ -271,7 +474,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         .map(Authenticator::new)
         .transpose()?
         .map(Arc::new);
-    let front_door = FrontDoor::new(engine)?;
+    let front_door = FrontDoor::new(engine)?.with_query_log(Arc::clone(&query_log));
     let cluster = Arc::new(ClusterServiceImpl::new(
         Arc::clone(&registry),
         catalog,
@@ -291,7 +494,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
     let router = builder
         .add_service(Authenticated::new(
             front_door.into_service(config.max_message_bytes),
-            authenticator,
+            authenticator.clone(),
         ))
         .add_service(Verified::new(
             ClusterServiceServer::from_arc(Arc::clone(&cluster)),
@@ -313,6 +516,18 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
     } else {
         (None, None)
     };
+    let admin_view = CoordinatorView {
+        metrics,
+        registry: Arc::clone(&registry),
+        queries: Arc::clone(&query_log),
+        auth: authenticator,
+        local_executors: Vec::new(),
+    };
+    // Up before the address file says the coordinator serves.
+    let admin = match &config.http {
+        Some(http) => Some(AdminServer::coordinator(http, admin_view.clone()).await?),
+        None => None,
+    };
     if let Some(path) = &config.address_file {
         net::write_address_file(path, addr)?;
     }
@@ -327,9 +542,15 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         tls: config.tls.is_some(),
         local_cluster_addr,
         registry,
+        http_addr: admin.as_ref().map(|a| a.addr),
+        admin_view,
         server,
-        _local_cluster_server: local_cluster_server,
+        _admin: admin,
+        local_cluster_server,
+        admission,
+        drain_grace: config.drain_grace,
         _reaper: reaper,
         _collector: collector,
+        _progress: progress,
     })
 }

@@ -65,29 +65,52 @@ pub(crate) fn call_readied<S: Service<R> + Clone, R>(inner: &mut S, request: R) 
 
 /// A gRPC server running on its own task. Dropping the handle stops the server.
 ///
-/// The server runs with a shutdown signal that never fires, because that is what makes tonic
-/// watch every connection it accepts: when the aborted server future drops that watch, the
-/// listener closes at once and each open connection finishes its in-flight calls gracefully
-/// (the same as sending the signal). Without a signal, connections would outlive the server.
+/// The server runs with a shutdown signal, which is what makes tonic watch every connection it
+/// accepts: when the aborted server future drops that watch, the listener closes at once and
+/// each open connection finishes its in-flight calls gracefully (the same as sending the
+/// signal). Without a signal, connections would outlive the server. [`ServerHandle::shutdown`]
+/// sends it and waits for the in-flight calls.
 #[derive(Debug)]
 pub(crate) struct ServerHandle {
     name: &'static str,
     task: AbortOnDrop<std::result::Result<(), tonic::transport::Error>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl ServerHandle {
     pub(crate) fn spawn(name: &'static str, router: Router, incoming: TcpIncoming) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = AbortOnDrop::spawn_named(
             "a gRPC server",
-            router.serve_with_incoming_shutdown(incoming, std::future::pending()),
+            router.serve_with_incoming_shutdown(incoming, async move {
+                // Only a sent signal stops it; a dropped sender means the task is aborted anyway.
+                if stopped.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }),
         );
-        Self { name, task }
+        Self {
+            name,
+            task,
+            stop: Some(stop),
+        }
     }
 
-    /// Runs until the server stops on its own (an error).
-    pub(crate) async fn wait(self) -> Result<()> {
-        self.task
+    /// Runs until the server stops on its own (an error). Cancel-safe: a caller may stop
+    /// waiting and shut the server down instead.
+    pub(crate) async fn wait(&mut self) -> Result<()> {
+        (&mut self.task)
             .await?
             .map_err(|e| QuiverError::Internal(format!("{} server: {e}", self.name)))
+    }
+
+    /// Stops accepting connections and waits up to `limit` for the calls in flight to end.
+    pub(crate) async fn shutdown(mut self, limit: std::time::Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(limit, &mut self.task).await.is_err() {
+            tracing::warn!(server = self.name, "calls still in flight at shutdown: cut");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! or `--catalog` it serves TPC-H generated on first start under `--data-dir` (and reused later);
 //! tables created with SQL are kept in `<data-dir>/catalog.toml`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use crate::error::{QuiverError, Result};
 use crate::node::coordinator::{self, CoordinatorConfig, RunningCoordinator};
 use crate::node::executor::{self, ExecutorConfig, RunningExecutor};
 use crate::node::net;
+use crate::ops::http::AdminServer;
 use crate::security::cluster_auth::ClusterAuth;
 use crate::storage::catalog::TableDef;
 use crate::storage::tpch;
@@ -30,6 +32,26 @@ pub struct ServeConfig {
 pub struct LocalCluster {
     pub coordinator: RunningCoordinator,
     pub executors: Vec<RunningExecutor>,
+    /// The admin HTTP port's address, when it has one.
+    pub http_addr: Option<SocketAddr>,
+    _admin: Option<AdminServer>,
+}
+
+impl LocalCluster {
+    /// Drains the whole cluster: the coordinator refuses new queries and lets running ones
+    /// finish (up to its grace period), then the executors drain and leave, then the
+    /// coordinator stops.
+    pub async fn drain(self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.coordinator.drain_grace();
+        self.coordinator.stop_admitting();
+        self.coordinator.queries_ended(deadline).await;
+        let drains = self.executors.into_iter().map(RunningExecutor::drain);
+        for result in futures::future::join_all(drains).await {
+            result?;
+        }
+        self.coordinator.shutdown().await;
+        Ok(())
+    }
 }
 
 /// How long to wait for in-process executors to join.
@@ -64,6 +86,17 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
     }
     // The address file means "ready": written once the executors have joined.
     let address_file = coordinator_config.address_file.take();
+    // One admin port for the whole process, opened once the executors exist: it serves their
+    // metrics too, each node's labelled `node="..."`.
+    let http = coordinator_config.http.take();
+    if let Some(http) = &http {
+        crate::ops::http::check_coordinator_exposure(
+            http,
+            coordinator_config.auth.is_some(),
+            coordinator_config.insecure,
+        )?;
+    }
+    coordinator_config.node_name = Some("coordinator".into());
     if coordinator_config.warehouse.is_none() {
         coordinator_config.warehouse = Some(crate::storage::catalog::absolute_location(
             &config.data_dir.join("warehouse").to_string_lossy(),
@@ -79,7 +112,7 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
     let coordinator = coordinator::start(coordinator_config).await?;
 
     let mut executors = Vec::with_capacity(config.executors);
-    for _ in 0..config.executors {
+    for index in 0..config.executors {
         executors.push(
             executor::start(ExecutorConfig {
                 coordinator: coordinator.cluster_url(),
@@ -90,6 +123,9 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
                 coordinator_ca: None,
                 limits: config.coordinator.limits.clone(),
                 cluster_auth: cluster_auth.clone(),
+                drain_grace: config.coordinator.drain_grace,
+                http: None,
+                node_name: Some(format!("executor-{index}")),
             })
             .await?,
         );
@@ -103,11 +139,21 @@ pub async fn start(config: ServeConfig) -> Result<LocalCluster> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let admin = match &http {
+        Some(http) => {
+            let mut view = coordinator.admin_view();
+            view.local_executors = executors.iter().map(RunningExecutor::health).collect();
+            Some(AdminServer::coordinator(http, view).await?)
+        }
+        None => None,
+    };
     if let Some(path) = &address_file {
         net::write_address_file(path, coordinator.addr)?;
     }
     Ok(LocalCluster {
         coordinator,
         executors,
+        http_addr: admin.as_ref().map(|a| a.addr),
+        _admin: admin,
     })
 }

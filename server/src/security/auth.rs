@@ -76,6 +76,9 @@ pub struct UserConfig {
     pub name: String,
     /// `$pbkdf2-sha256$i=N$salt$hash`, from `quiver hash-password`.
     pub password_hash: String,
+    /// An administrator may see and cancel every user's queries.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl std::fmt::Debug for UserConfig {
@@ -93,6 +96,8 @@ pub(crate) struct Identity {
     pub user: Option<String>,
     /// Keys session options: the token's session id, or the session cookie.
     pub session: Option<String>,
+    /// The user is an administrator (`admin = true` in `[[auth.users]]`).
+    pub admin: bool,
 }
 
 /// The token a `Handshake` answers with, put into the request's extensions.
@@ -185,6 +190,7 @@ pub(crate) fn random_id() -> String {
 /// Checks credentials and issues tokens.
 pub(crate) struct Authenticator {
     users: HashMap<String, PasswordHash>,
+    admins: std::collections::HashSet<String>,
     key: hmac::Key,
     ttl: Duration,
     /// sha256(user, password) of recent successful password checks, with their expiry.
@@ -244,10 +250,21 @@ impl Authenticator {
         };
         Ok(Self {
             users,
+            admins: config
+                .users
+                .iter()
+                .filter(|u| u.admin)
+                .map(|u| u.name.clone())
+                .collect(),
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             ttl: Duration::from_secs(config.token_ttl_secs),
             verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether `user` is an administrator.
+    pub(crate) fn is_admin(&self, user: &str) -> bool {
+        self.admins.contains(user)
     }
 
     /// A signed token for `user` in a new session.
@@ -288,6 +305,7 @@ impl Authenticator {
         Ok(Identity {
             user: Some(user.to_string()),
             session: Some(session.to_string()),
+            admin: self.is_admin(user),
         })
     }
 
@@ -322,6 +340,7 @@ impl Authenticator {
             return Ok(Identity {
                 user: Some(user.to_string()),
                 session: None,
+                admin: self.is_admin(user),
             });
         }
         if let Ok(identity) = self.verify_token(password) {
@@ -418,6 +437,7 @@ fn decide(auth: Option<&Authenticator>, headers: &HeaderMap, handshake: bool) ->
             identity: Identity {
                 user: None,
                 session: token.clone().or(session),
+                admin: false,
             },
             token,
         });
@@ -456,6 +476,12 @@ fn decide(auth: Option<&Authenticator>, headers: &HeaderMap, handshake: bool) ->
             }
         }
     }
+}
+
+/// Who sent a request with these headers (Basic or Bearer credentials), checked exactly as the
+/// Flight port checks a call; for other ports of the coordinator (the admin HTTP port).
+pub(crate) fn authenticate(auth: &Authenticator, headers: &HeaderMap) -> Result<Identity> {
+    decide(Some(auth), headers, false).map(|decision| decision.identity)
 }
 
 /// Wraps a gRPC service: authenticates every request before it reaches the service, puts the
@@ -526,6 +552,7 @@ mod tests {
             users: vec![UserConfig {
                 name: "alice".into(),
                 password_hash: hash_password("wonder land", 1000).unwrap(),
+                admin: false,
             }],
         })
         .unwrap()
@@ -600,6 +627,7 @@ mod tests {
             users: vec![UserConfig {
                 name: "alice".into(),
                 password_hash: hash_password("x", 1000).unwrap(),
+                admin: false,
             }],
         })
         .unwrap();
@@ -653,6 +681,7 @@ mod tests {
             users: vec![UserConfig {
                 name: "a".into(),
                 password_hash: "plain".into(),
+                admin: false,
             }],
         })
         .unwrap_err();

@@ -74,6 +74,12 @@ struct TableFile {
 }
 
 impl ManagedTable {
+    /// The table's data files and their total size in bytes.
+    pub(crate) fn size(&self) -> (u64, u64) {
+        let bytes = self.files.iter().map(|f| f.file.object_meta.size).sum();
+        (self.files.len() as u64, bytes)
+    }
+
     /// Builds the provider of managed table `table`; does all of its I/O (see the contract). The
     /// table's object store must be registered in `state`'s runtime.
     pub(crate) async fn try_new(state: &dyn Session, table: &TableDef) -> Result<Self> {

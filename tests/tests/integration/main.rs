@@ -6,10 +6,13 @@
 mod auth;
 mod cancellation;
 mod catalog;
+mod deployment;
+mod drain;
 mod flight_sql_cli;
 mod frontdoor;
 mod jdbc_replay;
 mod limits;
+mod logs;
 mod membership;
 mod object_store;
 mod parallel_writes;
@@ -18,7 +21,10 @@ mod placement;
 mod python;
 mod random_sql;
 mod serve;
+mod sql_cli;
+mod status_page;
 mod supervision;
+mod system_tables;
 mod tpch;
 mod writes;
 

@@ -97,3 +97,45 @@ async fn python_clients_against_serve_with_auth_and_tls() {
     )
     .await;
 }
+
+/// `test_metrics.py` alone, against a cluster whose nodes serve their admin HTTP ports: the
+/// metrics read with `prometheus_client`'s parser, health and readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_metrics_against_a_cluster() {
+    const MEMORY_LIMIT: u64 = 512 << 20;
+    let cluster = TestCluster::start(ClusterOptions {
+        http: true,
+        executor_args: vec!["--memory-limit".into(), MEMORY_LIMIT.to_string()],
+        ..ClusterOptions::tpch(&tpch_dataset())
+    })
+    .await;
+    let executors: Vec<String> = cluster
+        .executors
+        .iter()
+        .map(|e| cluster.http_addr(e))
+        .collect();
+    let mut command = tokio::process::Command::new(python());
+    command
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs"])
+        .arg(workspace_root().join("tests/python/test_metrics.py"))
+        .env("QUIVER_URL", cluster.url())
+        .env("QUIVER_MODE", "cluster")
+        .env(
+            "QUIVER_HTTP_COORDINATOR",
+            cluster.http_addr(&cluster.coordinator),
+        )
+        .env("QUIVER_HTTP_EXECUTORS", executors.join(","))
+        .env("QUIVER_EXECUTOR_MEMORY_LIMIT", MEMORY_LIMIT.to_string())
+        .kill_on_drop(true);
+    let output = within(Duration::from_secs(300), "pytest", command.output())
+        .await
+        .expect("run pytest");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && !stdout.contains("skipped"),
+        "test_metrics.py failed (or skipped):\n{stdout}\n{}\ncoordinator log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.coordinator.log_text()
+    );
+}
