@@ -5,9 +5,9 @@
 //! `~/.quiver_history` or `$QUIVER_HISTORY`, statements spanning lines until `;`), a script
 //! otherwise. Results print as a table (`\x`: one line per column), CSV or JSON
 //! (`--format`, `\format`), or go to a file (`--output FILE`, `\g FILE`) in the format its
-//! extension names. psql-style meta commands ([`meta`]) are handled here, never sent as SQL.
+//! extension names. psql-style meta commands (`meta`) are handled here, never sent as SQL.
 //!
-//! On a terminal a progress line ([`progress`]) shows while a statement runs; Ctrl-C then
+//! On a terminal a progress line (`progress`) shows while a statement runs; Ctrl-C then
 //! cancels it (`CancelFlightInfo`) and the REPL goes on, while at the prompt Ctrl-C clears the
 //! line and Ctrl-D or `\q` leaves. In a script Ctrl-C cancels the running statement and stops
 //! with exit code 130. Errors print as the server's code and message
