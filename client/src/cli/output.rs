@@ -423,30 +423,6 @@ pub(crate) fn expanded(batches: &[RecordBatch]) -> Result<String, ArrowError> {
     Ok(out.trim_end().to_string())
 }
 
-/// gRPC's name for a status code (`NOT_FOUND`), as servers and their documentation spell it.
-pub(crate) fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// How an error prints: `ERROR (NOT_FOUND): table 'nope' not found` for a server's answer (its
 /// own message and code), `ERROR: ...` for anything else.
 pub(crate) fn error_line(e: &crate::ClientError) -> String {
@@ -458,7 +434,10 @@ pub(crate) fn error_line(e: &crate::ClientError) -> String {
             } else {
                 message
             };
-            format!("ERROR ({}): {message}", code_name(status.code()))
+            format!(
+                "ERROR ({}): {message}",
+                crate::status_code_name(status.code())
+            )
         }
         None => format!("ERROR: {e}"),
     }

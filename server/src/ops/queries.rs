@@ -432,7 +432,7 @@ impl Drop for HandleInner {
                 &self.entry,
                 State::Cancelled,
                 Some(QuiverEnd {
-                    code: code_name(Code::Cancelled).into(),
+                    code: quiver_client::status_code_name(Code::Cancelled).into(),
                     message: "the client went away before the result ended".into(),
                 }),
             );
@@ -518,35 +518,12 @@ impl QueryHandle {
                     &self.0.entry,
                     state,
                     Some(QuiverEnd {
-                        code: code_name(status.code()).into(),
+                        code: quiver_client::status_code_name(status.code()).into(),
                         message: cut(status.message().to_string()),
                     }),
                 );
             }
         }
-    }
-}
-
-/// gRPC's name of a code ("NOT_FOUND"), as Prometheus labels and `system.queries` show it.
-pub(crate) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
