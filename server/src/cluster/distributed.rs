@@ -32,8 +32,10 @@ use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
@@ -46,10 +48,11 @@ use datafusion_distributed::{
     ChannelResolver, CoordinatorToWorkerMsg, DesiredTaskCountEvent, DesiredTaskCountEventResponse,
     DesiredTaskCountHandler, DistributedConfig, DistributedExec, DistributedExt,
     DistributedMetricsFormat, DistributedTaskContext, ExecuteTaskRequest, GetWorkerInfoRequest,
-    GetWorkerInfoResponse, NetworkBoundary, NetworkBoundaryExt, NetworkCoalesceExec,
-    RouteTasksEvent, RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt,
-    SetPlanRequest, Stage, Worker, WorkerChannel, WorkerQueryContext, WorkerResolver,
-    WorkerSessionBuilder, WorkerToCoordinatorMsg,
+    GetWorkerInfoResponse, NetworkBoundary, NetworkBoundaryExt, NetworkBroadcastExec,
+    NetworkCoalesceExec, RouteTasksEvent, RouteTasksEventResponse, RouteTasksHandler,
+    SessionStateBuilderExt, SetPlanRequest, Stage, Worker, WorkerChannel, WorkerPlanRewriteEvent,
+    WorkerPlanRewriteEventResponse, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
+    WorkerToCoordinatorMsg,
 };
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
@@ -58,6 +61,7 @@ use tonic::transport::server::Router;
 use tonic::transport::{Channel, Endpoint, Server};
 use url::Url;
 
+use crate::cluster::filter_relay::{self, FilterRelay, TaskFilters};
 use crate::cluster::membership::ExecutorRegistry;
 use crate::cluster::pass_through::{PassThroughSink, Tap};
 use crate::cluster::stage_deadline::{self, StageDeadlines};
@@ -283,14 +287,16 @@ pub(crate) fn with_metrics(mut state: SessionState) -> Result<SessionState> {
 /// tasks one memory pool (and a rerun never shares one with the run it replaces).
 const ATTEMPT_ID_HEADER: &str = "x-quiver-attempt-id";
 
-/// The task context one attempt of a query executes with on the coordinator: `state`'s, with the
+/// The task context one attempt of `plan` executes with on the coordinator: `state`'s, with the
 /// attempt's `runtime` (its memory pool), `placements` recording where its tasks run, and headers
-/// that carry the attempt's id and stage deadline to every executor it runs on.
+/// that carry the attempt's id, stage deadline and the dynamic filters to carry across stages
+/// ([`relayed_filters`]) to every executor it runs on.
 ///
 /// With a `pass_through` stage, that stage's messages go to its sink, and the attempt's batches
 /// cross the network uncompressed (the client reads them as they were sent).
 pub(crate) fn attempt_task_ctx(
     state: &SessionState,
+    plan: &Arc<dyn ExecutionPlan>,
     runtime: Arc<RuntimeEnv>,
     attempt: &AttemptId,
     placements: Arc<TaskPlacements>,
@@ -303,6 +309,13 @@ pub(crate) fn attempt_task_ctx(
     let id = HeaderValue::from_str(attempt.as_str())
         .map_err(|e| DataFusionError::Internal(format!("attempt id '{attempt}': {e}")))?;
     headers.insert(ATTEMPT_ID_HEADER, id);
+    let relayed = relayed_filters(plan);
+    if !relayed.is_empty() {
+        tracing::debug!(%attempt, filters = ?relayed, "dynamic filters carried across stages");
+        let value = HeaderValue::from_str(&filter_relay::header_value(&relayed))
+            .map_err(|e| DataFusionError::Internal(format!("relayed filters: {e}")))?;
+        headers.insert(filter_relay::RELAYED_FILTERS_HEADER, value);
+    }
     // Executors log the attempt's tasks under the query's id.
     if let Some(query) = logs::current_query() {
         let id = HeaderValue::from_str(query.as_str())
@@ -329,6 +342,7 @@ fn quiver_headers(headers: &HeaderMap) -> HeaderMap {
         ATTEMPT_ID_HEADER,
         stage_deadline::HEADER,
         logs::QUERY_ID_HEADER,
+        filter_relay::RELAYED_FILTERS_HEADER,
     ]
     .into_iter()
     .filter_map(|name| Some((HeaderName::from_static(name), headers.get(name)?.clone())))
@@ -700,6 +714,7 @@ struct ExecutorSessions {
     memory: Arc<QueryMemory>,
     observer: Arc<dyn TaskObserver>,
     channels: SignedChannels,
+    filters: Arc<FilterRelay>,
 }
 
 #[async_trait]
@@ -727,6 +742,21 @@ impl WorkerSessionBuilder for ExecutorSessions {
                 .for_attempt(attempt)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             ctx.builder = std::mem::take(&mut ctx.builder).with_runtime_env(runtime);
+            if let Some(named) = ctx
+                .headers
+                .get(filter_relay::RELAYED_FILTERS_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                let task = TaskFilters::parse(attempt, named);
+                let relay = Arc::clone(&self.filters);
+                ctx.builder.set_distributed_worker_plan_rewrite_handler(
+                    move |ev: WorkerPlanRewriteEvent<'_>| {
+                        let plan =
+                            relay.rewrite(ev.plan, &task, &|node| node.is_network_boundary())?;
+                        Ok(WorkerPlanRewriteEventResponse::new(plan))
+                    },
+                );
+            }
         }
         let state = ctx.builder.build();
         // Inside the query's span (see crate::logs): the line names the query.
@@ -746,6 +776,7 @@ impl WorkerSessionBuilder for ExecutorSessions {
 /// and the crate's task-progress service (read by [`running_tasks`]) to an executor's gRPC server;
 /// the worker traffic, served and sent, counts into `traffic`. Also returns the worker's task
 /// count, read in-process.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn worker_router(
     server: &mut Server,
     memory: Arc<QueryMemory>,
@@ -753,6 +784,7 @@ pub(crate) fn worker_router(
     observer: Arc<dyn TaskObserver>,
     auth: ClusterAuth,
     traffic: Traffic,
+    filters: Arc<FilterRelay>,
 ) -> (Router, LocalTasks) {
     let runtime = Arc::clone(memory.node());
     let worker = Worker::from_session_builder(ExecutorSessions {
@@ -760,6 +792,7 @@ pub(crate) fn worker_router(
         memory,
         observer,
         channels: SignedChannels::new(auth.clone(), traffic.clone()),
+        filters,
     })
     .with_runtime_env(runtime)
     .with_version(env!("CARGO_PKG_VERSION"));
@@ -942,6 +975,75 @@ pub(crate) fn render_plan_with_metrics(plan: &dyn ExecutionPlan) -> String {
 /// The plan after execution, with per-task metrics.
 pub(crate) async fn render_analyzed_plan(plan: Arc<dyn ExecutionPlan>) -> Result<String> {
     datafusion_distributed::explain_analyze(plan, DistributedMetricsFormat::PerTask).await
+}
+
+/// The dynamic filters of `plan` worth carrying across stages (see
+/// [`crate::cluster::filter_relay`]): those of `CollectLeft` hash joins that run on executors,
+/// whose every task sees the whole build side (a broadcast build, or a stage of one task), and
+/// whose filter is consumed in another stage. Joins in the coordinator's head stage and
+/// partitioned joins are left out.
+pub(crate) fn relayed_filters(plan: &Arc<dyn ExecutionPlan>) -> Vec<u64> {
+    fn walk(node: &Arc<dyn ExecutionPlan>, stage_tasks: Option<usize>, ids: &mut Vec<u64>) {
+        if let Some(boundary) = node.as_network_boundary() {
+            let tasks = boundary.input_stage().task_count();
+            for child in node.children() {
+                walk(child, Some(tasks), ids);
+            }
+            return;
+        }
+        if let Some(tasks) = stage_tasks
+            && let Some(join) = node.downcast_ref::<HashJoinExec>()
+            && let Some(id) =
+                filter_relay::collect_left_filter(node.as_ref()).and_then(|f| f.expression_id())
+            && (tasks == 1 || whole_build_side(join.left()))
+            && consumed_in_another_stage(join.right(), id)
+        {
+            ids.push(id);
+        }
+        for child in node.children() {
+            walk(child, stage_tasks, ids);
+        }
+    }
+    let mut ids = Vec::new();
+    walk(plan, None, &mut ids);
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Whether every input of a build side, within its stage, is a broadcast: each task then
+/// builds from all of it.
+fn whole_build_side(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    if plan.as_network_boundary().is_some() {
+        return plan.is::<NetworkBroadcastExec>();
+    }
+    let children = plan.children();
+    !children.is_empty() && children.into_iter().all(whole_build_side)
+}
+
+/// Whether a node under a network boundary of `probe` uses the expression `id`.
+fn consumed_in_another_stage(probe: &Arc<dyn ExecutionPlan>, id: u64) -> bool {
+    fn uses(node: &Arc<dyn ExecutionPlan>, id: u64) -> bool {
+        let mut found = false;
+        let _ = node.apply_expressions(&mut |root| {
+            root.apply(|expr| {
+                found |= expr.expression_id() == Some(id);
+                Ok(if found {
+                    TreeNodeRecursion::Stop
+                } else {
+                    TreeNodeRecursion::Continue
+                })
+            })
+        });
+        found || node.children().into_iter().any(|c| uses(c, id))
+    }
+    if probe.as_network_boundary().is_some() {
+        return probe.children().into_iter().any(|c| uses(c, id));
+    }
+    probe
+        .children()
+        .into_iter()
+        .any(|c| consumed_in_another_stage(c, id))
 }
 
 /// Number of stages in a physical plan, the coordinator's head stage included (1 when nothing

@@ -13,10 +13,13 @@
 //! ([`ExecutorRegistry::member_worker_urls`]): queries already running on it are not told it
 //! is lost (departure watchdog, [`ExecutorRegistry::lost_since`]) and it is still probed and
 //! expired like any member. It leaves with `DeregisterExecutor` once its tasks have ended.
+//!
+//! The registry also carries dynamic filters between executors
+//! ([`ExecutorRegistry::fan_out_filter`], see `cluster::filter_relay`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use quiver_proto::cluster::cluster_service_server::ClusterService;
@@ -24,12 +27,13 @@ use quiver_proto::cluster::executor_service_client::ExecutorServiceClient;
 
 use crate::security::cluster_auth::{ClusterAuth, Signed};
 use quiver_proto::cluster::{
-    DeregisterExecutorRequest, DeregisterExecutorResponse, ExecutorInfo, ExecutorStats,
-    GetExecutorStatusRequest, HeartbeatRequest, HeartbeatResponse, ListExecutorsRequest,
-    ListExecutorsResponse, ObjectStoreConfig, RegisterExecutorRequest, RegisterExecutorResponse,
+    DeregisterExecutorRequest, DeregisterExecutorResponse, DynamicFilterAck, DynamicFilterUpdate,
+    ExecutorInfo, ExecutorStats, GetExecutorStatusRequest, HeartbeatRequest, HeartbeatResponse,
+    ListExecutorsRequest, ListExecutorsResponse, ObjectStoreConfig, RegisterExecutorRequest,
+    RegisterExecutorResponse,
 };
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use url::Url;
 
@@ -71,6 +75,8 @@ pub struct ExecutorRegistry {
     departures: watch::Sender<u64>,
     /// Executors dropped because their heartbeats stopped.
     heartbeats_missed: AtomicU64,
+    /// Channels to executors for dynamic filter updates, made on first use.
+    filter_channels: Mutex<HashMap<Url, Channel>>,
 }
 
 impl ExecutorRegistry {
@@ -81,6 +87,7 @@ impl ExecutorRegistry {
             auth,
             departures: watch::Sender::new(0),
             heartbeats_missed: AtomicU64::new(0),
+            filter_channels: Mutex::default(),
         })
     }
 
@@ -297,6 +304,66 @@ impl ExecutorRegistry {
     }
 }
 
+impl ExecutorRegistry {
+    /// Passes a dynamic filter an executor's join built to every other live executor, where
+    /// scans of its attempt may wait for it. Best effort: an executor that does not answer in
+    /// time reads without the filter.
+    pub(crate) async fn fan_out_filter(&self, update: DynamicFilterUpdate) {
+        // Members, not just live ones: a draining executor still runs its tasks.
+        let targets: Vec<Url> = self
+            .member_worker_urls()
+            .into_iter()
+            .filter(|url| url.as_str() != update.from_worker_url)
+            .collect();
+        let sends = targets.into_iter().map(|url| {
+            let channel = self.filter_channel(&url);
+            let update = update.clone();
+            let auth = self.auth.clone();
+            async move {
+                let mut client = ExecutorServiceClient::new(Signed::new(channel?, auth));
+                let call = client.apply_dynamic_filter(update);
+                match tokio::time::timeout(FILTER_TIMEOUT, call).await {
+                    Ok(Ok(_)) => Some(()),
+                    Ok(Err(status)) => {
+                        tracing::debug!(%url, code = ?status.code(), message = status.message(), "an executor refused a dynamic filter");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(%url, "an executor did not take a dynamic filter in time");
+                        None
+                    }
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    fn filter_channel(&self, url: &Url) -> Option<Channel> {
+        let mut channels = self
+            .filter_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(url) {
+            return Some(channel.clone());
+        }
+        let channel = Endpoint::from_shared(url.to_string())
+            .ok()?
+            .connect_timeout(FILTER_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.retain(|known, _| known == url || self.is_member(known));
+        channels.insert(url.clone(), channel.clone());
+        Some(channel)
+    }
+
+    fn is_member(&self, url: &Url) -> bool {
+        self.member_worker_urls().contains(url)
+    }
+}
+
+/// How long an executor may take to take a dynamic filter update.
+const FILTER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long an executor may take to answer a liveness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -425,6 +492,14 @@ impl ClusterService for ClusterServiceImpl {
         let req = request.into_inner();
         self.registry.deregister(&req.executor_id);
         Ok(Response::new(DeregisterExecutorResponse {}))
+    }
+
+    async fn publish_dynamic_filter(
+        &self,
+        request: Request<DynamicFilterUpdate>,
+    ) -> Result<Response<DynamicFilterAck>, Status> {
+        self.registry.fan_out_filter(request.into_inner()).await;
+        Ok(Response::new(DynamicFilterAck {}))
     }
 
     async fn list_executors(

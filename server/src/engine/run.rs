@@ -287,6 +287,7 @@ impl Attempts {
         }
         let task_ctx = distributed::attempt_task_ctx(
             state,
+            &physical,
             self.memory.for_query()?,
             &attempt,
             Arc::clone(&placements),

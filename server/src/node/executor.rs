@@ -24,8 +24,9 @@ use datafusion::prelude::SessionConfig;
 use quiver_proto::cluster::cluster_service_client::ClusterServiceClient;
 use quiver_proto::cluster::executor_service_server::{ExecutorService, ExecutorServiceServer};
 use quiver_proto::cluster::{
-    DeregisterExecutorRequest, ExecutorStats, ExecutorStatus, GetExecutorStatusRequest,
-    HeartbeatRequest, ObjectStoreConfig, RegisterExecutorRequest,
+    DeregisterExecutorRequest, DynamicFilterAck, DynamicFilterUpdate, ExecutorStats,
+    ExecutorStatus, GetExecutorStatusRequest, HeartbeatRequest, ObjectStoreConfig,
+    RegisterExecutorRequest,
 };
 use tokio::sync::{oneshot, watch};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server};
@@ -33,6 +34,7 @@ use tonic::{Request, Response, Status};
 use url::Url;
 
 use crate::cluster::distributed::{self, LatestSettings, TaskObserver};
+use crate::cluster::filter_relay::{FilterRelay, Publisher, RelayConfig};
 use crate::cluster::membership::normalize_worker_url;
 use crate::error::{QuiverError, Result};
 use crate::node::net::{self, ServerHandle};
@@ -151,6 +153,8 @@ struct ExecutorState {
     draining: watch::Sender<bool>,
     /// Set once the coordinator has heard that this executor drains.
     drain_heard: watch::Sender<bool>,
+    /// Dynamic filters from other stages for this executor's scans.
+    filters: Arc<FilterRelay>,
 }
 
 impl TaskObserver for ExecutorState {
@@ -179,6 +183,17 @@ impl ExecutorService for StatusService {
             session_settings: state.latest_settings.get().into_iter().collect(),
             tasks_running,
         }))
+    }
+
+    async fn apply_dynamic_filter(
+        &self,
+        request: Request<DynamicFilterUpdate>,
+    ) -> std::result::Result<Response<DynamicFilterAck>, Status> {
+        self.0
+            .filters
+            .apply(&request.into_inner())
+            .map_err(|e| QuiverError::InvalidArgument(e.to_string()))?;
+        Ok(Response::new(DynamicFilterAck {}))
     }
 }
 
@@ -306,6 +321,27 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
         )));
     }
 
+    let mut endpoint = Endpoint::from_shared(coordinator.to_string())
+        .map_err(|e| QuiverError::InvalidArgument(format!("--coordinator: {e}")))?
+        .connect_timeout(RPC_TIMEOUT)
+        .timeout(RPC_TIMEOUT);
+    if coordinator.scheme() == "https" {
+        let ca = config.coordinator_ca.as_ref().ok_or_else(|| {
+            QuiverError::InvalidArgument(
+                "the coordinator speaks TLS: pass --coordinator-ca with the certificate to trust"
+                    .into(),
+            )
+        })?;
+        let pem = std::fs::read(ca)
+            .map_err(|e| QuiverError::io(format!("reading {}", ca.display()), e))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .map_err(|e| QuiverError::InvalidArgument(format!("--coordinator-ca: {e}")))?;
+    }
+    let filters = FilterRelay::new(
+        RelayConfig::from_env().map_err(QuiverError::InvalidArgument)?,
+        filter_publisher(&endpoint, &config.cluster_auth, &worker_url),
+    );
     let state = Arc::new(ExecutorState {
         executor_id: uuid::Uuid::new_v4().to_string(),
         worker_url: worker_url.clone(),
@@ -314,6 +350,7 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
         auth: config.cluster_auth.clone(),
         draining: watch::Sender::new(false),
         drain_heard: watch::Sender::new(false),
+        filters: Arc::clone(&filters),
     });
     let runtime = config.limits.runtime_env()?;
     let memory = Arc::new(QueryMemory::new(
@@ -345,6 +382,7 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
         Arc::clone(&state) as Arc<dyn TaskObserver>,
         config.cluster_auth.clone(),
         metrics.traffic(),
+        filters,
     );
     let router = router.add_service(Verified::new(
         ExecutorServiceServer::new(StatusService(Arc::clone(&state))),
@@ -366,23 +404,6 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
     }
     tracing::info!(%addr, %worker_url, executor_id = %state.executor_id, %coordinator, "executor serving");
 
-    let mut endpoint = Endpoint::from_shared(coordinator.to_string())
-        .map_err(|e| QuiverError::InvalidArgument(format!("--coordinator: {e}")))?
-        .connect_timeout(RPC_TIMEOUT)
-        .timeout(RPC_TIMEOUT);
-    if coordinator.scheme() == "https" {
-        let ca = config.coordinator_ca.as_ref().ok_or_else(|| {
-            QuiverError::InvalidArgument(
-                "the coordinator speaks TLS: pass --coordinator-ca with the certificate to trust"
-                    .into(),
-            )
-        })?;
-        let pem = std::fs::read(ca)
-            .map_err(|e| QuiverError::io(format!("reading {}", ca.display()), e))?;
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-            .map_err(|e| QuiverError::InvalidArgument(format!("--coordinator-ca: {e}")))?;
-    }
     let heartbeat = Heartbeat {
         health: health.clone(),
         missed: heartbeats_missed,
@@ -402,6 +423,26 @@ pub async fn start(config: ExecutorConfig) -> Result<RunningExecutor> {
         coordinator: endpoint,
         drain_grace: config.drain_grace,
         _admin: admin,
+    })
+}
+
+/// Sends the dynamic filters this executor's joins build to the coordinator, which passes them
+/// on to the other executors. A failed send is logged: scans elsewhere then read without it.
+fn filter_publisher(coordinator: &Endpoint, auth: &ClusterAuth, worker_url: &Url) -> Publisher {
+    let client = ClusterServiceClient::new(Signed::new(coordinator.connect_lazy(), auth.clone()));
+    let from = worker_url.to_string();
+    Arc::new(move |mut update| {
+        let mut client = client.clone();
+        update.from_worker_url = from.clone();
+        Box::pin(async move {
+            if let Err(status) = client.publish_dynamic_filter(update).await {
+                tracing::debug!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "publishing a dynamic filter failed: scans elsewhere read without it"
+                );
+            }
+        })
     })
 }
 

@@ -5,8 +5,10 @@
 //! call [`apply`]. Each setting fixes a real failure of distributed execution (see
 //! `shared/design/anchors.md`):
 //!
-//! * dynamic filters produced in one stage and consumed in another are never filled (a scan
-//!   waits forever), so dynamic filter pushdown is off;
+//! * dynamic filter pushdown is on, explicitly, on every node: a filter produced and consumed in
+//!   one stage works as in one process, and `cluster::filter_relay` carries the filters of
+//!   broadcast joins to the scans of other stages (the others stay unfilled: no pruning, never a
+//!   wrong answer or a wait longer than the relay's);
 //! * physical uncorrelated scalar subqueries share in-process state that cannot cross stages;
 //! * Utf8View/BinaryView columns are not readable by JDBC ≤ 18.3 and make Flight frames large, so
 //!   Parquet strings are read as plain Utf8 and SQL string types map to Utf8.
@@ -23,7 +25,7 @@ pub(crate) const SCHEMA_NAME: &str = "public";
 pub const DISTRIBUTED_SETTINGS: &[(&str, &str)] = &[
     (
         "datafusion.optimizer.enable_dynamic_filter_pushdown",
-        "false",
+        "true",
     ),
     (
         "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery",

@@ -8,6 +8,7 @@ mod cancellation;
 mod catalog;
 mod deployment;
 mod drain;
+mod dynamic_filters;
 mod flight_sql_cli;
 mod frontdoor;
 mod jdbc_replay;
