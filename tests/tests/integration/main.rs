@@ -25,6 +25,7 @@ mod sql_cli;
 mod status_page;
 mod supervision;
 mod system_tables;
+mod tpcds;
 mod tpch;
 mod writes;
 
