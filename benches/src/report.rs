@@ -506,12 +506,17 @@ impl TpchReport {
         for q in &self.queries {
             for (e, err) in q.errors.iter().enumerate() {
                 if let Some(err) = err {
+                    // Decode errors repeat a whole plan path: the head says what failed, and
+                    // `--json` keeps all of it.
+                    let mut err = err.replace('\n', " ");
+                    if let Some((cut, _)) = err.char_indices().nth(400) {
+                        err.truncate(cut);
+                        err.push_str(" …");
+                    }
                     let _ = writeln!(
                         out,
-                        "- q{} failed on {} (left out of the totals): {}",
-                        q.query,
-                        self.engines[e],
-                        err.replace('\n', " ")
+                        "- q{} failed on {} (left out of the totals): {err}",
+                        q.query, self.engines[e],
                     );
                 }
             }
