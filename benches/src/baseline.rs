@@ -1,7 +1,8 @@
 //! The baseline: single-node DataFusion 55 in this process, over the same Parquet files.
 //!
 //! Contract: tables are registered exactly as Quiver's catalog registers `--table NAME=DIR`
-//! (`CREATE EXTERNAL TABLE name STORED AS PARQUET LOCATION '<absolute dir>/'`), with the same
+//! (`CREATE EXTERNAL TABLE name STORED AS PARQUET LOCATION '<absolute dir>/'`; TPC-DS:
+//! [`quiver_tests::tpcds::context`], one file per table), with the same
 //! `target_partitions` as the Quiver nodes. Two flavours:
 //! * [`Flavour::Quiver`]: `quiver_server::session_config`, the settings every Quiver
 //!   node runs with (dynamic filter pushdown off, no physical scalar subqueries, plain Utf8
@@ -56,12 +57,9 @@ impl Flavour {
     }
 }
 
-pub(crate) async fn context(
-    flavour: Flavour,
-    dataset: &Path,
-    target_partitions: usize,
-) -> Result<SessionContext> {
-    let config = match flavour {
+/// The session settings of `flavour` with `target_partitions` (0: one per core).
+pub(crate) fn config(flavour: Flavour, target_partitions: usize) -> Result<SessionConfig> {
+    Ok(match flavour {
         Flavour::Quiver => quiver_server::session_config(target_partitions)?,
         Flavour::Stock => {
             let config = SessionConfig::new();
@@ -71,8 +69,16 @@ pub(crate) async fn context(
                 config
             }
         }
-    };
-    let ctx = SessionContext::new_with_config(config);
+    })
+}
+
+/// A session of `flavour` over the TPC-H tables of `dataset`.
+pub(crate) async fn context(
+    flavour: Flavour,
+    dataset: &Path,
+    target_partitions: usize,
+) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(config(flavour, target_partitions)?);
     for table in quiver_server::tpch::TABLES {
         let location =
             quiver_server::absolute_location(&dataset.join(table).display().to_string())?;

@@ -5,7 +5,7 @@
 //! live (it panics, with the node's log, if one does not start); every process is SIGKILLed when
 //! the cluster drops (on success, error, panic or Ctrl-C alike). Nodes run with their production
 //! defaults ([`ClusterOptions::binary_defaults`]) except the flags a benchmark must fix: the
-//! TPC-H tables, `--target-partitions`, and a cluster secret (internal calls are signed, as in a
+//! TPC-H (or TPC-DS) tables, `--target-partitions`, and a cluster secret (internal calls are signed, as in a
 //! real deployment), plus what `--coordinator-arg` adds; they log warnings only, since info-level logs per query would be part of
 //! what is measured (the write benchmark adds the one info line per written file and commit,
 //! [`start_logging`]).
@@ -21,6 +21,7 @@ use anyhow::{Context, Result};
 use quiver_tests::process::Launch;
 use quiver_tests::{ClusterOptions, TestCluster};
 
+use crate::Suite;
 use crate::cgroup::{NodeCgroup, WrapperSpec};
 use crate::report::NodeMemory;
 
@@ -30,8 +31,10 @@ pub(crate) struct ClusterSetup {
     pub(crate) quiver_bin: PathBuf,
     pub(crate) executors: usize,
     pub(crate) target_partitions: usize,
-    /// `<dir>/<table>/` for each TPC-H table.
+    /// `<dir>/<table>/` for each TPC-H table, or `<dir>/<table>.parquet` for TPC-DS.
     pub(crate) dataset: PathBuf,
+    /// Which benchmark's tables `dataset` holds.
+    pub(crate) suite: Suite,
     /// Extra environment for every process (after `RUST_LOG=warn`, so it may override it).
     pub(crate) env: Vec<(String, String)>,
     /// Extra coordinator flags (`--coordinator-arg`).
@@ -80,9 +83,17 @@ pub(crate) async fn start_logging(setup: &ClusterSetup, rust_log: &str) -> TestC
             bin: Some(bin),
             env,
         },
-        ..ClusterOptions::tpch(&setup.dataset)
+        ..suite_tables(setup)
     })
     .await
+}
+
+/// The cluster's `--table`s: the suite's tables of the dataset.
+fn suite_tables(setup: &ClusterSetup) -> ClusterOptions {
+    match setup.suite {
+        Suite::Tpch => ClusterOptions::tpch(&setup.dataset),
+        Suite::Tpcds => ClusterOptions::tpcds(&setup.dataset),
+    }
 }
 
 /// The memory of every process of `cluster`, coordinator first.

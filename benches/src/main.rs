@@ -7,13 +7,16 @@
 //! target/release/quiver-bench --writes --skip-tpch --skip-micro   # the write benchmark only
 //! target/release/quiver-bench --scaling --node-cpus 0.5 --executor-counts 1,2,3
 //! target/release/quiver-bench --concurrency --clients 16 --duration-secs 60
+//! target/release/quiver-bench --suite tpcds --scale-factor 1   # TPC-DS: its comparison alone
 //! ```
 //!
 //! It generates TPC-H at the requested scale factor if missing ([`tpch`]), starts a coordinator
 //! and N executor processes on loopback ([`cluster`]), runs the 22 queries interleaved on Quiver
 //! (through a Flight SQL client, results fully fetched) and on single-node DataFusion in this
 //! process over the same files, then the Flight micro-benchmarks ([`micro`]), with `--writes`
-//! the write benchmark ([`writes`]), and prints the report ([`report`]). `--scaling` and
+//! the write benchmark ([`writes`]), and prints the report ([`report`]). `--suite tpcds` runs the
+//! same comparison on the 99 TPC-DS queries (data from `tpcgen-cli`, [`quiver_tests::tpcds`])
+//! and prints it as markdown, with nothing else. `--scaling` and
 //! `--concurrency` are a mode of their own (they replace the TPC-H comparison and the
 //! micro-benchmarks): one machine as a cluster of small ones, every process on its own CPU
 //! budget ([`cgroup`]), Quiver with 1, 2, 3 executors against DataFusion on one budget
@@ -42,20 +45,27 @@ use clap::{Parser, ValueEnum};
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "quiver-bench",
-    about = "TPC-H on Quiver vs single-node DataFusion, plus Flight SQL micro-benchmarks and a write benchmark"
+    about = "TPC-H (or TPC-DS) on Quiver vs single-node DataFusion, plus Flight SQL micro-benchmarks and a write benchmark"
 )]
 pub(crate) struct Options {
-    /// TPC-H scale factor (generated with tpchgen under --data-dir if missing).
+    /// Which query suite the comparison runs: TPC-H (then also the micro-benchmarks and the
+    /// other modes), or TPC-DS (its comparison alone).
+    #[arg(long, value_enum, default_value_t = Suite::Tpch)]
+    suite: Suite,
+    /// Scale factor (TPC-H generated with tpchgen, TPC-DS with tpcgen-cli, under --data-dir if
+    /// missing).
     #[arg(long, default_value_t = 1.0)]
     scale_factor: f64,
-    /// Where datasets are generated and reused (`<dir>/tpch/sf<SF>/<table>/`).
+    /// Where datasets are generated and reused (`<dir>/tpch/sf<SF>/<table>/`,
+    /// `<dir>/tpcds/sf<SF>/<table>.parquet`).
     #[arg(long, default_value = "target/bench-data")]
     data_dir: PathBuf,
-    /// The TPC-H query files q1.sql..q22.sql (default: QUIVER_TPCH_QUERIES, or
-    /// ../shared/tpch/queries next to the repository).
+    /// The query files q1.sql..q22.sql (TPC-DS: q1.sql..q99.sql) (default: QUIVER_TPCH_QUERIES
+    /// or QUIVER_TPCDS_QUERIES, or ../shared/tpch/queries or ../shared/tpcds/queries next to the
+    /// repository).
     #[arg(long, value_name = "DIR")]
     queries_dir: Option<PathBuf>,
-    /// Which queries, e.g. 1,3,5 (default: all 22).
+    /// Which queries, e.g. 1,3,5 (default: all 22, or all 99).
     #[arg(long, value_delimiter = ',')]
     queries: Vec<usize>,
     /// Timed runs per query and engine, after one warm-up run.
@@ -156,6 +166,31 @@ pub(crate) struct Options {
     concurrency_executor_counts: Vec<usize>,
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Suite {
+    /// TPC-H, 22 queries.
+    Tpch,
+    /// TPC-DS, 99 queries.
+    Tpcds,
+}
+
+impl Suite {
+    fn queries(self) -> usize {
+        match self {
+            Suite::Tpch => 22,
+            Suite::Tpcds => quiver_tests::tpcds::QUERIES,
+        }
+    }
+
+    pub(crate) fn title(self) -> &'static str {
+        match self {
+            Suite::Tpch => "TPC-H",
+            Suite::Tpcds => "TPC-DS",
+        }
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BaselineChoice {
     /// `quiver_server::settings`: what every Quiver node runs with.
@@ -171,6 +206,9 @@ impl Options {
         if let Some(dir) = &self.queries_dir {
             return dir.clone();
         }
+        if self.suite == Suite::Tpcds {
+            return quiver_tests::tpcds::queries_dir();
+        }
         if let Some(dir) = std::env::var_os("QUIVER_TPCH_QUERIES") {
             return PathBuf::from(dir);
         }
@@ -179,11 +217,12 @@ impl Options {
     }
 
     fn query_numbers(&self) -> Result<Vec<usize>> {
+        let count = self.suite.queries();
         if self.queries.is_empty() {
-            return Ok((1..=22).collect());
+            return Ok((1..=count).collect());
         }
-        if let Some(bad) = self.queries.iter().find(|q| !(1..=22).contains(*q)) {
-            bail!("--queries: there is no TPC-H query {bad}");
+        if let Some(bad) = self.queries.iter().find(|q| !(1..=count).contains(*q)) {
+            bail!("--queries: there is no {} query {bad}", self.suite.title());
         }
         Ok(self.queries.clone())
     }
@@ -252,6 +291,11 @@ async fn run(options: Options) -> Result<report::Report> {
         bail!("--writes starts its own processes (it reads their CPU time): drop --coordinator");
     }
     let mode = options.scaling || options.concurrency;
+    if options.suite == Suite::Tpcds && (mode || options.writes || options.skip_tpch) {
+        bail!(
+            "--suite tpcds runs the TPC-DS comparison alone: drop --scaling, --concurrency, --writes and --skip-tpch"
+        );
+    }
     if mode && options.coordinator.is_some() {
         bail!("--scaling and --concurrency start their own processes: drop --coordinator");
     }
@@ -279,12 +323,16 @@ async fn run(options: Options) -> Result<report::Report> {
     let queries = options.query_numbers()?;
     let queries_dir = options.queries_dir();
     report::progress(format!(
-        "TPC-H SF{} under {}",
+        "{} SF{} under {}",
+        options.suite.title(),
         options.scale_factor,
         options.data_dir.display()
     ));
     let started = std::time::Instant::now();
-    let dataset = tpch::dataset(&options.data_dir, options.scale_factor).await?;
+    let dataset = match options.suite {
+        Suite::Tpch => tpch::dataset(&options.data_dir, options.scale_factor).await?,
+        Suite::Tpcds => tpch::tpcds_dataset(&options.data_dir, options.scale_factor).await?,
+    };
     report::progress(format!(
         "dataset ready in {:.1}s: {}",
         started.elapsed().as_secs_f64(),
@@ -295,12 +343,18 @@ async fn run(options: Options) -> Result<report::Report> {
         executors: options.executors,
         target_partitions: options.target_partitions,
         dataset: dataset.clone(),
+        suite: options.suite,
         env: options.node_env.clone(),
         coordinator_args: options.coordinator_args.clone(),
         confine: None,
     };
 
     let mut report = report::Report::new(&options, &dataset);
+    if options.suite == Suite::Tpcds {
+        let statements = tpch::load_queries(&queries_dir, &queries)?;
+        report.tpcds = Some(tpch::run(&setup, &options, &statements).await?);
+        return Ok(report);
+    }
     if !mode && !options.skip_tpch {
         let statements = tpch::load_queries(&queries_dir, &queries)?;
         report.tpch = Some(tpch::run(&setup, &options, &statements).await?);
@@ -317,6 +371,7 @@ async fn run(options: Options) -> Result<report::Report> {
         report::progress(format!("concurrency dataset: {}", dataset.display()));
         let setup = cluster::ClusterSetup {
             dataset,
+            suite: Suite::Tpch,
             ..setup.clone()
         };
         report.concurrency = Some(concurrency::run(&setup, &options).await?);

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::Options;
 use crate::cgroup::{Budget, Throttling};
+use crate::{Options, Suite};
 
 /// Progress goes to stderr, so `--json` output stays clean.
 pub(crate) fn progress(line: impl AsRef<str>) {
@@ -85,7 +85,10 @@ pub(crate) struct Report {
     pub(crate) executors: usize,
     pub(crate) target_partitions: usize,
     pub(crate) runs: usize,
+    pub(crate) suite: Suite,
     pub(crate) tpch: Option<TpchReport>,
+    /// `--suite tpcds`: the same comparison on TPC-DS (rendered as markdown).
+    pub(crate) tpcds: Option<TpchReport>,
     pub(crate) micro: Option<MicroReport>,
     pub(crate) writes: Option<WritesReport>,
     pub(crate) scaling: Option<ScalingReport>,
@@ -101,7 +104,9 @@ impl Report {
             executors: options.executors,
             target_partitions: options.target_partitions,
             runs: options.runs,
+            suite: options.suite,
             tpch: None,
+            tpcds: None,
             micro: None,
             writes: None,
             scaling: None,
@@ -113,6 +118,10 @@ impl Report {
         self.tpch
             .as_ref()
             .is_some_and(|t| t.queries.iter().any(|q| q.rows_differ))
+            || self
+                .tpcds
+                .as_ref()
+                .is_some_and(|t| t.queries.iter().any(|q| q.rows_differ))
             || self
                 .scaling
                 .as_ref()
@@ -134,10 +143,15 @@ impl Report {
             m.memory_bytes as f64 / (1u64 << 30) as f64,
         );
         // The scaling and concurrency benchmarks state their own setup.
-        if self.tpch.is_some() || self.micro.is_some() || self.writes.is_some() {
+        if self.tpch.is_some()
+            || self.tpcds.is_some()
+            || self.micro.is_some()
+            || self.writes.is_some()
+        {
             let _ = write!(
                 out,
-                "; TPC-H SF{}; {} executors; target_partitions {}; warm-up + {} runs",
+                "; {} SF{}; {} executors; target_partitions {}; warm-up + {} runs",
+                self.suite.title(),
                 self.scale_factor,
                 self.executors,
                 if self.target_partitions == 0 {
@@ -152,6 +166,10 @@ impl Report {
         if let Some(tpch) = &self.tpch {
             out.push('\n');
             tpch.render(&mut out);
+        }
+        if let Some(tpcds) = &self.tpcds {
+            out.push('\n');
+            tpcds.render_markdown("TPC-DS", &mut out);
         }
         if let Some(micro) = &self.micro {
             out.push('\n');
@@ -251,7 +269,18 @@ pub(crate) struct Ratio {
     pub(crate) total: f64,
     /// Geometric mean of the per-query ratios.
     pub(crate) geomean: f64,
+    /// Queries Quiver takes more than twice as long on.
+    pub(crate) above_2x: usize,
+    /// The query with the highest ratio, and that ratio.
+    pub(crate) worst: Option<(usize, f64)>,
+    /// Queries the baseline answers in under [`SMALL_QUERY_MS`].
+    pub(crate) small_queries: usize,
+    /// Over those: Quiver's mean extra time (its median minus the baseline's), ms.
+    pub(crate) small_mean_extra_ms: f64,
 }
+
+/// A query the baseline answers faster than this is small: what Quiver adds to it is fixed cost.
+pub(crate) const SMALL_QUERY_MS: f64 = 100.0;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct TpchReport {
@@ -275,15 +304,29 @@ impl TpchReport {
         let (total_ms, run_total_ms) = summarize(&mut queries, engines.len());
         let ratios = (1..engines.len())
             .map(|b| {
-                let per_query: Vec<f64> = queries
+                let per_query: Vec<(usize, f64)> = queries
                     .iter()
                     .filter(|q| q.ok() && q.median_ms[b] > 0.0)
-                    .map(|q| q.median_ms[0] / q.median_ms[b])
+                    .map(|q| (q.query, q.median_ms[0] / q.median_ms[b]))
+                    .collect();
+                let ratios: Vec<f64> = per_query.iter().map(|&(_, r)| r).collect();
+                let small: Vec<f64> = queries
+                    .iter()
+                    .filter(|q| q.ok() && q.median_ms[b] < SMALL_QUERY_MS)
+                    .map(|q| q.median_ms[0] - q.median_ms[b])
                     .collect();
                 Ratio {
                     baseline: engines[b].clone(),
                     total: total_ms[0] / total_ms[b],
-                    geomean: geomean(&per_query),
+                    geomean: geomean(&ratios),
+                    above_2x: ratios.iter().filter(|&&r| r > 2.0).count(),
+                    worst: per_query.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)),
+                    small_queries: small.len(),
+                    small_mean_extra_ms: if small.is_empty() {
+                        0.0
+                    } else {
+                        small.iter().sum::<f64>() / small.len() as f64
+                    },
                 }
             })
             .collect();
@@ -373,6 +416,118 @@ impl TpchReport {
             let _ = writeln!(
                 out,
                 "{}: peak RSS {:.0} MiB after the TPC-H runs",
+                node.node,
+                mib(node.peak_rss_bytes)
+            );
+        }
+    }
+}
+
+impl TpchReport {
+    /// The report as markdown: one table row per query, then the totals and the headline
+    /// figures against each baseline.
+    fn render_markdown(&self, suite: &str, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "## {suite}, median ms per query\n\nDF-quiver: single-node DataFusion with Quiver's \
+             settings; DF-stock: with DataFusion's defaults; Q/x: Quiver / x; ! marks differing \
+             row counts.\n"
+        );
+        let mut header = "| query | rows |".to_string();
+        let mut rule = "|---|---:|".to_string();
+        for e in &self.engines {
+            let _ = write!(header, " {e} |");
+            rule.push_str("---:|");
+        }
+        for e in &self.engines[1..] {
+            let _ = write!(header, " Q/{e} |");
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(out, "{header}\n{rule}");
+        for q in &self.queries {
+            let rows = q.rows[0]
+                .or(q.rows.iter().flatten().next().copied())
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into());
+            let mark = if q.rows_differ { "!" } else { "" };
+            let mut line = format!("| q{}{mark} | {rows} |", q.query);
+            for (e, median) in q.median_ms.iter().enumerate() {
+                if q.errors[e].is_some() {
+                    line.push_str(" error |");
+                } else {
+                    let _ = write!(line, " {median:.1} |");
+                }
+            }
+            for b in 1..self.engines.len() {
+                if q.ok() && q.median_ms[b] > 0.0 {
+                    let _ = write!(line, " {:.2} |", q.median_ms[0] / q.median_ms[b]);
+                } else {
+                    line.push_str(" - |");
+                }
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        let ok = self.queries.iter().filter(|q| q.ok()).count();
+        let mut line = format!("| total ({ok} queries) | |");
+        for t in &self.total_ms {
+            let _ = write!(line, " {t:.1} |");
+        }
+        for r in &self.ratios {
+            let _ = write!(line, " {:.3} |", r.total);
+        }
+        let _ = writeln!(out, "{line}\n");
+        for r in &self.ratios {
+            let worst = r
+                .worst
+                .map(|(q, ratio)| format!("q{q} {ratio:.2}×"))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "- Quiver / {}: total {:.3}, geometric mean of per-query ratios {:.3}, {} queries \
+                 above 2×, worst {worst}; for the {} queries {} answers under {SMALL_QUERY_MS} ms: \
+                 Quiver's mean extra time {:.1} ms",
+                r.baseline,
+                r.total,
+                r.geomean,
+                r.above_2x,
+                r.small_queries,
+                r.baseline,
+                r.small_mean_extra_ms
+            );
+        }
+        for (r, totals) in self.run_total_ms.iter().enumerate() {
+            let ratios: Vec<String> = totals[1..]
+                .iter()
+                .zip(&self.engines[1..])
+                .map(|(t, e)| format!("Quiver / {e} {:.3}", totals[0] / t))
+                .collect();
+            let _ = writeln!(out, "- run {}: {}", r + 1, ratios.join(", "));
+        }
+        for q in &self.queries {
+            for (e, err) in q.errors.iter().enumerate() {
+                if let Some(err) = err {
+                    // Decode errors repeat a whole plan path: the head says what failed, and
+                    // `--json` keeps all of it.
+                    let mut err = err.replace('\n', " ");
+                    if let Some((cut, _)) = err.char_indices().nth(400) {
+                        err.truncate(cut);
+                        err.push_str(" …");
+                    }
+                    let _ = writeln!(
+                        out,
+                        "- q{} failed on {} (left out of the totals): {err}",
+                        q.query, self.engines[e],
+                    );
+                }
+            }
+            if q.rows_differ {
+                let _ = writeln!(out, "- q{}: row counts differ: {:?}", q.query, q.rows);
+            }
+        }
+        for node in &self.memory {
+            let _ = writeln!(
+                out,
+                "- {}: peak RSS {:.0} MiB after the runs",
                 node.node,
                 mib(node.peak_rss_bytes)
             );

@@ -1,5 +1,5 @@
-//! The TPC-H comparison: the same queries, in the same run, interleaved, on Quiver and on
-//! single-node DataFusion.
+//! The TPC-H comparison (and, with `--suite tpcds`, the TPC-DS one): the same queries, in the
+//! same run, interleaved, on Quiver and on single-node DataFusion.
 //!
 //! Contract: one warm-up run of every query on every engine, then `--runs` timed runs. Within a
 //! run the engines take turns per query, and which engine goes first rotates, so neither always
@@ -24,7 +24,7 @@ use crate::baseline::{self, BaselineChild, Flavour};
 use crate::cluster::{self, ClusterSetup};
 use crate::flight::{Fetched, SqlClient};
 use crate::report::{self, QueryFigures, TpchReport};
-use crate::{BaselineChoice, Options};
+use crate::{BaselineChoice, Options, Suite};
 
 /// Generates the dataset if it is missing (tpchgen, blocking, so off the async workers).
 pub(crate) async fn dataset(data_dir: &Path, scale_factor: f64) -> Result<PathBuf> {
@@ -35,6 +35,17 @@ pub(crate) async fn dataset(data_dir: &Path, scale_factor: f64) -> Result<PathBu
     .await
     .context("the generator panicked")??;
     std::path::absolute(&dir).context("resolving the dataset directory")
+}
+
+/// Generates the TPC-DS dataset if it is missing (tpcgen-cli, blocking, so off the async
+/// workers).
+pub(crate) async fn tpcds_dataset(data_dir: &Path, scale_factor: f64) -> Result<PathBuf> {
+    let data_dir = data_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        quiver_tests::tpcds::ensure_dataset(&data_dir, scale_factor)
+    })
+    .await
+    .context("the generator panicked")?
 }
 
 /// `(query number, statements)` for each query, split as `quiver sql -f` splits them.
@@ -129,7 +140,15 @@ pub(crate) async fn run(
         processes: Vec::new(),
     }];
     for &flavour in baseline_flavours(options.baseline) {
-        let ctx = baseline::context(flavour, &setup.dataset, setup.target_partitions).await?;
+        let ctx = match setup.suite {
+            Suite::Tpch => {
+                baseline::context(flavour, &setup.dataset, setup.target_partitions).await?
+            }
+            Suite::Tpcds => {
+                let config = baseline::config(flavour, setup.target_partitions)?;
+                quiver_tests::tpcds::context(&setup.dataset, config).await?
+            }
+        };
         contenders.push(Contender {
             name: flavour.short().to_string(),
             engine: Engine::DataFusion(ctx),

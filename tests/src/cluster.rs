@@ -86,6 +86,14 @@ impl ClusterOptions {
             ..Self::default()
         }
     }
+
+    /// The 24 TPC-DS tables of the dataset in `dir` (one file each).
+    pub fn tpcds(dir: &Path) -> Self {
+        Self {
+            tables: crate::tpcds::tables(dir),
+            ..Self::default()
+        }
+    }
 }
 
 /// A statement started by [`TestCluster::start_statement`].

@@ -13,6 +13,7 @@ pub mod oracle;
 pub mod process;
 pub mod secure;
 pub mod sql;
+pub mod tpcds;
 
 use std::future::Future;
 use std::path::PathBuf;

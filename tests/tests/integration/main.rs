@@ -26,6 +26,7 @@ mod sql_cli;
 mod status_page;
 mod supervision;
 mod system_tables;
+mod tpcds;
 mod tpch;
 mod writes;
 
