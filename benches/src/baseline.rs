@@ -5,8 +5,8 @@
 //! [`quiver_tests::tpcds::context`], one file per table), with the same
 //! `target_partitions` as the Quiver nodes. Two flavours:
 //! * [`Flavour::Quiver`]: `quiver_server::session_config`, the settings every Quiver
-//!   node runs with (dynamic filter pushdown off, no physical scalar subqueries, plain Utf8
-//!   strings). This isolates the cost of distribution and the front door.
+//!   node runs with (no physical scalar subqueries, plain Utf8 strings; dynamic filter
+//!   pushdown on, as in stock DataFusion). This isolates the cost of distribution and the front door.
 //! * [`Flavour::Stock`]: DataFusion's defaults, what a user of DataFusion would get; the gap to
 //!   [`Flavour::Quiver`] is what Quiver's settings cost.
 //!
