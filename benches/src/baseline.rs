@@ -78,18 +78,10 @@ pub(crate) async fn context(
     dataset: &Path,
     target_partitions: usize,
 ) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(config(flavour, target_partitions)?);
-    for table in quiver_server::tpch::TABLES {
-        let location =
-            quiver_server::absolute_location(&dataset.join(table).display().to_string())?;
-        let ddl = format!("CREATE EXTERNAL TABLE {table} STORED AS PARQUET LOCATION '{location}'");
-        ctx.sql(&ddl)
-            .await
-            .with_context(|| format!("registering {table}"))?
-            .collect()
-            .await?;
-    }
-    Ok(ctx)
+    let tables = quiver_server::tpch::TABLES
+        .iter()
+        .map(|t| (t.to_string(), dataset.join(t)));
+    quiver_tests::oracle::catalog_context(config(flavour, target_partitions)?, tables).await
 }
 
 /// Plans and runs one statement, streaming the result.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use arrow::array::RecordBatch;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
 /// Scale factor of the test dataset: small enough for CI, large enough that every query returns
 /// rows and every table spans several files.
@@ -32,6 +32,27 @@ pub async fn tpch_context(dir: &Path) -> SessionContext {
             .expect("register table");
     }
     ctx
+}
+
+/// A single-node session with `config` over `(name, path)` tables, each registered as Quiver's
+/// catalog registers `--table NAME=PATH` (`CREATE EXTERNAL TABLE … STORED AS PARQUET LOCATION
+/// '<absolute path>'`): what the benchmarks' baselines and the TPC-DS oracle read.
+pub async fn catalog_context(
+    config: SessionConfig,
+    tables: impl IntoIterator<Item = (String, PathBuf)>,
+) -> anyhow::Result<SessionContext> {
+    use anyhow::Context as _;
+    let ctx = SessionContext::new_with_config(config);
+    for (table, path) in tables {
+        let location = quiver_server::absolute_location(&path.display().to_string())?;
+        let ddl = format!("CREATE EXTERNAL TABLE {table} STORED AS PARQUET LOCATION '{location}'");
+        ctx.sql(&ddl)
+            .await
+            .with_context(|| format!("registering {table}"))?
+            .collect()
+            .await?;
+    }
+    Ok(ctx)
 }
 
 /// Runs each statement; returns the result of the one that produces rows (at least one batch,

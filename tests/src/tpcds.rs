@@ -160,17 +160,7 @@ pub fn tables(dir: &Path) -> Vec<(String, PathBuf)> {
 /// A single-node session with `config` over the tables of the dataset in `dir`, registered as
 /// Quiver's catalog registers `--table NAME=FILE`.
 pub async fn context(dir: &Path, config: SessionConfig) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(config);
-    for (table, path) in tables(dir) {
-        let location = quiver_server::absolute_location(&path.display().to_string())?;
-        let ddl = format!("CREATE EXTERNAL TABLE {table} STORED AS PARQUET LOCATION '{location}'");
-        ctx.sql(&ddl)
-            .await
-            .with_context(|| format!("registering {table}"))?
-            .collect()
-            .await?;
-    }
-    Ok(ctx)
+    crate::oracle::catalog_context(config, tables(dir)).await
 }
 
 /// The 99 query texts (`../shared/tpcds/queries`, or `QUIVER_TPCDS_QUERIES`).

@@ -150,11 +150,24 @@ pub(crate) fn header_value(ids: &[u64]) -> String {
 }
 
 /// Copies of one filter on this executor, and its update if it came first.
-#[derive(Default)]
 struct Slot {
     consumers: Vec<Weak<DynamicFilterPhysicalExpr>>,
     update: Option<Arc<DecodedUpdate>>,
-    touched: Option<Instant>,
+    touched: Instant,
+}
+
+/// The slot of `key`, made or refreshed now; slots nobody touched for [`PENDING_TTL`] (an
+/// attempt long over, an update whose scans never came) are dropped first.
+fn touch(slots: &mut HashMap<(String, u64), Slot>, key: (String, u64)) -> &mut Slot {
+    let now = Instant::now();
+    slots.retain(|_, slot| now.duration_since(slot.touched) < PENDING_TTL);
+    let slot = slots.entry(key).or_insert_with(|| Slot {
+        consumers: Vec::new(),
+        update: None,
+        touched: now,
+    });
+    slot.touched = now;
+    slot
 }
 
 struct DecodedUpdate {
@@ -286,8 +299,7 @@ impl FilterRelay {
             return;
         };
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = slots.entry((attempt.to_string(), id)).or_default();
-        slot.touched = Some(Instant::now());
+        let slot = touch(&mut slots, (attempt.to_string(), id));
         if let Some(update) = &slot.update {
             fill(filter, update);
         } else {
@@ -300,15 +312,7 @@ impl FilterRelay {
     pub(crate) fn apply(&self, update: &DynamicFilterUpdate) -> Result<()> {
         let decoded = Arc::new(decode(update)?);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        slots.retain(|_, slot| {
-            slot.touched
-                .is_some_and(|t| now.duration_since(t) < PENDING_TTL)
-        });
-        let slot = slots
-            .entry((update.attempt_id.clone(), update.filter_id))
-            .or_default();
-        slot.touched = Some(now);
+        let slot = touch(&mut slots, (update.attempt_id.clone(), update.filter_id));
         if slot.update.is_some() {
             // Every task of a broadcast join builds the same filter: the first one wins.
             return Ok(());
