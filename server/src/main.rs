@@ -77,9 +77,19 @@ struct ClusterArgs {
     /// DataFusion partitions per node (0 = one per core; distributed plans use at least 2).
     #[arg(long, default_value_t = 0)]
     target_partitions: usize,
-    /// Bytes of file input per scan partition; smaller spreads scans over more executors.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// Bytes of file input per scan partition; smaller spreads scans over more executors. A
+    /// task gets this times its partitions: a scan smaller than one node's worth of partitions
+    /// is not worth a second node's shuffles.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
     scan_bytes_per_partition: usize,
+    /// Largest estimated build side, in bytes, that a hash join broadcasts to every task of its
+    /// probe side instead of shuffling both sides by key (0: never broadcast by size).
+    #[arg(long, default_value_t = quiver_server::DEFAULT_BROADCAST_JOIN_BYTES)]
+    broadcast_join_bytes: usize,
+    /// A broadcast join's build side that reads at most this many bytes of files is read by every
+    /// task of the join instead of in a stage of its own (0: always a stage of its own).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    inline_broadcast_bytes: u64,
     /// How batches are compressed between nodes: lz4 (cheap, the default), zstd (smaller, for
     /// slow networks) or none (for fast networks where CPU is the limit).
     #[arg(long, value_enum, env = "QUIVER_SHUFFLE_COMPRESSION", default_value_t = Compression::Lz4)]
@@ -344,6 +354,8 @@ fn coordinator_config(
         heartbeat_interval: Duration::from_millis(cluster.heartbeat_interval_ms),
         target_partitions: cluster.target_partitions,
         scan_bytes_per_partition: cluster.scan_bytes_per_partition,
+        broadcast_join_bytes: cluster.broadcast_join_bytes,
+        inline_broadcast_bytes: cluster.inline_broadcast_bytes,
         shuffle_compression: match cluster.shuffle_compression {
             Compression::Lz4 => Some(CompressionType::LZ4_FRAME),
             Compression::Zstd => Some(CompressionType::ZSTD),

@@ -23,7 +23,7 @@ use arrow_flight::FlightData;
 use async_trait::async_trait;
 use datafusion::arrow::ipc::CompressionType;
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
@@ -45,14 +45,14 @@ use datafusion_distributed::grpc::{
     ObservabilityServiceImpl, ObservabilityServiceServer, create_worker_client,
 };
 use datafusion_distributed::{
-    ChannelResolver, CoordinatorToWorkerMsg, DesiredTaskCountEvent, DesiredTaskCountEventResponse,
-    DesiredTaskCountHandler, DistributedConfig, DistributedExec, DistributedExt,
-    DistributedMetricsFormat, DistributedTaskContext, ExecuteTaskRequest, GetWorkerInfoRequest,
-    GetWorkerInfoResponse, NetworkBoundary, NetworkBoundaryExt, NetworkBroadcastExec,
-    NetworkCoalesceExec, RouteTasksEvent, RouteTasksEventResponse, RouteTasksHandler,
-    SessionStateBuilderExt, SetPlanRequest, Stage, Worker, WorkerChannel, WorkerPlanRewriteEvent,
-    WorkerPlanRewriteEventResponse, WorkerQueryContext, WorkerResolver, WorkerSessionBuilder,
-    WorkerToCoordinatorMsg,
+    BroadcastExec, ChannelResolver, CoordinatorToWorkerMsg, DesiredTaskCountEvent,
+    DesiredTaskCountEventResponse, DesiredTaskCountHandler, DistributedConfig, DistributedExec,
+    DistributedExt, DistributedLeafExec, DistributedMetricsFormat, DistributedTaskContext,
+    ExecuteTaskRequest, GetWorkerInfoRequest, GetWorkerInfoResponse, MaybeEncoded, NetworkBoundary,
+    NetworkBoundaryExt, NetworkBroadcastExec, NetworkCoalesceExec, RouteTasksEvent,
+    RouteTasksEventResponse, RouteTasksHandler, SessionStateBuilderExt, SetPlanRequest, Stage,
+    Worker, WorkerChannel, WorkerPlanRewriteEvent, WorkerPlanRewriteEventResponse,
+    WorkerQueryContext, WorkerResolver, WorkerSessionBuilder, WorkerToCoordinatorMsg,
 };
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
@@ -69,7 +69,7 @@ use crate::cluster::traffic::{Counted, Traffic};
 use crate::error::{QuiverError, to_datafusion};
 use crate::ids::AttemptId;
 use crate::logs::{self, QuerySpans};
-use crate::planner::cooperative::YieldingJoins;
+use crate::planner::cooperative::{self, YieldingJoins};
 use crate::planner::settings;
 use crate::planner::window_sorts::SortWindowPartitions;
 use crate::resources::QueryMemory;
@@ -85,6 +85,17 @@ impl WorkerResolver for LiveExecutors {
     }
 }
 
+/// How large the pieces of a distributed plan are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StageSizes {
+    /// Bytes of file input per scan partition: leaf scans get one task per this many bytes per
+    /// partition, capped by the number of live executors.
+    pub(crate) scan_bytes_per_partition: usize,
+    /// A broadcast whose one-task stage reads at most this many bytes of files runs inside each
+    /// task that joins with it instead ([`inline_small_broadcasts`]); 0: never.
+    pub(crate) inline_broadcast_bytes: u64,
+}
+
 /// [`metered_coordinator_state`] whose worker traffic nobody counts (tests that plan without a
 /// node).
 #[cfg(test)]
@@ -92,7 +103,7 @@ pub(crate) fn coordinator_state(
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     registry: Arc<ExecutorRegistry>,
-    scan_bytes_per_partition: usize,
+    sizes: StageSizes,
     shuffle_compression: Option<CompressionType>,
     auth: ClusterAuth,
 ) -> Result<SessionState> {
@@ -100,7 +111,7 @@ pub(crate) fn coordinator_state(
         config,
         runtime,
         registry,
-        scan_bytes_per_partition,
+        sizes,
         shuffle_compression,
         auth,
         Traffic::unobserved(),
@@ -108,14 +119,13 @@ pub(crate) fn coordinator_state(
 }
 
 /// The coordinator's planning session: DataFusion with the distributed planner, workers resolved
-/// from `registry`. Leaf scans get one task per `scan_bytes_per_partition` bytes of input per
-/// partition, capped by the number of live executors; smaller inputs stay on fewer tasks. What
+/// from `registry`, split into stages as `sizes` says; smaller inputs stay on fewer tasks. What
 /// its channels to workers carry counts into `traffic`.
 pub(crate) fn metered_coordinator_state(
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     registry: Arc<ExecutorRegistry>,
-    scan_bytes_per_partition: usize,
+    sizes: StageSizes,
     shuffle_compression: Option<CompressionType>,
     auth: ClusterAuth,
     traffic: Traffic,
@@ -138,7 +148,9 @@ pub(crate) fn metered_coordinator_state(
             load: Arc::default(),
             next: AtomicUsize::new(0),
         })
-        .with_distributed_file_scan_config_bytes_per_partition(scan_bytes_per_partition.max(1))?
+        .with_distributed_file_scan_config_bytes_per_partition(
+            sizes.scan_bytes_per_partition.max(1),
+        )?
         // Bytes a node buffers per connection to another before it stops pulling: what a slow
         // consumer can make it hold (the crate's 64 MiB put the coordinator near 300 MiB).
         .with_distributed_worker_connection_buffer_budget_bytes(CONNECTION_BUFFER_BYTES)?
@@ -150,7 +162,10 @@ pub(crate) fn metered_coordinator_state(
         DataFusionError::Internal("the distributed planner installed no query planner".into())
     })?;
     Ok(builder
-        .with_query_planner(Arc::new(PlaceOnExecutor { distributed }))
+        .with_query_planner(Arc::new(PlaceOnExecutor {
+            distributed,
+            inline_broadcast_bytes: sizes.inline_broadcast_bytes,
+        }))
         .build())
 }
 
@@ -158,10 +173,12 @@ pub(crate) fn metered_coordinator_state(
 /// when the plan reads table data or writes: as one stage of one task, under a head on the
 /// coordinator that only forwards its stream (or commits the write). The coordinator then never
 /// scans, joins or aggregates, however small the query; plans that read no table (constants,
-/// `VALUES`, information_schema) stay on it and need no executor.
+/// `VALUES`, information_schema) stay on it and need no executor. Small broadcasts of a split
+/// plan run in their consumers' stages ([`inline_small_broadcasts`]).
 #[derive(Debug)]
 struct PlaceOnExecutor {
     distributed: Arc<dyn QueryPlanner + Send + Sync>,
+    inline_broadcast_bytes: u64,
 }
 
 #[async_trait]
@@ -175,8 +192,129 @@ impl QueryPlanner for PlaceOnExecutor {
             .distributed
             .create_physical_plan(logical_plan, session)
             .await?;
+        let plan = inline_small_broadcasts(plan, self.inline_broadcast_bytes)?;
         place_on_executor(plan, session.config_options())
     }
+}
+
+/// `plan` with each small broadcast read where it is used: a `NetworkBroadcastExec` inside an
+/// executor's stage whose input stage has one task, crosses no network boundary and reads at
+/// most `max_bytes` of files (or only in-memory values) is replaced by that stage's input, so
+/// that every task of the consuming stage computes the build side itself. That costs each task a
+/// read of a small table and saves the query a stage: its dispatch, its round trip and the
+/// encoding of what it sends. A task then sees the whole build side, as with a broadcast.
+/// Broadcasts into the coordinator's head stage stay (the coordinator does not scan).
+fn inline_small_broadcasts(
+    plan: Arc<dyn ExecutionPlan>,
+    max_bytes: u64,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    fn inline(
+        node: &Arc<dyn ExecutionPlan>,
+        in_stage: bool,
+        max_bytes: u64,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if let Some(boundary) = node.as_network_boundary() {
+            let Stage::Local(stage) = boundary.input_stage() else {
+                return Ok(None);
+            };
+            if in_stage
+                && stage.tasks == 1
+                && let Some(broadcast) = stage.plan.downcast_ref::<BroadcastExec>()
+                && node.is::<NetworkBroadcastExec>()
+                && let Some(input) = whole_small_input(broadcast.input(), max_bytes)?
+            {
+                return Ok(Some(input));
+            }
+            let Some(plan) = inline(&stage.plan, true, max_bytes)? else {
+                return Ok(None);
+            };
+            let mut stage = stage.clone();
+            stage.plan = plan;
+            let boundary: Arc<dyn ExecutionPlan> =
+                boundary.with_input_stage(Stage::Local(stage))?;
+            return Ok(Some(boundary));
+        }
+        let children = node.children();
+        let mut changed = false;
+        let mut new_children = Vec::with_capacity(children.len());
+        for child in children {
+            match inline(child, in_stage, max_bytes)? {
+                Some(new) => {
+                    changed = true;
+                    new_children.push(new);
+                }
+                None => new_children.push(Arc::clone(child)),
+            }
+        }
+        if !changed {
+            return Ok(None);
+        }
+        Ok(Some(Arc::clone(node).replace_children(
+            new_children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )?))
+    }
+    if max_bytes == 0 || !plan.is::<DistributedExec>() {
+        return Ok(plan);
+    }
+    Ok(inline(&plan, false, max_bytes)?.unwrap_or(plan))
+}
+
+/// The input of a one-task broadcast stage as a plan any task can run whole (its scans' one
+/// per-task variant), if it crosses no network boundary, reads at most `max_bytes` of files and
+/// has no leaf that needs the coordinator.
+fn whole_small_input(
+    input: &Arc<dyn ExecutionPlan>,
+    max_bytes: u64,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let mut bytes = 0u64;
+    let mut inlinable = true;
+    input.apply(|node| {
+        if node.is_network_boundary() {
+            inlinable = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        let leaf = match node.downcast_ref::<DistributedLeafExec>() {
+            Some(split) if split.variants().len() == 1 => &split.variants()[0],
+            Some(_) => {
+                inlinable = false;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            None if node.children().is_empty() => node,
+            None => return Ok(TreeNodeRecursion::Continue),
+        };
+        match leaf.downcast_ref::<DataSourceExec>() {
+            Some(scan) => match scan.data_source().downcast_ref::<FileScanConfig>() {
+                Some(files) => {
+                    bytes += files
+                        .file_groups
+                        .iter()
+                        .flat_map(|group| group.iter())
+                        .map(|file| file.effective_size())
+                        .sum::<u64>();
+                }
+                None if scan.data_source().is::<MemorySourceConfig>() => {}
+                None => inlinable = false,
+            },
+            None if leaf.is::<EmptyExec>() || leaf.is::<PlaceholderRowExec>() => {}
+            None => inlinable = false,
+        }
+        Ok(if inlinable && bytes <= max_bytes {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    })?;
+    if !inlinable || bytes > max_bytes {
+        return Ok(None);
+    }
+    let whole = Arc::clone(input).transform_up(|node| {
+        Ok(match node.downcast_ref::<DistributedLeafExec>() {
+            Some(split) => Transformed::yes(Arc::clone(&split.variants()[0])),
+            None => Transformed::no(node),
+        })
+    })?;
+    Ok(Some(whole.data))
 }
 
 /// `plan`, run as one remote stage of one task when it is whole and needs an executor
@@ -605,6 +743,12 @@ impl WorkerChannel for QuiverWorkerChannel {
         metrics: ExecutionPlanMetricsSet,
         task_ctx: &Arc<TaskContext>,
     ) -> Result<BoxStream<'static, Result<WorkerToCoordinatorMsg>>> {
+        // The joins' yield points stay here and are put back by the executor
+        // ([`cooperative::strip`]): a deep plan otherwise exceeds what prost decodes.
+        let mut set_plan_request = set_plan_request;
+        if let MaybeEncoded::Decoded(plan) = set_plan_request.plan {
+            set_plan_request.plan = MaybeEncoded::Decoded(cooperative::strip(plan)?);
+        }
         self.inner
             .coordinator_channel(headers, set_plan_request, c2w_stream, metrics, task_ctx)
             .await
@@ -732,6 +876,7 @@ impl WorkerSessionBuilder for ExecutorSessions {
         // Requests this task makes to other executors carry the query's id and stage deadline.
         ctx.builder
             .set_distributed_passthrough_headers(quiver_headers(&ctx.headers))?;
+        let mut relayed = None;
         if let Some(attempt) = ctx
             .headers
             .get(ATTEMPT_ID_HEADER)
@@ -742,22 +887,28 @@ impl WorkerSessionBuilder for ExecutorSessions {
                 .for_attempt(attempt)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             ctx.builder = std::mem::take(&mut ctx.builder).with_runtime_env(runtime);
-            if let Some(named) = ctx
+            relayed = ctx
                 .headers
                 .get(filter_relay::RELAYED_FILTERS_HEADER)
                 .and_then(|v| v.to_str().ok())
-            {
-                let task = TaskFilters::parse(attempt, named);
-                let relay = Arc::clone(&self.filters);
-                ctx.builder.set_distributed_worker_plan_rewrite_handler(
-                    move |ev: WorkerPlanRewriteEvent<'_>| {
-                        let plan =
-                            relay.rewrite(ev.plan, &task, &|node| node.is_network_boundary())?;
-                        Ok(WorkerPlanRewriteEventResponse::new(plan))
-                    },
-                );
-            }
+                .map(|named| {
+                    (
+                        TaskFilters::parse(attempt, named),
+                        Arc::clone(&self.filters),
+                    )
+                });
         }
+        // First the joins' yield points the coordinator kept ([`cooperative::restore`]), then
+        // the filter relay's wrappers, on the plan as the coordinator planned it.
+        ctx.builder.set_distributed_worker_plan_rewrite_handler(
+            move |ev: WorkerPlanRewriteEvent<'_>| {
+                let mut plan = cooperative::restore(ev.plan)?;
+                if let Some((task, relay)) = &relayed {
+                    plan = relay.rewrite(plan, task, &|node| node.is_network_boundary())?;
+                }
+                Ok(WorkerPlanRewriteEventResponse::new(plan))
+            },
+        );
         let state = ctx.builder.build();
         // Inside the query's span (see crate::logs): the line names the query.
         if let Some(task) = state.config().get_extension::<DistributedTaskContext>() {
@@ -1011,14 +1162,17 @@ pub(crate) fn relayed_filters(plan: &Arc<dyn ExecutionPlan>) -> Vec<u64> {
     ids
 }
 
-/// Whether every input of a build side, within its stage, is a broadcast: each task then
-/// builds from all of it.
+/// Whether each task of a stage builds from all of a build side: every network input of it is a
+/// broadcast and no scan in it is split between the stage's tasks (an inlined broadcast's scans
+/// are whole, [`inline_small_broadcasts`]).
 fn whole_build_side(plan: &Arc<dyn ExecutionPlan>) -> bool {
     if plan.as_network_boundary().is_some() {
         return plan.is::<NetworkBroadcastExec>();
     }
-    let children = plan.children();
-    !children.is_empty() && children.into_iter().all(whole_build_side)
+    if plan.is::<DistributedLeafExec>() {
+        return false;
+    }
+    plan.children().into_iter().all(whole_build_side)
 }
 
 /// Whether a node under a network boundary of `probe` uses the expression `id`.

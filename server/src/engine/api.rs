@@ -200,7 +200,10 @@ pub(crate) fn in_process_engine(dir: &std::path::Path) -> super::QueryEngine {
         settings::session_config(2).expect("the default session config is valid"),
         Arc::new(RuntimeEnv::default()),
         Arc::clone(&registry),
-        1 << 20,
+        distributed::StageSizes {
+            scan_bytes_per_partition: 1 << 20,
+            inline_broadcast_bytes: 0,
+        },
         None,
         ClusterAuth::open(),
     )

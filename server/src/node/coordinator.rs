@@ -56,6 +56,12 @@ pub struct CoordinatorConfig {
     /// Bytes of input each partition of a distributed scan reads; decides how many executors a
     /// scan is spread over.
     pub scan_bytes_per_partition: usize,
+    /// Largest estimated build side (bytes) a hash join broadcasts instead of shuffling both
+    /// sides; see [`settings::with_broadcast_join_bytes`].
+    pub broadcast_join_bytes: usize,
+    /// A broadcast whose stage reads at most this many bytes of files runs in the stage that
+    /// uses it, in each of its tasks; 0: every broadcast is a stage of its own.
+    pub inline_broadcast_bytes: u64,
     /// Compression of batches between nodes; `None` sends them uncompressed.
     pub shuffle_compression: Option<CompressionType>,
     /// How long a query may run before it is cancelled with `DeadlineExceeded`; `None`: no limit.
@@ -226,6 +232,14 @@ impl CoordinatorConfig {
                 "scan_bytes_per_partition",
                 self.scan_bytes_per_partition.to_string(),
             ),
+            (
+                "broadcast_join_bytes",
+                self.broadcast_join_bytes.to_string(),
+            ),
+            (
+                "inline_broadcast_bytes",
+                self.inline_broadcast_bytes.to_string(),
+            ),
             ("query_timeout", ms(self.query_timeout)),
             ("stage_timeout", ms(self.stage_timeout)),
             (
@@ -373,7 +387,10 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         );
         target_partitions = MIN_DISTRIBUTED_TARGET_PARTITIONS;
     }
-    let session_config = settings::session_config(target_partitions)?;
+    let session_config = settings::with_broadcast_join_bytes(
+        settings::session_config(target_partitions)?,
+        config.broadcast_join_bytes,
+    );
     let runtime = config.limits.runtime_env()?;
     let admission = Admission::new(config.max_concurrent_queries, config.max_queued_queries);
     let load = admission.load();
@@ -401,7 +418,10 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator> {
         session_config,
         runtime,
         Arc::clone(&registry),
-        config.scan_bytes_per_partition,
+        distributed::StageSizes {
+            scan_bytes_per_partition: config.scan_bytes_per_partition,
+            inline_broadcast_bytes: config.inline_broadcast_bytes,
+        },
         config.shuffle_compression,
         config.cluster_auth.clone(),
         metrics.traffic(),

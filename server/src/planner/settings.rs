@@ -42,6 +42,24 @@ pub const DISTRIBUTED_SETTINGS: &[(&str, &str)] = &[
     ("datafusion.catalog.information_schema", "true"),
 ];
 
+/// The default of `--broadcast-join-bytes`: build sides estimated below this are broadcast.
+///
+/// DataFusion's own threshold (1 MiB) weighs an in-process repartition, which costs little. Across
+/// nodes the alternative is shuffling the probe side, often a fact table, over the network, while
+/// a broadcast sends the build side once per task, and its `CollectLeft` join yields a dynamic
+/// filter that `cluster::filter_relay` carries to the probe side's scans. Spark's default is 10 MB.
+pub const DEFAULT_BROADCAST_JOIN_BYTES: usize = 16 * 1024 * 1024;
+
+/// `config` planning hash joins whose estimated build side is under `bytes` as `CollectLeft`
+/// (which the distributed planner broadcasts), and others as partitioned joins.
+pub fn with_broadcast_join_bytes(mut config: SessionConfig, bytes: usize) -> SessionConfig {
+    config
+        .options_mut()
+        .optimizer
+        .hash_join_single_partition_threshold = bytes;
+    config
+}
+
 /// Applies [`DISTRIBUTED_SETTINGS`] to a set of options.
 pub(crate) fn apply(options: &mut ConfigOptions) -> Result<()> {
     for (key, value) in DISTRIBUTED_SETTINGS {

@@ -2,7 +2,9 @@
 //! 1 % of the keys reads only a few percent of the fact table on every executor, both when the
 //! fact scan runs in the join's stage and when it runs in another stage (below a shuffle, so the
 //! filter crosses executors through the relay); answers equal single-node DataFusion, also when
-//! the relay's updates are delayed or dropped (the executors' test hook).
+//! the relay's updates are delayed or dropped (the executors' test hook). The small dimension's
+//! scan runs in the join's stage (an inlined broadcast), or, with `--inline-broadcast-bytes 0`,
+//! in a broadcast stage of its own; the filters prune either way.
 
 use std::path::Path;
 
@@ -137,6 +139,14 @@ async fn run_both(cluster: &TestCluster, dir: &Path) -> Vec<(String, Vec<f64>)> 
     read
 }
 
+async fn explained(cluster: &TestCluster, sql: &str) -> String {
+    let mut client = cluster.client().await;
+    let batches = run_statements(&mut client, &[format!("EXPLAIN {sql}")], false)
+        .await
+        .expect("explain");
+    quiver_tests::sql::text(&batches)
+}
+
 fn options(dir: &Path, hook: Option<&str>) -> ClusterOptions {
     ClusterOptions {
         tables: vec![
@@ -195,4 +205,62 @@ async fn dynamic_filters_prune_the_fact_table_across_stages_and_never_change_ans
         total >= FACT_ROWS as f64 * 0.99,
         "without updates the scan across stages cannot prune, yet read {total} rows:\n{plan}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_broadcasts_run_in_the_stage_that_joins_them() {
+    let data = tempfile::tempdir().expect("temp dir");
+    write_tables(data.path()).await;
+    let few = FACT_ROWS as f64 * 0.05;
+
+    // By default the dimension (a few KB) is read by each task of the join's stage.
+    let cluster = TestCluster::start(options(data.path(), None)).await;
+    for sql in [STAR, AGGREGATED] {
+        let plan = explained(&cluster, sql).await;
+        assert!(
+            !plan.contains("NetworkBroadcastExec"),
+            "{sql}: the small dimension should not be a stage of its own:\n{plan}"
+        );
+        assert!(
+            plan.contains("d.parquet"),
+            "{sql}: no dimension scan:\n{plan}"
+        );
+    }
+    let stages_inlined = quiver_tests::sql::text(
+        &run_statements(
+            &mut cluster.client().await,
+            &[format!("EXPLAIN ANALYZE {STAR}")],
+            false,
+        )
+        .await
+        .expect("explain analyze"),
+    )
+    .matches("───── Stage")
+    .count();
+    drop(cluster);
+
+    // Inlining off: the dimension is broadcast from a stage of its own, and the answers, the
+    // pruning and the relay (now fed by a broadcast build side) are the same.
+    let mut off = options(data.path(), None);
+    off.coordinator_args = vec!["--inline-broadcast-bytes".into(), "0".into()];
+    let cluster = TestCluster::start(off).await;
+    let plan = explained(&cluster, STAR).await;
+    assert!(
+        plan.contains("NetworkBroadcastExec"),
+        "with inlining off the dimension should be broadcast:\n{plan}"
+    );
+    let stages_broadcast = analyzed(&cluster, STAR)
+        .await
+        .matches("───── Stage")
+        .count();
+    assert!(
+        stages_inlined < stages_broadcast,
+        "inlining should save a stage: {stages_inlined} vs {stages_broadcast}"
+    );
+    for (plan, rows) in run_both(&cluster, data.path()).await {
+        assert!(
+            rows.iter().all(|r| *r <= few),
+            "a fact scan task read more than {few} rows: {rows:?}\n{plan}"
+        );
+    }
 }

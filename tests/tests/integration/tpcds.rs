@@ -108,3 +108,30 @@ async fn tpcds_queries_match_single_node_datafusion() {
         );
     }
 }
+
+/// With the binary's own sizes the small dataset runs in few, deep stages: q64, the deepest
+/// (some 20 joins in a chain in one task), must still decode on the executor, which once failed
+/// with prost's "recursion limit reached".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deepest_tpcds_plan_runs_with_the_default_stage_sizes() {
+    let data = tpcds::test_dataset();
+    let dir = tpcds::queries_dir();
+    let config = quiver_server::session_config(0).expect("settings");
+    let ctx = within(
+        Duration::from_secs(60),
+        "registering the oracle's tables",
+        tpcds::context(&data, config),
+    )
+    .await
+    .expect("oracle tables");
+    let cluster = TestCluster::start(ClusterOptions {
+        binary_defaults: true,
+        ..ClusterOptions::tpcds(&data)
+    })
+    .await;
+    let mut client = cluster.client().await;
+    let statements = tpcds::load_query(&dir, 64).unwrap_or_else(|e| panic!("{e:#}"));
+    if let Err(diff) = check(&ctx, &mut client, &statements).await {
+        panic!("q64: {diff}");
+    }
+}
