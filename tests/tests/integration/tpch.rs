@@ -95,7 +95,8 @@ async fn tpch_queries_match_single_node_datafusion() {
     let stages: usize = explain["stages"].parse().expect("stage count");
     let plan = &explain["distributed_plan"];
     assert!(stages > 1, "EXPLAIN shows {stages} stage(s):\n{plan}");
-    assert!(plan.contains("Stage 1"), "{plan}");
+    // (Stage numbers have gaps where a small broadcast was inlined into its join's stage.)
+    assert!(plan.contains("───── Stage "), "{plan}");
     assert_eq!(explain["executors"].split(", ").count(), 2);
 
     // EXPLAIN ANALYZE runs it and shows which executor ran each task.
