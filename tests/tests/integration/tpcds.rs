@@ -33,6 +33,18 @@ async fn oracle(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, Str
     Ok(batches)
 }
 
+/// Single-node DataFusion with Quiver's settings over the dataset in `data`.
+async fn oracle_context(data: &std::path::Path) -> SessionContext {
+    let config = quiver_server::session_config(0).expect("settings");
+    within(
+        Duration::from_secs(60),
+        "registering the oracle's tables",
+        tpcds::context(data, config),
+    )
+    .await
+    .expect("oracle tables")
+}
+
 /// Compares every statement of query `q`; `Err` says how it differs.
 async fn check(
     ctx: &SessionContext,
@@ -55,14 +67,7 @@ async fn check(
 async fn tpcds_queries_match_single_node_datafusion() {
     let data = tpcds::test_dataset();
     let dir = tpcds::queries_dir();
-    let config = quiver_server::session_config(0).expect("settings");
-    let ctx = within(
-        Duration::from_secs(60),
-        "registering the oracle's tables",
-        tpcds::context(&data, config),
-    )
-    .await
-    .expect("oracle tables");
+    let ctx = oracle_context(&data).await;
     let cluster = TestCluster::start(ClusterOptions::tpcds(&data)).await;
     let mut client = cluster.client().await;
     let before = [
@@ -116,14 +121,7 @@ async fn tpcds_queries_match_single_node_datafusion() {
 async fn the_deepest_tpcds_plan_runs_with_the_default_stage_sizes() {
     let data = tpcds::test_dataset();
     let dir = tpcds::queries_dir();
-    let config = quiver_server::session_config(0).expect("settings");
-    let ctx = within(
-        Duration::from_secs(60),
-        "registering the oracle's tables",
-        tpcds::context(&data, config),
-    )
-    .await
-    .expect("oracle tables");
+    let ctx = oracle_context(&data).await;
     let cluster = TestCluster::start(ClusterOptions {
         binary_defaults: true,
         ..ClusterOptions::tpcds(&data)
