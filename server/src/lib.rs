@@ -77,9 +77,7 @@ pub use node::executor::{ExecutorConfig, RunningExecutor, start as start_executo
 pub use node::net::parse_listen;
 pub use node::serve::{LocalCluster, ServeConfig, start as start_serve};
 pub use ops::http::HttpListen;
-pub use planner::settings::{
-    DEFAULT_BROADCAST_JOIN_BYTES, DISTRIBUTED_SETTINGS, session_config, with_broadcast_join_bytes,
-};
+pub use planner::settings::{DEFAULT_BROADCAST_JOIN_BYTES, DISTRIBUTED_SETTINGS, session_config};
 pub use resources::{ResourceLimits, parse_bytes};
 pub use security::auth::{DEFAULT_HASH_ITERATIONS, hash_password};
 pub use security::cluster_auth::{ClusterAuth, Signed};

@@ -283,20 +283,9 @@ fn whole_small_input(
             None if node.children().is_empty() => node,
             None => return Ok(TreeNodeRecursion::Continue),
         };
-        match leaf.downcast_ref::<DataSourceExec>() {
-            Some(scan) => match scan.data_source().downcast_ref::<FileScanConfig>() {
-                Some(files) => {
-                    bytes += files
-                        .file_groups
-                        .iter()
-                        .flat_map(|group| group.iter())
-                        .map(|file| file.effective_size())
-                        .sum::<u64>();
-                }
-                None if scan.data_source().is::<MemorySourceConfig>() => {}
-                None => inlinable = false,
-            },
-            None if leaf.is::<EmptyExec>() || leaf.is::<PlaceholderRowExec>() => {}
+        match travelling_leaf(leaf) {
+            Some(TravellingLeaf::Files { bytes: read }) => bytes += read,
+            Some(TravellingLeaf::Values) => {}
             None => inlinable = false,
         }
         Ok(if inlinable && bytes <= max_bytes {
@@ -374,11 +363,10 @@ fn needs_executor(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
         if !node.children().is_empty() {
             return Ok(TreeNodeRecursion::Continue);
         }
-        match node.downcast_ref::<DataSourceExec>() {
-            Some(scan) if scan.data_source().is::<FileScanConfig>() => reads_or_writes = true,
-            Some(scan) if scan.data_source().is::<MemorySourceConfig>() => {}
-            None if node.is::<EmptyExec>() || node.is::<PlaceholderRowExec>() => {}
-            _ => {
+        match travelling_leaf(node) {
+            Some(TravellingLeaf::Files { .. }) => reads_or_writes = true,
+            Some(TravellingLeaf::Values) => {}
+            None => {
                 travels = false;
                 return Ok(TreeNodeRecursion::Stop);
             }
@@ -386,6 +374,36 @@ fn needs_executor(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
         Ok(TreeNodeRecursion::Continue)
     })?;
     Ok(reads_or_writes && travels)
+}
+
+/// A leaf that can run on an executor.
+enum TravellingLeaf {
+    /// A scan of files, `bytes` of them.
+    Files { bytes: u64 },
+    /// In-memory values or an empty relation.
+    Values,
+}
+
+/// What `leaf` is, if it can travel to an executor (not the coordinator's catalog views).
+fn travelling_leaf(leaf: &Arc<dyn ExecutionPlan>) -> Option<TravellingLeaf> {
+    match leaf.downcast_ref::<DataSourceExec>() {
+        Some(scan) => match scan.data_source().downcast_ref::<FileScanConfig>() {
+            Some(files) => Some(TravellingLeaf::Files {
+                bytes: files
+                    .file_groups
+                    .iter()
+                    .flat_map(|group| group.iter())
+                    .map(|file| file.effective_size())
+                    .sum(),
+            }),
+            None if scan.data_source().is::<MemorySourceConfig>() => Some(TravellingLeaf::Values),
+            None => None,
+        },
+        None if leaf.is::<EmptyExec>() || leaf.is::<PlaceholderRowExec>() => {
+            Some(TravellingLeaf::Values)
+        }
+        None => None,
+    }
 }
 
 /// Writers spread over every live executor, so a write's rows never funnel through one node (the

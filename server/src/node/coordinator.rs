@@ -57,7 +57,7 @@ pub struct CoordinatorConfig {
     /// scan is spread over.
     pub scan_bytes_per_partition: usize,
     /// Largest estimated build side (bytes) a hash join broadcasts instead of shuffling both
-    /// sides; see [`settings::with_broadcast_join_bytes`].
+    /// sides (`--broadcast-join-bytes`).
     pub broadcast_join_bytes: usize,
     /// A broadcast whose stage reads at most this many bytes of files runs in the stage that
     /// uses it, in each of its tasks; 0: every broadcast is a stage of its own.

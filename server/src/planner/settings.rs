@@ -52,7 +52,7 @@ pub const DEFAULT_BROADCAST_JOIN_BYTES: usize = 16 * 1024 * 1024;
 
 /// `config` planning hash joins whose estimated build side is under `bytes` as `CollectLeft`
 /// (which the distributed planner broadcasts), and others as partitioned joins.
-pub fn with_broadcast_join_bytes(mut config: SessionConfig, bytes: usize) -> SessionConfig {
+pub(crate) fn with_broadcast_join_bytes(mut config: SessionConfig, bytes: usize) -> SessionConfig {
     config
         .options_mut()
         .optimizer

@@ -105,12 +105,9 @@ fn fact_rows_per_task(analyzed: &str) -> Vec<f64> {
         .collect()
 }
 
+/// The text of `EXPLAIN ANALYZE sql`.
 async fn analyzed(cluster: &TestCluster, sql: &str) -> String {
-    let mut client = cluster.client().await;
-    let batches = run_statements(&mut client, &[format!("EXPLAIN ANALYZE {sql}")], false)
-        .await
-        .expect("explain analyze");
-    quiver_tests::sql::text(&batches)
+    explained(cluster, &format!("ANALYZE {sql}")).await
 }
 
 /// Checks both queries against the oracle; returns the fact rows each scan task read, per query.
@@ -139,6 +136,7 @@ async fn run_both(cluster: &TestCluster, dir: &Path) -> Vec<(String, Vec<f64>)> 
     read
 }
 
+/// The text of `EXPLAIN sql`.
 async fn explained(cluster: &TestCluster, sql: &str) -> String {
     let mut client = cluster.client().await;
     let batches = run_statements(&mut client, &[format!("EXPLAIN {sql}")], false)
@@ -226,17 +224,10 @@ async fn small_broadcasts_run_in_the_stage_that_joins_them() {
             "{sql}: no dimension scan:\n{plan}"
         );
     }
-    let stages_inlined = quiver_tests::sql::text(
-        &run_statements(
-            &mut cluster.client().await,
-            &[format!("EXPLAIN ANALYZE {STAR}")],
-            false,
-        )
+    let stages_inlined = analyzed(&cluster, STAR)
         .await
-        .expect("explain analyze"),
-    )
-    .matches("───── Stage")
-    .count();
+        .matches("───── Stage")
+        .count();
     drop(cluster);
 
     // Inlining off: the dimension is broadcast from a stage of its own, and the answers, the
