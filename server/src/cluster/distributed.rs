@@ -72,6 +72,7 @@ use crate::logs::{self, QuerySpans};
 use crate::planner::cooperative::{self, YieldingJoins};
 use crate::planner::settings;
 use crate::planner::window_sorts::SortWindowPartitions;
+use crate::planner::wire_statistics;
 use crate::resources::QueryMemory;
 use crate::security::cluster_auth::{ClusterAuth, Signed, Verified};
 use crate::sink::{ParallelWriteExec, QuiverCodec, QuiverPlanner, WriteCommitExec};
@@ -762,10 +763,12 @@ impl WorkerChannel for QuiverWorkerChannel {
         task_ctx: &Arc<TaskContext>,
     ) -> Result<BoxStream<'static, Result<WorkerToCoordinatorMsg>>> {
         // The joins' yield points stay here and are put back by the executor
-        // ([`cooperative::strip`]): a deep plan otherwise exceeds what prost decodes.
+        // ([`cooperative::strip`]): a deep plan otherwise exceeds what prost decodes. The scans
+        // carry only the statistics an executor reads ([`wire_statistics`]).
         let mut set_plan_request = set_plan_request;
         if let MaybeEncoded::Decoded(plan) = set_plan_request.plan {
-            set_plan_request.plan = MaybeEncoded::Decoded(cooperative::strip(plan)?);
+            let plan = wire_statistics::trim_for_executor(cooperative::strip(plan)?)?;
+            set_plan_request.plan = MaybeEncoded::Decoded(plan);
         }
         self.inner
             .coordinator_channel(headers, set_plan_request, c2w_stream, metrics, task_ctx)
