@@ -32,6 +32,14 @@ use datafusion::physical_plan::ExecutionPlan;
 /// `plan` with each file scan's statistics trimmed to what an executor reads of them (see the
 /// module docs); other nodes are left as they are.
 pub(crate) fn trim_for_executor(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    map_file_scans(plan, trimmed_config)
+}
+
+/// `plan` with the config of each file scan replaced by `f`'s.
+fn map_file_scans(
+    plan: Arc<dyn ExecutionPlan>,
+    f: impl Fn(&FileScanConfig) -> FileScanConfig,
+) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(plan
         .transform_up(|node| {
             let Some(scan) = node.downcast_ref::<DataSourceExec>() else {
@@ -40,9 +48,8 @@ pub(crate) fn trim_for_executor(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn 
             let Some(config) = scan.data_source().downcast_ref::<FileScanConfig>() else {
                 return Ok(Transformed::no(node));
             };
-            let trimmed = trimmed_config(config);
             Ok(Transformed::yes(Arc::new(
-                scan.clone().with_data_source(Arc::new(trimmed)),
+                scan.clone().with_data_source(Arc::new(f(config))),
             )))
         })?
         .data)
@@ -149,20 +156,13 @@ mod tests {
 
     use super::*;
 
-    /// The one file scan of `plan`.
+    /// The config of the one file scan of `plan`.
     fn scan_config(plan: &Arc<dyn ExecutionPlan>) -> FileScanConfig {
-        let mut found = None;
-        plan.apply(|node| {
-            if let Some(config) = node
-                .downcast_ref::<DataSourceExec>()
-                .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
-            {
-                found = Some(config.clone());
-            }
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        })
-        .expect("walk");
-        found.expect("a file scan")
+        plan_scan(plan)
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
+            .expect("a file scan")
+            .clone()
     }
 
     /// Per column of the table, whether some file of the scan knows its minimum.
@@ -257,26 +257,16 @@ mod tests {
     async fn without_the_ordering_columns_statistics_a_decoded_scan_loses_its_order() {
         // Why the ordering columns are kept: the check above would pass vacuously otherwise.
         let (ctx, plan, _dir) = ordered_scan().await;
-        let stripped = plan
-            .transform_up(|node| {
-                let Some(scan) = node.downcast_ref::<DataSourceExec>() else {
-                    return Ok(Transformed::no(node));
-                };
-                let Some(config) = scan.data_source().downcast_ref::<FileScanConfig>() else {
-                    return Ok(Transformed::no(node));
-                };
-                let mut config = config.clone();
-                config.file_groups = config
-                    .file_groups
-                    .iter()
-                    .map(|g| trimmed_group(g, &HashSet::new()))
-                    .collect();
-                Ok(Transformed::yes(Arc::new(
-                    scan.clone().with_data_source(Arc::new(config)),
-                )))
-            })
-            .expect("strip")
-            .data;
+        let stripped = map_file_scans(plan, |config| {
+            let mut config = config.clone();
+            config.file_groups = config
+                .file_groups
+                .iter()
+                .map(|g| trimmed_group(g, &HashSet::new()))
+                .collect();
+            config
+        })
+        .expect("strip");
         let sent = physical_plan_to_bytes(stripped).expect("encode");
         let decoded = physical_plan_from_bytes(&sent, &ctx.task_ctx()).expect("decode");
         assert!(plan_scan(&decoded).output_ordering().is_none());
