@@ -1,6 +1,8 @@
 //! `EXPLAIN` and `EXPLAIN ANALYZE`: the distributed plan as rows.
 //!
-//! `EXPLAIN` plans and renders (stages, tasks, partitions) without running anything.
+//! `EXPLAIN` plans and renders (stages, tasks, partitions) without running anything but the
+//! query's uncorrelated scalar subqueries, whose values the plan is made with
+//! ([`super::scalar_subqueries`]).
 //! `EXPLAIN ANALYZE` is a supervised run to its end ([`PlanRunner::run_to_end`]: admission and
 //! the query deadline, stage deadlines, the departure watchdog, a rerun when an executor is lost)
 //! that discards the rows, then shows per-task metrics and where each stage's tasks ran. Rows:
@@ -19,6 +21,7 @@ use crate::error::Result;
 
 use super::require_executors;
 use super::run::PlanRunner;
+use super::scalar_subqueries;
 use super::statement::explain_schema;
 
 pub(super) async fn explain(
@@ -41,6 +44,15 @@ pub(super) async fn explain(
         let stages = distributed::stage_count(&completed.physical);
         let rendered = distributed::render_analyzed_plan(completed.physical).await?;
         (rendered, stages, Some(completed.placements.render()))
+    } else if scalar_subqueries::any(plan) {
+        // The plan shown is the one that runs: with the values of its scalar subqueries, which
+        // run now, as a query's do.
+        require_executors(runner.registry(), plan)?;
+        let deadline = runner.deadline();
+        let _slot = runner.admit(deadline).await?;
+        let physical = runner.physical_plan(&ctx.state(), plan, deadline).await?;
+        let stages = distributed::stage_count(&physical);
+        (distributed::render_plan(physical.as_ref()), stages, None)
     } else {
         let physical = ctx.state().create_physical_plan(plan).await?;
         let stages = distributed::stage_count(&physical);

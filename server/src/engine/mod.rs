@@ -17,13 +17,16 @@
 //! Every plan that runs on the cluster (queries, `EXPLAIN ANALYZE`, every write's input) runs
 //! through the one [`run::PlanRunner`], which gives them all the same guarantees: admission and
 //! the query deadline, stage deadlines, the departure watchdog on the executors the run uses,
-//! errors naming a lost executor, and a rerun when one is lost before anything was shown.
+//! errors naming a lost executor, and a rerun when one is lost before anything was shown. An
+//! uncorrelated scalar subquery is such a run of its own, before its query is planned with its
+//! value ([`scalar_subqueries`]).
 
 mod api;
 mod ddl;
 mod explain;
 mod placeholders;
 mod run;
+mod scalar_subqueries;
 mod statement;
 mod writes;
 
@@ -286,6 +289,8 @@ impl QueryService for QueryEngine {
     async fn plan_query(&self, statement: Statement) -> Result<PlannedQuery> {
         self.check_runnable(&statement)?;
         let physical = match statement.kind {
+            // Scalar subqueries run when the query does, under its admission slot.
+            StatementKind::Query if scalar_subqueries::any(&statement.plan) => None,
             StatementKind::Query => Some(
                 self.runner
                     .deadline()

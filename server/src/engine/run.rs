@@ -35,6 +35,7 @@ use datafusion::execution::{SendableRecordBatchStream, SessionState};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::SessionContext;
+use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, FusedStream, Stream, StreamExt, TryStreamExt};
 use tokio::time::Instant;
 use url::Url;
@@ -47,7 +48,7 @@ use crate::ids::AttemptId;
 use crate::ops::queries::QueryHandle;
 use crate::resources::{Admission, QueryMemory, Slot};
 
-use super::{QueryStream, ResultPart};
+use super::{QueryStream, ResultPart, scalar_subqueries};
 
 /// Runs physical plans on the cluster under the guarantees of the module contract.
 pub(crate) struct PlanRunner {
@@ -146,11 +147,7 @@ impl PlanRunner {
         }
         let physical = match planned {
             Some(physical) => physical,
-            None => {
-                deadline
-                    .run(ctx.state().create_physical_plan(plan))
-                    .await??
-            }
+            None => self.attempts.plan(&ctx.state(), plan, deadline).await?,
         };
         let attempts = Arc::clone(&self.attempts);
         let ctx = ctx.clone();
@@ -163,7 +160,7 @@ impl PlanRunner {
                 let state = ctx.state();
                 let physical = match physical.take() {
                     Some(p) => p,
-                    None => state.create_physical_plan(&plan).await?,
+                    None => attempts.plan(&state, &plan, deadline).await?,
                 };
                 let attempt = attempts.start(&state, physical, Some(&announced))?;
                 if let Some(tracker) = &tracker {
@@ -224,6 +221,85 @@ impl PlanRunner {
         plan: &LogicalPlan,
         deadline: Deadline,
         what: &str,
+        consume: F,
+    ) -> Result<Completed<T>>
+    where
+        F: FnMut(BoxStream<'static, Result<RecordBatch>>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.attempts
+            .run_to_end(state, plan, deadline, what, consume)
+            .await
+    }
+
+    /// `plan`'s physical plan within `deadline`, its uncorrelated scalar subqueries run first
+    /// ([`scalar_subqueries`]): the caller holds the admission slot when `plan` has some.
+    pub(crate) async fn physical_plan(
+        &self,
+        state: &SessionState,
+        plan: &LogicalPlan,
+        deadline: Deadline,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.attempts.plan(state, plan, deadline).await
+    }
+}
+
+impl Attempts {
+    /// See [`PlanRunner::physical_plan`]. Each subquery is a run to its end of its own (its own
+    /// attempt and memory budget), [`scalar_subqueries::AT_ONCE`] at a time, before the plan
+    /// that uses their values; the first to fail ends the others.
+    fn plan<'a>(
+        &'a self,
+        state: &'a SessionState,
+        plan: &'a LogicalPlan,
+        deadline: Deadline,
+    ) -> BoxFuture<'a, Result<Arc<dyn ExecutionPlan>>> {
+        Box::pin(async move {
+            if !scalar_subqueries::any(plan) {
+                return Ok(deadline.run(state.create_physical_plan(plan)).await??);
+            }
+            let optimized = scalar_subqueries::optimize_keeping_them(state, plan)?;
+            let values: Vec<_> = stream::iter(scalar_subqueries::uncorrelated(&optimized))
+                .map(|subquery| async move {
+                    let field = scalar_subqueries::value_field(&subquery)?;
+                    let value = self
+                        .run_to_end(
+                            state,
+                            &subquery.subquery,
+                            deadline,
+                            "scalar subquery",
+                            |batches| scalar_subqueries::single_value(&field, batches),
+                        )
+                        .await?
+                        .value;
+                    tracing::debug!(subquery = %subquery.subquery.display(), %value, "scalar subquery ran before its query");
+                    Ok::<_, QuiverError>((subquery, value))
+                })
+                .buffered(scalar_subqueries::AT_ONCE)
+                .try_collect()
+                .await?;
+            if values.is_empty() {
+                // Only correlated subqueries, already joins: no second optimizer pass.
+                let planner = state.query_planner();
+                return Ok(deadline
+                    .run(planner.create_physical_plan(&optimized, state))
+                    .await??);
+            }
+            let substituted = scalar_subqueries::substitute(optimized, &values)?;
+            // Optimized again: the literals now push down into scans.
+            Ok(deadline
+                .run(state.create_physical_plan(&substituted))
+                .await??)
+        })
+    }
+
+    /// See [`PlanRunner::run_to_end`].
+    async fn run_to_end<T, F, Fut>(
+        &self,
+        state: &SessionState,
+        plan: &LogicalPlan,
+        deadline: Deadline,
+        what: &str,
         mut consume: F,
     ) -> Result<Completed<T>>
     where
@@ -232,8 +308,8 @@ impl PlanRunner {
     {
         let mut rerun = false;
         loop {
-            let physical = deadline.run(state.create_physical_plan(plan)).await??;
-            let attempt = self.attempts.start(state, physical, None)?;
+            let physical = self.plan(state, plan, deadline).await?;
+            let attempt = self.start(state, physical, None)?;
             let placements = attempt.placements;
             let batches = attempt
                 .parts
@@ -255,7 +331,7 @@ impl PlanRunner {
                 }
                 Err(e) => {
                     let e = to_datafusion(e);
-                    match self.attempts.judge(e, &placements, what, !rerun).await {
+                    match self.judge(e, &placements, what, !rerun).await {
                         Verdict::Rerun => rerun = true,
                         Verdict::Fail(e) => return Err(e),
                     }
@@ -263,9 +339,7 @@ impl PlanRunner {
             }
         }
     }
-}
 
-impl Attempts {
     /// Starts a run of `physical`. For a client reading `announced`, the executors' messages
     /// go to it as they are when the plan's head only concatenates their streams
     /// ([`distributed::pass_through_stage`]).

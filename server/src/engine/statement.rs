@@ -29,6 +29,7 @@ use crate::arrow_compat::{plain_schema, plain_type};
 use crate::error::{QuiverError, Result};
 
 use super::placeholders::number_placeholders;
+use super::scalar_subqueries;
 
 /// What a statement does, which decides how clients run it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +111,7 @@ impl Statement {
         let schema = match kind {
             StatementKind::Ddl | StatementKind::Write => Arc::new(Schema::empty()),
             StatementKind::Explain { .. } => explain_schema(),
-            StatementKind::Query => plain_schema(plan.schema().as_arrow()),
+            StatementKind::Query => query_schema(&plan),
         };
         let (parameters, typed) = parameter_fields(&plan)?.into_iter().unzip();
         Ok(Self {
@@ -177,7 +178,7 @@ impl Statement {
         if statement.kind == StatementKind::Query {
             // Columns that are bare placeholders (`SELECT ? AS a`) take the bound value's type.
             let plan = statement.plan.recompute_schema()?;
-            statement.schema = plain_schema(plan.schema().as_arrow());
+            statement.schema = query_schema(&plan);
             statement.plan = plan;
         }
         Ok(statement)
@@ -193,6 +194,22 @@ impl Statement {
     pub(crate) fn parameter_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(self.parameters.clone()))
     }
+}
+
+/// The schema a query announces: its plan's, in plain types. DataFusion declares a scalar
+/// subquery as nullable as its one column, but a subquery with no row is NULL: the columns of a
+/// query with one are all announced nullable (which no client holds against a value).
+fn query_schema(plan: &LogicalPlan) -> SchemaRef {
+    let schema = plain_schema(plan.schema().as_arrow());
+    if !scalar_subqueries::any(plan) {
+        return schema;
+    }
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+        .collect::<Vec<_>>();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 pub(super) fn classify(plan: &LogicalPlan) -> Result<StatementKind> {

@@ -9,7 +9,9 @@
 //!   one stage works as in one process, and `cluster::filter_relay` carries the filters of
 //!   broadcast joins to the scans of other stages (the others stay unfilled: no pruning, never a
 //!   wrong answer or a wait longer than the relay's);
-//! * physical uncorrelated scalar subqueries share in-process state that cannot cross stages;
+//! * physical uncorrelated scalar subqueries share in-process state that cannot cross stages:
+//!   the engine runs them before their query instead (`engine::scalar_subqueries`), and a plan
+//!   made any other way gets them as joins;
 //! * Utf8View/BinaryView columns are not readable by JDBC ≤ 18.3 and make Flight frames large, so
 //!   Parquet strings are read as plain Utf8 and SQL string types map to Utf8.
 

@@ -255,3 +255,64 @@ async fn small_broadcasts_run_in_the_stage_that_joins_them() {
         );
     }
 }
+
+/// Uncorrelated scalar subqueries run before their query, whose plan then has their values as
+/// constants: a range filter on one prunes the fact table as `k > 994` would (joined to the
+/// query instead, the subquery's value prunes nothing). Answers and column names equal
+/// single-node DataFusion's; no row is NULL, two rows are `InvalidArgument`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scalar_subqueries_run_first_and_prune_like_constants() {
+    const RANGE: &str = "SELECT count(*) AS n, sum(v) AS s FROM f \
+                         WHERE k > (SELECT max(k) FROM d) - 5";
+    let data = tempfile::tempdir().expect("temp dir");
+    write_tables(data.path()).await;
+    let cluster = TestCluster::start(options(data.path(), None)).await;
+    let mut client = cluster.client().await;
+    for sql in [
+        RANGE,
+        // Projected (named and unnamed), nested in another, and with no row (NULL).
+        "SELECT (SELECT max(k) FROM d) AS top, (SELECT min(k) FROM d WHERE tag = 'hot'), \
+         (SELECT k FROM d WHERE tag = 'none') AS nothing",
+        "SELECT count(*) AS n FROM f \
+         WHERE k >= (SELECT max(k) - (SELECT count(*) FROM d WHERE tag = 'hot') FROM d)",
+        "SELECT d.tag, count(*) AS n FROM f JOIN d ON f.k = d.k \
+         WHERE f.v < (SELECT avg(v) FROM f WHERE k < 10) GROUP BY d.tag ORDER BY d.tag",
+    ] {
+        let expected = oracle(data.path(), sql).await;
+        let actual = run_statements(&mut client, &[sql.to_string()], false)
+            .await
+            .expect(sql);
+        if let Err(diff) = compare(&expected, &actual, false) {
+            panic!("{sql}: {diff}");
+        }
+        let names = |b: &[RecordBatch]| -> Vec<String> {
+            b[0].schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        };
+        assert_eq!(names(&actual), names(&expected), "{sql}: column names");
+    }
+
+    let plan = explained(&cluster, RANGE).await;
+    assert!(
+        plan.contains("k@0 > 994") && !plan.contains("Join"),
+        "the subquery's value should be a constant of the plan:\n{plan}"
+    );
+    let plan = analyzed(&cluster, RANGE).await;
+    let read: f64 = fact_rows_per_task(&plan).iter().sum();
+    assert!(
+        read <= FACT_ROWS as f64 * 0.05,
+        "the fact scan read {read} rows, not just the last keys':\n{plan}"
+    );
+
+    let err = quiver_tests::sql::query(
+        &mut client,
+        "SELECT count(*) FROM f WHERE k = (SELECT k FROM d WHERE tag = 'hot')",
+    )
+    .await
+    .expect_err("ten rows are not a scalar");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("more than one row"), "{err}");
+}
