@@ -550,6 +550,23 @@ mod tests {
         let batches = result.collect_batches().await.unwrap();
         assert_eq!(batches[0].num_rows(), 1);
 
+        // A scalar subquery runs with its query, under its admission slot: planned at execute.
+        let sql = "SELECT (SELECT max(x) FROM (VALUES (1), (5)) v(x)) AS top";
+        let planned = engine.plan_query(engine.prepare(sql).await.unwrap());
+        let planned = planned.await.unwrap();
+        assert!(planned.physical.is_none());
+        assert!(planned.statement.schema.field(0).is_nullable());
+        let result = engine.execute_planned(planned).await.unwrap();
+        let batches = result.collect_batches().await.unwrap();
+        assert_eq!(
+            batches[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .map(|a| a.value(0)),
+            Some(5)
+        );
+
         let explain = engine.prepare("EXPLAIN SELECT 1").await.unwrap();
         let explain = engine.plan_query(explain).await.unwrap();
         assert!(explain.physical.is_none(), "explaining is its run");

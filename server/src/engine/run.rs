@@ -14,7 +14,10 @@
 //!   starts once more on the remaining executors when nothing was shown yet: for a query
 //!   ([`PlanRunner::stream`]) before its first batch reached the client; for a run to its end
 //!   ([`PlanRunner::run_to_end`]: a write's input, `EXPLAIN ANALYZE`) before it ended, since
-//!   those show nothing before then. One rerun at most; with no executor left, `Unavailable`.
+//!   those show nothing before then. One rerun at most; with no executor left, `Unavailable`;
+//! * a plan's uncorrelated scalar subqueries are runs to their end of their own, under the same
+//!   deadline and admission slot, before the plan is made with their values
+//!   ([`PlanRunner::physical_plan`], [`super::scalar_subqueries`]).
 //!
 //! A streamed query whose head only concatenates its last stage's streams gets that stage's
 //! record batch messages as the executors encoded them ([`ResultPart::Encoded`], see
