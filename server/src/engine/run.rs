@@ -261,8 +261,7 @@ impl Attempts {
             if !scalar_subqueries::any(plan) {
                 return Ok(deadline.run(state.create_physical_plan(plan)).await??);
             }
-            let optimized = scalar_subqueries::optimize_keeping_them(state, plan)?;
-            let values: Vec<_> = stream::iter(scalar_subqueries::uncorrelated(&optimized))
+            let values: Vec<_> = stream::iter(scalar_subqueries::uncorrelated(plan))
                 .map(|subquery| async move {
                     let field = scalar_subqueries::value_field(&subquery)?;
                     let value = self
@@ -281,15 +280,9 @@ impl Attempts {
                 .buffered(scalar_subqueries::AT_ONCE)
                 .try_collect()
                 .await?;
-            if values.is_empty() {
-                // Only correlated subqueries, already joins: no second optimizer pass.
-                let planner = state.query_planner();
-                return Ok(deadline
-                    .run(planner.create_physical_plan(&optimized, state))
-                    .await??);
-            }
-            let substituted = scalar_subqueries::substitute(optimized, &values)?;
-            // Optimized again: the literals now push down into scans.
+            // Optimized with the values in place, so they push down into scans; correlated
+            // subqueries (and uncorrelated ones nested in them) become joins there.
+            let substituted = scalar_subqueries::substitute(plan.clone(), &values)?;
             Ok(deadline
                 .run(state.create_physical_plan(&substituted))
                 .await??)
