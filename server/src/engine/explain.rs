@@ -44,7 +44,7 @@ pub(super) async fn explain(
         let stages = distributed::stage_count(&completed.physical);
         let rendered = distributed::render_analyzed_plan(completed.physical).await?;
         (rendered, stages, Some(completed.placements.render()))
-    } else if scalar_subqueries::any(plan) {
+    } else if !scalar_subqueries::to_run_first(plan).is_empty() {
         // The plan shown is the one that runs: with the values of its scalar subqueries, which
         // run now, as a query's do.
         require_executors(runner.registry(), plan)?;

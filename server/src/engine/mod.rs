@@ -290,7 +290,11 @@ impl QueryService for QueryEngine {
         self.check_runnable(&statement)?;
         let physical = match statement.kind {
             // Scalar subqueries run when the query does, under its admission slot.
-            StatementKind::Query if scalar_subqueries::any(&statement.plan) => None,
+            StatementKind::Query
+                if !scalar_subqueries::to_run_first(&statement.plan).is_empty() =>
+            {
+                None
+            }
             StatementKind::Query => Some(
                 self.runner
                     .deadline()
@@ -550,22 +554,29 @@ mod tests {
         let batches = result.collect_batches().await.unwrap();
         assert_eq!(batches[0].num_rows(), 1);
 
-        // A scalar subquery runs with its query, under its admission slot: planned at execute.
-        let sql = "SELECT (SELECT max(x) FROM (VALUES (1), (5)) v(x)) AS top";
-        let planned = engine.plan_query(engine.prepare(sql).await.unwrap());
-        let planned = planned.await.unwrap();
-        assert!(planned.physical.is_none());
-        assert!(planned.statement.schema.field(0).is_nullable());
-        let result = engine.execute_planned(planned).await.unwrap();
-        let batches = result.collect_batches().await.unwrap();
-        assert_eq!(
-            batches[0]
+        // A scalar subquery run first runs with its query, under its admission slot: planned at
+        // execute. One that stays a join is planned ahead. Both announce nullable columns.
+        let values = "(VALUES (CAST(1 AS BIGINT)), (5)) v(x)";
+        for (sql, ahead) in [
+            (
+                format!("SELECT x AS top FROM {values} WHERE x = (SELECT max(x) FROM {values})"),
+                false,
+            ),
+            (format!("SELECT (SELECT max(x) FROM {values}) AS top"), true),
+        ] {
+            let planned = engine.plan_query(engine.prepare(&sql).await.unwrap());
+            let planned = planned.await.unwrap();
+            assert_eq!(planned.physical.is_some(), ahead, "{sql}");
+            assert!(planned.statement.schema.field(0).is_nullable(), "{sql}");
+            let result = engine.execute_planned(planned).await.unwrap();
+            let batches = result.collect_batches().await.unwrap();
+            let top = batches[0]
                 .column(0)
                 .as_any()
                 .downcast_ref::<arrow::array::Int64Array>()
-                .map(|a| a.value(0)),
-            Some(5)
-        );
+                .map(|a| a.value(0));
+            assert_eq!(top, Some(5), "{sql}");
+        }
 
         let explain = engine.prepare("EXPLAIN SELECT 1").await.unwrap();
         let explain = engine.plan_query(explain).await.unwrap();

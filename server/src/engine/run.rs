@@ -15,8 +15,8 @@
 //!   ([`PlanRunner::stream`]) before its first batch reached the client; for a run to its end
 //!   ([`PlanRunner::run_to_end`]: a write's input, `EXPLAIN ANALYZE`) before it ended, since
 //!   those show nothing before then. One rerun at most; with no executor left, `Unavailable`;
-//! * a plan's uncorrelated scalar subqueries are runs to their end of their own, under the same
-//!   deadline and admission slot, before the plan is made with their values
+//! * a plan's uncorrelated scalar subqueries worth running first are runs to their end of their
+//!   own, under the same deadline and admission slot, before the plan is made with their values
 //!   ([`PlanRunner::physical_plan`], [`super::scalar_subqueries`]).
 //!
 //! A streamed query whose head only concatenates its last stage's streams gets that stage's
@@ -235,8 +235,9 @@ impl PlanRunner {
             .await
     }
 
-    /// `plan`'s physical plan within `deadline`, its uncorrelated scalar subqueries run first
-    /// ([`scalar_subqueries`]): the caller holds the admission slot when `plan` has some.
+    /// `plan`'s physical plan within `deadline`, the uncorrelated scalar subqueries worth it run
+    /// first ([`scalar_subqueries::to_run_first`]): the caller holds the admission slot when
+    /// `plan` has some.
     pub(crate) async fn physical_plan(
         &self,
         state: &SessionState,
@@ -258,10 +259,11 @@ impl Attempts {
         deadline: Deadline,
     ) -> BoxFuture<'a, Result<Arc<dyn ExecutionPlan>>> {
         Box::pin(async move {
-            if !scalar_subqueries::any(plan) {
+            let first = scalar_subqueries::to_run_first(plan);
+            if first.is_empty() {
                 return Ok(deadline.run(state.create_physical_plan(plan)).await??);
             }
-            let values: Vec<_> = stream::iter(scalar_subqueries::uncorrelated(plan))
+            let values: Vec<_> = stream::iter(first)
                 .map(|subquery| async move {
                     let field = scalar_subqueries::value_field(&subquery)?;
                     let value = self

@@ -9,8 +9,9 @@
 //! reads one month of sales).
 //!
 //! Contract:
-//! * only subqueries without outer references are run first; correlated ones are decorrelated
-//!   into joins, as before;
+//! * only subqueries without outer references, and of those only the ones worth it
+//!   ([`to_run_first`]: used more than once, or compared with for equality), run first; the
+//!   others, and correlated ones, are decorrelated into joins, as before;
 //! * SQL's rules hold: no row is a typed NULL, more than one row is an error (the run stops at
 //!   the second row);
 //! * a query's subqueries run [`AT_ONCE`] at a time (TPC-DS q9 has 15), each a run of its own
@@ -24,14 +25,13 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::error::Result;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
-use datafusion::logical_expr::{Expr, LogicalPlan, Subquery};
+use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator, Subquery};
 use futures::{Stream, StreamExt};
 
 /// How many of one query's scalar subqueries run at once.
 pub(super) const AT_ONCE: usize = 16;
 
-/// Whether `plan` (its subqueries included) has a scalar subquery at all: the cheap check that
-/// spares other queries a second optimizer pass.
+/// Whether `plan` (its subqueries included) has a scalar subquery at all, run first or joined.
 pub(super) fn any(plan: &LogicalPlan) -> bool {
     let mut found = false;
     // The closures never fail.
@@ -55,20 +55,57 @@ pub(super) fn any(plan: &LogicalPlan) -> bool {
     found
 }
 
-/// The distinct uncorrelated scalar subqueries of `plan`'s own expressions (a plan as SQL planned
-/// it, before the optimizer), in the order they first appear; those nested in them are left to
-/// their own planning, and those nested in correlated subqueries to the optimizer's joins.
-pub(super) fn uncorrelated(plan: &LogicalPlan) -> Vec<Subquery> {
-    let mut found: Vec<Subquery> = Vec::new();
+/// The uncorrelated scalar subqueries of `plan`'s own expressions (a plan as SQL planned it,
+/// before the optimizer) whose values are worth more as constants than as joins, distinct, in
+/// the order they first appear:
+/// * one the query uses more than once (TPC-DS q14 compares with one average in three places):
+///   run first it runs once, joined it runs once per use;
+/// * one a column is compared with for equality (`d_month_seq = (SELECT …)`): as a constant it
+///   prunes files, row groups and pages, and the optimizer knows the selectivity.
+///
+/// The others stay subqueries, which the optimizer joins: the one row is computed inside the
+/// query's plan, in parallel with the rest, without a run of its own. Subqueries nested in one
+/// are left to its own planning, those nested in correlated subqueries to the optimizer's joins.
+pub(super) fn to_run_first(plan: &LogicalPlan) -> Vec<Subquery> {
+    // Each distinct subquery with its number of uses and whether a column equals it.
+    let mut found: Vec<(Subquery, usize, bool)> = Vec::new();
+    fn entry<'a>(
+        found: &'a mut Vec<(Subquery, usize, bool)>,
+        sq: &Subquery,
+    ) -> &'a mut (Subquery, usize, bool) {
+        let at = match found.iter().position(|(s, _, _)| s == sq) {
+            Some(at) => at,
+            None => {
+                found.push((sq.clone(), 0, false));
+                found.len() - 1
+            }
+        };
+        &mut found[at]
+    }
     // The closures never fail.
     let _ = plan.apply(|node| {
         for expr in node.expressions() {
             let _ = expr.apply(|e| {
-                if let Expr::ScalarSubquery(sq) = e
-                    && sq.outer_ref_columns.is_empty()
-                    && !found.contains(sq)
-                {
-                    found.push(sq.clone());
+                match e {
+                    Expr::BinaryExpr(BinaryExpr {
+                        left,
+                        op: Operator::Eq,
+                        right,
+                    }) => {
+                        for (side, other) in [(left, right), (right, left)] {
+                            if let Expr::ScalarSubquery(sq) = side.as_ref()
+                                && sq.outer_ref_columns.is_empty()
+                                && !matches!(other.as_ref(), Expr::ScalarSubquery(_))
+                            {
+                                entry(&mut found, sq).2 = true;
+                            }
+                        }
+                    }
+                    // Every use is counted here, those compared with too.
+                    Expr::ScalarSubquery(sq) if sq.outer_ref_columns.is_empty() => {
+                        entry(&mut found, sq).1 += 1;
+                    }
+                    _ => {}
                 }
                 Ok(TreeNodeRecursion::Continue)
             });
@@ -76,6 +113,10 @@ pub(super) fn uncorrelated(plan: &LogicalPlan) -> Vec<Subquery> {
         Ok(TreeNodeRecursion::Continue)
     });
     found
+        .into_iter()
+        .filter(|(_, uses, equality)| *uses > 1 || *equality)
+        .map(|(sq, _, _)| sq)
+        .collect()
 }
 
 /// The one column of `subquery`'s result: its type, the type its value has.
@@ -181,29 +222,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finds_uncorrelated_subqueries_once_and_leaves_correlated_ones() {
+    async fn runs_first_the_subqueries_used_twice_or_compared_for_equality() {
         let ctx = context().await;
         let sql = "SELECT k FROM t WHERE v > (SELECT avg(v) FROM t) \
                    AND k < (SELECT avg(v) FROM t) \
+                   AND k = (SELECT min(k) FROM t) \
+                   AND v < (SELECT max(v) FROM t) \
                    AND v = (SELECT max(i.v) FROM t i WHERE i.k = t.k)";
         let plan = logical(&ctx, sql).await;
         assert!(any(&plan));
-        let found = uncorrelated(&plan);
-        // Both uses of `avg(v)` are one subquery; the correlated one is left to the optimizer.
-        assert_eq!(found.len(), 1, "{}", plan.display_indent());
-        // Which joins them all (Quiver's settings).
-        assert!(!any(&ctx.state().optimize(&plan).unwrap()));
-        assert!(!any(&logical(&ctx, "SELECT k FROM t WHERE v > 1").await));
+        let first = to_run_first(&plan);
+        // `avg(v)` (used twice) and `min(k)` (equality), in the order they appear; `max(v)` (once,
+        // in a range) stays a join, as does the correlated one.
+        let texts: Vec<String> = first
+            .iter()
+            .map(|sq| sq.subquery.display().to_string())
+            .collect();
+        assert_eq!(first.len(), 2, "{texts:?}");
+        assert!(
+            texts[0].contains("avg") && texts[1].contains("min"),
+            "{texts:?}"
+        );
+        // Quiver's optimizer joins all the others.
+        assert!(!any(&ctx
+            .state()
+            .optimize(&substitute(plan.clone(), &[]).unwrap())
+            .unwrap()));
+        assert!(to_run_first(&logical(&ctx, "SELECT k FROM t WHERE v > 1").await).is_empty());
     }
 
-    #[tokio::test]
-    async fn substituted_plans_keep_names_and_answer_as_before() {
-        let ctx = context().await;
-        let sql = "SELECT k, (SELECT max(v) FROM t) AS top, (SELECT min(v) FROM t) \
-                   FROM t WHERE v >= (SELECT avg(v) FROM t) ORDER BY k";
-        let plan = logical(&ctx, sql).await;
+    /// Runs `sql` with the subqueries [`to_run_first`] picks replaced by their values (the rest
+    /// joined), and as DataFusion runs it with Quiver's settings (all joined).
+    async fn both_ways(ctx: &SessionContext, sql: &str) -> (usize, String, String) {
+        let plan = logical(ctx, sql).await;
         let mut values = Vec::new();
-        for sq in uncorrelated(&plan) {
+        for sq in to_run_first(&plan) {
             let field = value_field(&sq).unwrap();
             let df = ctx
                 .execute_logical_plan(sq.subquery.as_ref().clone())
@@ -214,29 +267,39 @@ mod tests {
                 .unwrap();
             values.push((sq, value));
         }
-        assert_eq!(values.len(), 3);
         let substituted = substitute(plan.clone(), &values).unwrap();
-        assert!(!any(&substituted));
         assert_eq!(
             substituted.schema().field_names(),
             plan.schema().field_names()
         );
-        let got = ctx
-            .execute_logical_plan(substituted)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let got = ctx.execute_logical_plan(substituted).await.unwrap();
+        let got = got.collect().await.unwrap();
         let want = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        assert_eq!(
-            datafusion::arrow::util::pretty::pretty_format_batches(&got)
-                .unwrap()
-                .to_string(),
-            datafusion::arrow::util::pretty::pretty_format_batches(&want)
+        let text = |b| {
+            datafusion::arrow::util::pretty::pretty_format_batches(b)
                 .unwrap()
                 .to_string()
-        );
+        };
+        (values.len(), text(&got), text(&want))
+    }
+
+    #[tokio::test]
+    async fn substituted_plans_keep_names_and_answer_as_before() {
+        let ctx = context().await;
+        // All three run first (each used twice), named and unnamed.
+        let sql = "SELECT k, (SELECT max(v) FROM t) AS top, (SELECT min(v) FROM t) FROM t \
+                   WHERE v >= (SELECT avg(v) FROM t) AND v <= (SELECT max(v) FROM t) \
+                   AND v >= (SELECT min(v) FROM t) AND k > (SELECT avg(v) FROM t) - 100 \
+                   ORDER BY k";
+        let (ran_first, got, want) = both_ways(&ctx, sql).await;
+        assert_eq!(ran_first, 3);
+        assert_eq!(got, want);
+        // One runs first (equality), the other stays a join.
+        let sql = "SELECT k FROM t WHERE k = (SELECT min(k) FROM t) OR v > (SELECT avg(v) FROM t) \
+                   ORDER BY k";
+        let (ran_first, got, want) = both_ways(&ctx, sql).await;
+        assert_eq!(ran_first, 1);
+        assert_eq!(got, want);
     }
 
     fn batch(values: &[i64]) -> RecordBatch {

@@ -256,21 +256,23 @@ async fn small_broadcasts_run_in_the_stage_that_joins_them() {
     }
 }
 
-/// Uncorrelated scalar subqueries run before their query, whose plan then has their values as
-/// constants: a range filter on one prunes the fact table as `k > 994` would (joined to the
-/// query instead, the subquery's value prunes nothing). Answers and column names equal
-/// single-node DataFusion's; no row is NULL, two rows are `InvalidArgument`.
+/// Uncorrelated scalar subqueries used twice (or compared for equality) run before their query,
+/// whose plan then has their values as constants: a range on one prunes the fact table as
+/// `k > 994 AND k <= 999` would (joined to the query instead, the value prunes nothing). Answers
+/// and column names equal single-node DataFusion's, for the subqueries that stay joins too; no row
+/// is NULL, two rows are `InvalidArgument`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scalar_subqueries_run_first_and_prune_like_constants() {
     const RANGE: &str = "SELECT count(*) AS n, sum(v) AS s FROM f \
-                         WHERE k > (SELECT max(k) FROM d) - 5";
+                         WHERE k > (SELECT max(k) FROM d) - 5 AND k <= (SELECT max(k) FROM d)";
     let data = tempfile::tempdir().expect("temp dir");
     write_tables(data.path()).await;
     let cluster = TestCluster::start(options(data.path(), None)).await;
     let mut client = cluster.client().await;
     for sql in [
         RANGE,
-        // Projected (named and unnamed), nested in another, and with no row (NULL).
+        // Equality (runs first); projected, named and unnamed, nested, with no row (NULL): joins.
+        "SELECT count(*) AS n FROM f WHERE k = (SELECT max(k) FROM d WHERE tag = 'hot')",
         "SELECT (SELECT max(k) FROM d) AS top, (SELECT min(k) FROM d WHERE tag = 'hot'), \
          (SELECT k FROM d WHERE tag = 'none') AS nothing",
         "SELECT count(*) AS n FROM f \
@@ -297,7 +299,7 @@ async fn scalar_subqueries_run_first_and_prune_like_constants() {
 
     let plan = explained(&cluster, RANGE).await;
     assert!(
-        plan.contains("k@0 > 994") && !plan.contains("Join"),
+        plan.contains("k@0 > 994") && plan.contains("k@0 <= 999") && !plan.contains("Join"),
         "the subquery's value should be a constant of the plan:\n{plan}"
     );
     let plan = analyzed(&cluster, RANGE).await;
