@@ -79,7 +79,8 @@ struct ClusterArgs {
     target_partitions: usize,
     /// Bytes of file input per scan partition; smaller spreads scans over more executors. A
     /// task gets this times its partitions: a scan smaller than one node's worth of partitions
-    /// is not worth a second node's shuffles.
+    /// is not worth a second node's shuffles. A Parquet scan counts the bytes of the columns it
+    /// reads, not whole files.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     scan_bytes_per_partition: usize,
     /// Largest estimated build side, in bytes, that a hash join broadcasts to every task of its

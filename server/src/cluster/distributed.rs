@@ -23,10 +23,11 @@ use arrow_flight::FlightData;
 use async_trait::async_trait;
 use datafusion::arrow::ipc::CompressionType;
 use datafusion::catalog::Session;
+use datafusion::common::Statistics;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileScanConfig;
-use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::source::{DataSource, DataSourceExec};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -90,7 +91,8 @@ impl WorkerResolver for LiveExecutors {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StageSizes {
     /// Bytes of file input per scan partition: leaf scans get one task per this many bytes per
-    /// partition, capped by the number of live executors.
+    /// partition, capped by the number of live executors. Bytes a scan reads ([`bytes_read`]):
+    /// of its columns only, where the files' statistics tell.
     pub(crate) scan_bytes_per_partition: usize,
     /// A broadcast whose one-task stage reads at most this many bytes of files runs inside each
     /// task that joins with it instead ([`inline_small_broadcasts`]); 0: never.
@@ -143,7 +145,10 @@ pub(crate) fn metered_coordinator_state(
         .with_query_planner(Arc::new(QuiverPlanner))
         .with_distributed_planner()
         .with_distributed_user_codec(QuiverCodec)
-        .with_distributed_desired_task_count_handler(WritersOnEveryExecutor(Arc::clone(&registry)))
+        .with_distributed_desired_task_count_handler(TaskCounts {
+            registry: Arc::clone(&registry),
+            bytes_per_partition: sizes.scan_bytes_per_partition,
+        })
         .with_distributed_route_tasks_handler(TaskRouter {
             registry,
             load: Arc::default(),
@@ -390,12 +395,7 @@ fn travelling_leaf(leaf: &Arc<dyn ExecutionPlan>) -> Option<TravellingLeaf> {
     match leaf.downcast_ref::<DataSourceExec>() {
         Some(scan) => match scan.data_source().downcast_ref::<FileScanConfig>() {
             Some(files) => Some(TravellingLeaf::Files {
-                bytes: files
-                    .file_groups
-                    .iter()
-                    .flat_map(|group| group.iter())
-                    .map(|file| file.effective_size())
-                    .sum(),
+                bytes: bytes_read(files),
             }),
             None if scan.data_source().is::<MemorySourceConfig>() => Some(TravellingLeaf::Values),
             None => None,
@@ -407,21 +407,74 @@ fn travelling_leaf(leaf: &Arc<dyn ExecutionPlan>) -> Option<TravellingLeaf> {
     }
 }
 
-/// Writers spread over every live executor, so a write's rows never funnel through one node (the
-/// stage below still decides when it needs more tasks than that).
-struct WritersOnEveryExecutor(Arc<ExecutorRegistry>);
+/// The bytes of files a scan reads: its files' bytes, scaled down to the columns it projects
+/// when the files' statistics size every column (Parquet's do), since a columnar scan reads
+/// only those. Without such statistics (CSV, JSON), the whole files.
+fn bytes_read(files: &FileScanConfig) -> u64 {
+    let file_bytes: u64 = files
+        .file_groups
+        .iter()
+        .flat_map(|group| group.iter())
+        .map(|file| file.effective_size())
+        .sum();
+    let column_bytes = |stats: &Statistics| -> Option<u64> {
+        stats
+            .column_statistics
+            .iter()
+            .try_fold(0u64, |sum, column| {
+                column
+                    .byte_size
+                    .get_value()
+                    .map(|&bytes| sum.saturating_add(bytes as u64))
+            })
+    };
+    let whole = column_bytes(&files.statistics());
+    let projected = files
+        .partition_statistics(None)
+        .ok()
+        .and_then(|stats| column_bytes(&stats));
+    match (projected, whole) {
+        (Some(projected), Some(whole)) if whole > 0 && projected < whole => {
+            // A scan of no column (`count(*)`) still reads the files' footers and row counts.
+            let share = (projected as f64 / whole as f64).max(f64::EPSILON);
+            ((file_bytes as f64 * share).ceil() as u64).max(1)
+        }
+        _ => file_bytes,
+    }
+}
+
+/// How many tasks a stage gets from what it scans and writes.
+/// - A scan of files: one task per `bytes_per_partition` × partitions per task of the bytes it
+///   reads ([`bytes_read`]): the crate's own estimate counts whole files, so a query reading a
+///   few columns of a wide table was spread over executors (a round trip and a shuffle) for
+///   input one executor reads in milliseconds.
+/// - Writers spread over every live executor, so a write's rows never funnel through one node
+///   (the stage below still decides when it needs more tasks than that).
+struct TaskCounts {
+    registry: Arc<ExecutorRegistry>,
+    bytes_per_partition: usize,
+}
 
 #[async_trait]
-impl DesiredTaskCountHandler for WritersOnEveryExecutor {
+impl DesiredTaskCountHandler for TaskCounts {
     async fn handle(
         &self,
         ev: DesiredTaskCountEvent<'_>,
     ) -> Option<Result<DesiredTaskCountEventResponse>> {
-        if !ev.plan.is::<ParallelWriteExec>() {
-            return None;
+        if ev.plan.is::<ParallelWriteExec>() {
+            let executors = self.registry.live_worker_urls().len().max(1);
+            return Some(Ok(DesiredTaskCountEventResponse::desired(executors)));
         }
-        let executors = self.0.live_worker_urls().len().max(1);
-        Some(Ok(DesiredTaskCountEventResponse::desired(executors)))
+        let files = ev
+            .plan
+            .downcast_ref::<DataSourceExec>()?
+            .data_source()
+            .downcast_ref::<FileScanConfig>()?;
+        let partitions = bytes_read(files).div_ceil(self.bytes_per_partition.max(1) as u64);
+        let tasks = usize::try_from(partitions)
+            .unwrap_or(usize::MAX)
+            .div_ceil(ev.session_config.target_partitions().max(1));
+        Some(Ok(DesiredTaskCountEventResponse::desired(tasks.max(1))))
     }
 }
 
@@ -1305,6 +1358,74 @@ fn unescape_debug(escaped: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+
+    /// [`bytes_read`] of the one file scan in `sql`'s physical plan.
+    async fn scan_bytes_read(ctx: &SessionContext, sql: &str) -> u64 {
+        let plan = ctx
+            .sql(sql)
+            .await
+            .expect("plan")
+            .create_physical_plan()
+            .await
+            .expect("physical plan");
+        let mut read = None;
+        plan.apply(|node| {
+            if let Some(files) = node
+                .downcast_ref::<DataSourceExec>()
+                .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
+            {
+                read = Some(bytes_read(files));
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .expect("walk");
+        read.expect("a file scan")
+    }
+
+    #[tokio::test]
+    async fn a_scan_counts_the_bytes_of_the_columns_it_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = SessionContext::new();
+        let mut sizes = Vec::new();
+        for format in ["parquet", "csv"] {
+            let path = dir.path().join(format!("wide.{format}"));
+            ctx.sql(&format!(
+                "COPY (SELECT value AS a, value * 7 AS b, value * 13 AS c, value * 31 AS d, \
+                 'row ' || value AS e FROM generate_series(1, 20000)) TO '{}' STORED AS {format}",
+                path.display()
+            ))
+            .await
+            .expect("copy")
+            .collect()
+            .await
+            .expect("copy");
+            sizes.push(std::fs::metadata(&path).expect("file").len());
+            let path = path.display().to_string();
+            match format {
+                "parquet" => ctx
+                    .register_parquet("p", &path, ParquetReadOptions::default())
+                    .await
+                    .expect("register"),
+                _ => ctx
+                    .register_csv("c", &path, CsvReadOptions::default())
+                    .await
+                    .expect("register"),
+            }
+        }
+        let (parquet, csv) = (sizes[0], sizes[1]);
+        assert_eq!(scan_bytes_read(&ctx, "SELECT * FROM p").await, parquet);
+        let one_column = scan_bytes_read(&ctx, "SELECT b FROM p").await;
+        assert!(
+            one_column > 0 && one_column < parquet / 3,
+            "one BIGINT of five columns: {one_column} of {parquet} bytes"
+        );
+        let two_columns = scan_bytes_read(&ctx, "SELECT b, d FROM p WHERE a > 10").await;
+        assert!(two_columns > one_column && two_columns < parquet);
+        // A row format reads whole rows, whatever it projects.
+        assert_eq!(scan_bytes_read(&ctx, "SELECT b FROM c").await, csv);
+    }
 
     /// The datafusion-distributed version [`flattened_status`] was checked against.
     const FLATTENING_CHECKED_FOR: &str = "4.0.0";

@@ -65,9 +65,12 @@ async fn json_logs_carry_the_query_id_on_every_node() {
         ..ClusterOptions::tpch(&tpch_dataset())
     };
     let cluster = TestCluster::start(options).await;
-    // Spread over both executors (small scan partitions).
+    // Spread over both executors (small scan partitions; `l_comment`, the widest column, makes
+    // the scan big enough for several).
     let RawStatement { info, stream, .. } = cluster
-        .start_statement("SELECT l_returnflag, count(*) FROM lineitem GROUP BY l_returnflag")
+        .start_statement(
+            "SELECT l_returnflag, count(*), max(l_comment) FROM lineitem GROUP BY l_returnflag",
+        )
         .await;
     let batches: Vec<_> = within(QUERY_LIMIT, "the query", stream.try_collect::<Vec<_>>())
         .await

@@ -412,8 +412,9 @@ async fn an_executor_without_tasks_may_leave_while_a_query_runs() {
     let expected = oracle::run(&ctx, &[TWO_TASKS.to_string()]).await;
     let options = ClusterOptions {
         executors: 3,
-        // lineitem's ~1.6 MB in two scan tasks: fewer tasks than executors.
-        scan_bytes_per_partition: 500_000,
+        // The ~390 KB the scan reads of lineitem (its `l_comment`) in two tasks of two
+        // partitions: fewer tasks than executors.
+        scan_bytes_per_partition: 110_000,
         executor_timeout_ms: 1_000,
         heartbeat_interval_ms: 100,
         ..ClusterOptions::tpch(&tpch_dataset())
