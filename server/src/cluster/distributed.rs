@@ -145,10 +145,7 @@ pub(crate) fn metered_coordinator_state(
         .with_query_planner(Arc::new(QuiverPlanner))
         .with_distributed_planner()
         .with_distributed_user_codec(QuiverCodec)
-        .with_distributed_desired_task_count_handler(TaskCounts {
-            registry: Arc::clone(&registry),
-            bytes_per_partition: sizes.scan_bytes_per_partition,
-        })
+        .with_distributed_desired_task_count_handler(TaskCounts(Arc::clone(&registry)))
         .with_distributed_route_tasks_handler(TaskRouter {
             registry,
             load: Arc::default(),
@@ -290,7 +287,7 @@ fn whole_small_input(
             None => return Ok(TreeNodeRecursion::Continue),
         };
         match travelling_leaf(leaf) {
-            Some(TravellingLeaf::Files { bytes: read }) => bytes += read,
+            Some(TravellingLeaf::Files(files)) => bytes += bytes_read(files),
             Some(TravellingLeaf::Values) => {}
             None => inlinable = false,
         }
@@ -370,7 +367,7 @@ fn needs_executor(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
             return Ok(TreeNodeRecursion::Continue);
         }
         match travelling_leaf(node) {
-            Some(TravellingLeaf::Files { .. }) => reads_or_writes = true,
+            Some(TravellingLeaf::Files(_)) => reads_or_writes = true,
             Some(TravellingLeaf::Values) => {}
             None => {
                 travels = false;
@@ -383,20 +380,18 @@ fn needs_executor(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
 }
 
 /// A leaf that can run on an executor.
-enum TravellingLeaf {
-    /// A scan of files, `bytes` of them.
-    Files { bytes: u64 },
+enum TravellingLeaf<'a> {
+    /// A scan of files (what it reads: [`bytes_read`]).
+    Files(&'a FileScanConfig),
     /// In-memory values or an empty relation.
     Values,
 }
 
 /// What `leaf` is, if it can travel to an executor (not the coordinator's catalog views).
-fn travelling_leaf(leaf: &Arc<dyn ExecutionPlan>) -> Option<TravellingLeaf> {
+fn travelling_leaf(leaf: &Arc<dyn ExecutionPlan>) -> Option<TravellingLeaf<'_>> {
     match leaf.downcast_ref::<DataSourceExec>() {
         Some(scan) => match scan.data_source().downcast_ref::<FileScanConfig>() {
-            Some(files) => Some(TravellingLeaf::Files {
-                bytes: bytes_read(files),
-            }),
+            Some(files) => Some(TravellingLeaf::Files(files)),
             None if scan.data_source().is::<MemorySourceConfig>() => Some(TravellingLeaf::Values),
             None => None,
         },
@@ -444,16 +439,13 @@ fn bytes_read(files: &FileScanConfig) -> u64 {
 }
 
 /// How many tasks a stage gets from what it scans and writes.
-/// - A scan of files: one task per `bytes_per_partition` × partitions per task of the bytes it
-///   reads ([`bytes_read`]): the crate's own estimate counts whole files, so a query reading a
+/// - A scan of files: one task per the crate's bytes per partition
+///   (`--scan-bytes-per-partition`) × partitions per task of the bytes it reads ([`bytes_read`]): the crate's own estimate counts whole files, so a query reading a
 ///   few columns of a wide table was spread over executors (a round trip and a shuffle) for
 ///   input one executor reads in milliseconds.
 /// - Writers spread over every live executor, so a write's rows never funnel through one node
 ///   (the stage below still decides when it needs more tasks than that).
-struct TaskCounts {
-    registry: Arc<ExecutorRegistry>,
-    bytes_per_partition: usize,
-}
+struct TaskCounts(Arc<ExecutorRegistry>);
 
 #[async_trait]
 impl DesiredTaskCountHandler for TaskCounts {
@@ -462,7 +454,7 @@ impl DesiredTaskCountHandler for TaskCounts {
         ev: DesiredTaskCountEvent<'_>,
     ) -> Option<Result<DesiredTaskCountEventResponse>> {
         if ev.plan.is::<ParallelWriteExec>() {
-            let executors = self.registry.live_worker_urls().len().max(1);
+            let executors = self.0.live_worker_urls().len().max(1);
             return Some(Ok(DesiredTaskCountEventResponse::desired(executors)));
         }
         let files = ev
@@ -470,7 +462,11 @@ impl DesiredTaskCountHandler for TaskCounts {
             .downcast_ref::<DataSourceExec>()?
             .data_source()
             .downcast_ref::<FileScanConfig>()?;
-        let partitions = bytes_read(files).div_ceil(self.bytes_per_partition.max(1) as u64);
+        let bytes_per_partition = match DistributedConfig::from_session_config(ev.session_config) {
+            Ok(config) => config.file_scan_config_bytes_per_partition.max(1),
+            Err(e) => return Some(Err(e)),
+        };
+        let partitions = bytes_read(files).div_ceil(bytes_per_partition as u64);
         let tasks = usize::try_from(partitions)
             .unwrap_or(usize::MAX)
             .div_ceil(ev.session_config.target_partitions().max(1));
